@@ -1,0 +1,165 @@
+"""Argument checks shared by every public entry point.
+
+Each check raises ``TypeError`` (wrong kind or dtype) or ``ValueError`` (wrong shape,
+device or value) with a message that names the argument, what was expected and what
+came. Shape letters follow ``docs/ept.md``: m prompt rows, d hidden size, n positions
+covered by the low-rank update, r its rank, K subspaces of rank h.
+"""
+
+from __future__ import annotations
+
+import math
+from numbers import Real
+from typing import Dict, Optional, Sequence, Tuple
+
+import torch
+
+Dims = Dict[str, int]
+
+
+def _require_tensor(name: str, value) -> torch.Tensor:
+    if not isinstance(value, torch.Tensor):
+        raise TypeError(f"{name}: expected a torch.Tensor, got {type(value).__name__}")
+    return value
+
+
+def _describe(pattern: Sequence[str], dims: Dims) -> str:
+    return "(" + ", ".join(f"{p}={dims[p]}" if p in dims else p for p in pattern) + ")"
+
+
+def _match_shape(name: str, tensor: torch.Tensor, pattern: Sequence[str], dims: Dims) -> None:
+    """Check ``tensor.shape`` against named dimensions, binding names seen for the first time."""
+    if tensor.dim() != len(pattern):
+        raise ValueError(
+            f"{name}: expected a {len(pattern)}-d tensor of shape {_describe(pattern, dims)}, "
+            f"got shape {tuple(tensor.shape)}"
+        )
+    for axis, (letter, size) in enumerate(zip(pattern, tensor.shape)):
+        if letter in dims and dims[letter] != size:
+            raise ValueError(
+                f"{name}: expected shape {_describe(pattern, dims)}, got {tuple(tensor.shape)} "
+                f"(dimension {axis} is {size}, but {letter}={dims[letter]} elsewhere)"
+            )
+    for letter, size in zip(pattern, tensor.shape):
+        dims.setdefault(letter, size)
+
+
+def _require_floating(name: str, tensor: torch.Tensor) -> None:
+    if not tensor.is_floating_point():
+        raise TypeError(f"{name}: expected a floating-point tensor, got dtype {tensor.dtype}")
+
+
+def _require_same_dtype(named: Sequence[Tuple[str, torch.Tensor]]) -> None:
+    first_name, first = named[0]
+    for name, tensor in named[1:]:
+        if tensor.dtype != first.dtype:
+            raise TypeError(
+                f"{name}: expected dtype {first.dtype} (the dtype of {first_name}), got {tensor.dtype}"
+            )
+
+
+def _require_same_device(named: Sequence[Tuple[str, torch.Tensor]]) -> None:
+    first_name, first = named[0]
+    for name, tensor in named[1:]:
+        if tensor.device != first.device:
+            raise ValueError(
+                f"{name}: expected a tensor on {first.device} (the device of {first_name}), "
+                f"got one on {tensor.device}"
+            )
+
+
+def check_scaling(scaling) -> None:
+    if isinstance(scaling, bool) or not isinstance(scaling, Real):
+        raise TypeError(f"scaling: expected a Python float, got {type(scaling).__name__}")
+    if not math.isfinite(scaling):
+        raise ValueError(f"scaling: expected a finite number, got {scaling}")
+
+
+def check_prompt_inputs(
+    prompt, lora_a, lora_b, fusion_scale, proj_down, proj_up, gate_weight, gate_bias, scaling
+) -> Dims:
+    """Validate the inputs of ``ept_prompt``; returns the sizes m, d, n, r, K, h."""
+    named = [
+        ("prompt", prompt, ("m", "d")),
+        ("lora_a", lora_a, ("n", "r")),
+        ("lora_b", lora_b, ("r", "d")),
+        ("fusion_scale", fusion_scale, ()),
+        ("proj_down", proj_down, ("K", "d", "h")),
+        ("proj_up", proj_up, ("K", "h", "d")),
+        ("gate_weight", gate_weight, ("d", "K")),
+        ("gate_bias", gate_bias, ("K",)),
+    ]
+    dims: Dims = {}
+    for name, value, pattern in named:
+        _require_tensor(name, value)
+        _match_shape(name, value, pattern, dims)
+        _require_floating(name, value)
+    if dims["m"] < 1 or dims["d"] < 1:
+        raise ValueError(f"prompt: expected at least one row and one column, got shape {tuple(prompt.shape)}")
+    pairs = [(name, value) for name, value, _ in named]
+    _require_same_dtype(pairs)
+    _require_same_device(pairs)
+    check_scaling(scaling)
+    return dims
+
+
+def check_assembly_inputs(
+    input_ids, attention_mask, word_embeddings, prompt_out, lora_a, lora_b, scaling
+) -> Dims:
+    """Validate the inputs of ``assemble_inputs``; returns the sizes b, T, V, d, m, n, r.
+
+    Besides shapes, dtypes and devices this reads two values from the tensors (one
+    device synchronisation): every id must index a row of ``word_embeddings``, and with
+    a non-empty low-rank update (r > 0) no row may hold more than n attended tokens.
+    """
+    _require_tensor("input_ids", input_ids)
+    if input_ids.is_floating_point() or input_ids.is_complex() or input_ids.dtype == torch.bool:
+        raise TypeError(f"input_ids: expected an integer tensor, got dtype {input_ids.dtype}")
+    dims: Dims = {}
+    _match_shape("input_ids", input_ids, ("b", "T"), dims)
+    if dims["b"] < 1 or dims["T"] < 1:
+        raise ValueError(f"input_ids: expected at least one row and one token, got shape {tuple(input_ids.shape)}")
+    named = [("input_ids", input_ids)]
+    if attention_mask is not None:
+        _require_tensor("attention_mask", attention_mask)
+        _match_shape("attention_mask", attention_mask, ("b", "T"), dims)
+        if attention_mask.is_complex():
+            raise TypeError(f"attention_mask: expected a bool, integer or float tensor, got dtype {attention_mask.dtype}")
+        named.append(("attention_mask", attention_mask))
+    for name, value, pattern in [
+        ("word_embeddings", word_embeddings, ("V", "d")),
+        ("prompt_out", prompt_out, ("m", "d")),
+        ("lora_a", lora_a, ("n", "r")),
+        ("lora_b", lora_b, ("r", "d")),
+    ]:
+        _require_tensor(name, value)
+        _match_shape(name, value, pattern, dims)
+        _require_floating(name, value)
+        named.append((name, value))
+    _require_same_dtype([("lora_a", lora_a), ("lora_b", lora_b)])
+    _require_same_device(named)
+    check_scaling(scaling)
+
+    lengths = attended_mask(input_ids, attention_mask).sum(dim=1)
+    lowest, highest, longest, longest_row = torch.stack(
+        [input_ids.min(), input_ids.max(), lengths.max(), lengths.argmax()]
+    ).tolist()
+    if lowest < 0 or highest >= dims["V"]:
+        bad = lowest if lowest < 0 else highest
+        raise ValueError(
+            f"input_ids: expected ids in [0, {dims['V']}) (the rows of word_embeddings), got id {bad}"
+        )
+    if dims["r"] > 0 and longest > dims["n"]:
+        raise ValueError(
+            f"input_ids: row {longest_row} has {longest} attended tokens, but the low-rank update "
+            f"covers max_length={dims['n']} positions; shorten or split the input (it is never "
+            f"truncated silently), or build the adapter with a larger max_length"
+        )
+    return dims
+
+
+def attended_mask(input_ids: torch.Tensor, attention_mask: Optional[torch.Tensor]) -> torch.Tensor:
+    """(b, T) bool: which tokens are attended (all of them when ``attention_mask`` is None)."""
+    if attention_mask is None:
+        return torch.ones_like(input_ids, dtype=torch.bool)
+    return attention_mask != 0

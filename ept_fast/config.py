@@ -1,0 +1,119 @@
+"""``EPTConfig``: the hyper-parameters of an EPT adapter, validated on construction."""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import math
+from typing import Optional
+
+
+class PromptInit(str, enum.Enum):
+    """How the short prompt P is initialised (PEFT's ``PromptTuningInit`` values where they match)."""
+
+    TEXT = "TEXT"  # rows of the word-embedding table for the tokenized init text
+    RANDOM_VOCAB = "RANDOM_VOCAB"  # m random rows of the word-embedding table
+    RANDOM = "RANDOM"  # N(0, 0.02^2)
+
+
+class Method(str, enum.Enum):
+    """EPT, or one of the baselines it reduces to."""
+
+    EPT = "ept"
+    DEPT = "dept"  # K = 0, fusion_scale frozen at 0
+    PT = "pt"  # additionally r = 0: vanilla prompt tuning
+
+
+class Backend(str, enum.Enum):
+    AUTO = "auto"  # Triton for CUDA tensors when available, the PyTorch reference otherwise
+    TRITON = "triton"
+    TORCH = "torch"
+
+
+_DEFAULT_RANK = {Method.EPT: 30, Method.DEPT: 30, Method.PT: 0}
+_DEFAULT_SPACES = {Method.EPT: 4, Method.DEPT: 0, Method.PT: 0}
+
+
+def _as_enum(enum_cls, field: str, value):
+    try:
+        return enum_cls(value.value if isinstance(value, enum.Enum) else value)
+    except ValueError:
+        allowed = ", ".join(repr(member.value) for member in enum_cls)
+        raise ValueError(f"{field}: expected one of {allowed}, got {value!r}") from None
+
+
+def _check_int(field: str, value, minimum: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{field}: expected an int, got {type(value).__name__} {value!r}")
+    if value < minimum:
+        raise ValueError(f"{field}: expected an int >= {minimum}, got {value}")
+
+
+@dataclasses.dataclass
+class EPTConfig:
+    """Configuration of an EPT prompt encoder.
+
+    ``r`` and ``num_spaces`` default by ``method``: 30 and 4 for ``"ept"``, 30 and 0 for
+    ``"dept"``, 0 and 0 for ``"pt"``. The baselines fix them (and keep ``fusion_scale``
+    frozen at 0), so a conflicting explicit value is an error.
+    """
+
+    num_virtual_tokens: int = 60
+    token_dim: Optional[int] = None
+    max_length: int = 256
+    r: Optional[int] = None
+    lora_alpha: float = 8.0
+    num_spaces: Optional[int] = None
+    space_rank: int = 8
+    prompt_init: PromptInit = PromptInit.TEXT
+    prompt_init_text: str = "Classify the following text:"
+    method: Method = Method.EPT
+    backend: Backend = Backend.AUTO
+
+    def __post_init__(self) -> None:
+        self.method = _as_enum(Method, "method", self.method)
+        self.prompt_init = _as_enum(PromptInit, "prompt_init", self.prompt_init)
+        self.backend = _as_enum(Backend, "backend", self.backend)
+        if self.r is None:
+            self.r = _DEFAULT_RANK[self.method]
+        if self.num_spaces is None:
+            self.num_spaces = _DEFAULT_SPACES[self.method]
+
+        _check_int("num_virtual_tokens", self.num_virtual_tokens, 1)
+        if self.token_dim is not None:
+            _check_int("token_dim", self.token_dim, 1)
+        _check_int("max_length", self.max_length, 1)
+        _check_int("r", self.r, 0)
+        _check_int("num_spaces", self.num_spaces, 0)
+        _check_int("space_rank", self.space_rank, 1)
+        if isinstance(self.lora_alpha, bool) or not isinstance(self.lora_alpha, (int, float)):
+            raise TypeError(f"lora_alpha: expected a number, got {type(self.lora_alpha).__name__}")
+        if not math.isfinite(self.lora_alpha):
+            raise ValueError(f"lora_alpha: expected a finite number, got {self.lora_alpha}")
+        if self.method is Method.PT and self.r != 0:
+            raise ValueError(f"r: method='pt' (vanilla prompt tuning) has no low-rank update, so r must be 0, got {self.r}")
+        if self.method in (Method.DEPT, Method.PT) and self.num_spaces != 0:
+            raise ValueError(
+                f"num_spaces: method={self.method.value!r} has no multi-space projection, so num_spaces must be 0, "
+                f"got {self.num_spaces}"
+            )
+        if self.prompt_init is PromptInit.TEXT and not self.prompt_init_text:
+            raise ValueError("prompt_init_text: prompt_init='TEXT' needs a non-empty init text")
+
+    @property
+    def scaling(self) -> float:
+        """s = lora_alpha / sqrt(r) (DePT's scaling, not LoRA's alpha / r); 0 when r = 0."""
+        return self.lora_alpha / math.sqrt(self.r) if self.r > 0 else 0.0
+
+    @property
+    def trains_fusion(self) -> bool:
+        """Whether ``fusion_scale`` is trained (EPT) or frozen at 0 (the baselines)."""
+        return self.method is Method.EPT
+
+    def to_dict(self) -> dict:
+        """JSON-ready dict (enums as their values)."""
+        return {
+            field.name: (value.value if isinstance(value, enum.Enum) else value)
+            for field in dataclasses.fields(self)
+            for value in [getattr(self, field.name)]
+        }

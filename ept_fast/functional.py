@@ -1,0 +1,91 @@
+"""The functional layer: one entry per EPT op, dispatching to the fused Triton kernels or
+the PyTorch reference. Both backends return the same values and gradients.
+
+``backend``: ``"auto"`` runs the kernels on CUDA tensors when Triton is importable and the
+reference otherwise; ``"triton"`` insists on the kernels (CUDA tensors, or any device when
+``TRITON_INTERPRET=1`` runs them in Triton's CPU interpreter); ``"torch"`` is the reference.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Optional, Tuple
+
+import torch
+
+from . import reference
+from ._validation import check_assembly_inputs, check_prompt_inputs
+from .config import Backend, _as_enum
+
+__all__ = ["ept_prompt", "assemble_inputs", "triton_available", "use_triton"]
+
+
+def triton_available() -> bool:
+    """Whether the Triton kernels can be imported here."""
+    try:
+        import triton  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def _interpreting() -> bool:
+    return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+
+
+def use_triton(backend, device: torch.device) -> bool:
+    """The dispatch decision: True for the Triton kernels, False for the reference."""
+    backend = _as_enum(Backend, "backend", backend)
+    if backend is Backend.TORCH:
+        return False
+    runnable = triton_available() and (device.type == "cuda" or _interpreting())
+    if backend is Backend.TRITON and not runnable:
+        reason = "Triton is not installed" if not triton_available() else f"tensors are on {device}"
+        raise ValueError(
+            f"backend: 'triton' needs Triton and CUDA tensors (or TRITON_INTERPRET=1 for the CPU "
+            f"interpreter), but {reason}; use backend='auto' or 'torch'"
+        )
+    return backend is Backend.TRITON or (runnable and device.type == "cuda")
+
+
+def ept_prompt(
+    prompt: torch.Tensor,
+    lora_a: torch.Tensor,
+    lora_b: torch.Tensor,
+    fusion_scale: torch.Tensor,
+    proj_down: torch.Tensor,
+    proj_up: torch.Tensor,
+    gate_weight: torch.Tensor,
+    gate_bias: torch.Tensor,
+    scaling: float,
+    backend: str = "auto",
+) -> torch.Tensor:
+    """The prompt generator P -> P* (m, d); see ``ept_fast.reference.ept_prompt`` for shapes."""
+    args = (prompt, lora_a, lora_b, fusion_scale, proj_down, proj_up, gate_weight, gate_bias, scaling)
+    check_prompt_inputs(*args)
+    if use_triton(backend, prompt.device):
+        from .kernels import fused_ept_prompt
+
+        return fused_ept_prompt(*args)
+    return reference.compute_ept_prompt(*args)
+
+
+def assemble_inputs(
+    input_ids: torch.Tensor,
+    attention_mask: Optional[torch.Tensor],
+    word_embeddings: torch.Tensor,
+    prompt_out: torch.Tensor,
+    lora_a: torch.Tensor,
+    lora_b: torch.Tensor,
+    scaling: float,
+    backend: str = "auto",
+) -> Tuple[torch.Tensor, torch.Tensor]:
+    """``(inputs_embeds (b, m+T, d), attention_mask (b, m+T))``; see
+    ``ept_fast.reference.assemble_inputs`` for the rule and shapes."""
+    args = (input_ids, attention_mask, word_embeddings, prompt_out, lora_a, lora_b, scaling)
+    check_assembly_inputs(*args)
+    if use_triton(backend, word_embeddings.device):
+        from .kernels import fused_assemble_inputs
+
+        return fused_assemble_inputs(*args)
+    return reference.compute_assembly(*args)

@@ -1,0 +1,144 @@
+"""``EPTPromptEncoder``: the trainable part of EPT as an ``nn.Module``."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Optional, Tuple, Union
+
+import torch
+from torch import nn
+
+from . import functional
+from .config import EPTConfig, PromptInit
+
+EmbeddingTable = Union[nn.Embedding, torch.Tensor]
+
+
+def _table(word_embeddings: EmbeddingTable) -> torch.Tensor:
+    """The (V, d) weight of an embedding module, or the tensor itself."""
+    weight = word_embeddings.weight if isinstance(word_embeddings, nn.Embedding) else word_embeddings
+    if not isinstance(weight, torch.Tensor) or weight.dim() != 2:
+        raise TypeError(
+            f"word_embeddings: expected an nn.Embedding or a (V, d) tensor, got {type(word_embeddings).__name__}"
+            + (f" of shape {tuple(weight.shape)}" if isinstance(weight, torch.Tensor) else "")
+        )
+    return weight
+
+
+def _init_text_ids(tokenizer, text: str, length: int) -> torch.Tensor:
+    """Token ids of ``text``, repeated or truncated to ``length`` (as PEFT's TEXT init)."""
+    ids = list(tokenizer(text)["input_ids"])
+    if not ids:
+        raise ValueError(f"prompt_init_text: the tokenizer produced no tokens for {text!r}")
+    repeats = math.ceil(length / len(ids))
+    return torch.tensor((ids * repeats)[:length], dtype=torch.long)
+
+
+class EPTPromptEncoder(nn.Module):
+    """Owns the eight EPT parameters (float32, whatever the backbone's dtype) and computes
+    the prompt P* and the backbone input.
+
+    Args:
+        config: the adapter's hyper-parameters; ``token_dim`` may be left None when
+            ``word_embeddings`` is given.
+        word_embeddings: the frozen (V, d) word-embedding table (or its ``nn.Embedding``);
+            needed by ``prompt_init`` TEXT and RANDOM_VOCAB.
+        tokenizer: a Hugging Face tokenizer; needed by ``prompt_init`` TEXT.
+
+    Parameters (m, d, n, r, K, h as in ``docs/ept.md``): ``prompt`` (m, d),
+    ``lora_a`` (n, r), ``lora_b`` (r, d), ``fusion_scale`` (), ``proj_down`` (K, d, h),
+    ``proj_up`` (K, h, d), ``gate_weight`` (d, K), ``gate_bias`` (K,).
+    """
+
+    def __init__(
+        self,
+        config: EPTConfig,
+        word_embeddings: Optional[EmbeddingTable] = None,
+        tokenizer=None,
+    ) -> None:
+        super().__init__()
+        table = _table(word_embeddings) if word_embeddings is not None else None
+        if config.token_dim is None:
+            if table is None:
+                raise ValueError("config.token_dim: expected the hidden size (or pass word_embeddings), got None")
+            config = dataclasses.replace(config, token_dim=table.shape[1])
+        elif table is not None and table.shape[1] != config.token_dim:
+            raise ValueError(
+                f"word_embeddings: expected hidden size token_dim={config.token_dim}, got a table of shape "
+                f"{tuple(table.shape)}"
+            )
+        self.config = config
+        m, d, n, r = config.num_virtual_tokens, config.token_dim, config.max_length, config.r
+        K, h = config.num_spaces, config.space_rank
+        fp32 = dict(dtype=torch.float32)
+
+        self.prompt = nn.Parameter(self._initial_prompt(table, tokenizer))
+        self.lora_a = nn.Parameter(torch.empty(n, r, **fp32))
+        self.lora_b = nn.Parameter(torch.zeros(r, d, **fp32))
+        self.fusion_scale = nn.Parameter(torch.zeros((), **fp32), requires_grad=config.trains_fusion)
+        self.proj_down = nn.Parameter(torch.empty(K, d, h, **fp32))
+        self.proj_up = nn.Parameter(torch.zeros(K, h, d, **fp32))
+        self.gate_weight = nn.Parameter(torch.zeros(d, K, **fp32))
+        self.gate_bias = nn.Parameter(torch.zeros(K, **fp32))
+        if r > 0:
+            nn.init.kaiming_uniform_(self.lora_a, a=math.sqrt(5))
+        for down in self.proj_down:
+            nn.init.kaiming_uniform_(down, a=math.sqrt(5))
+
+    def _initial_prompt(self, table: Optional[torch.Tensor], tokenizer) -> torch.Tensor:
+        m, d, init = self.config.num_virtual_tokens, self.config.token_dim, self.config.prompt_init
+        if init is PromptInit.RANDOM:
+            return torch.randn(m, d, dtype=torch.float32) * 0.02
+        if table is None:
+            raise ValueError(f"word_embeddings: prompt_init={init.value!r} copies rows of the word-embedding table; pass it")
+        if init is PromptInit.TEXT:
+            if tokenizer is None:
+                raise ValueError("tokenizer: prompt_init='TEXT' tokenizes prompt_init_text; pass a tokenizer")
+            ids = _init_text_ids(tokenizer, self.config.prompt_init_text, m)
+            if int(ids.max()) >= table.shape[0]:
+                raise ValueError(
+                    f"tokenizer: produced id {int(ids.max())}, but word_embeddings has only {table.shape[0]} rows"
+                )
+        else:
+            ids = torch.randint(table.shape[0], (m,))
+        return table.detach()[ids.to(table.device)].to(device="cpu", dtype=torch.float32).clone()
+
+    @property
+    def scaling(self) -> float:
+        return self.config.scaling
+
+    def forward(self) -> torch.Tensor:
+        """The prompt P* (m, d), float32."""
+        return functional.ept_prompt(
+            self.prompt, self.lora_a, self.lora_b, self.fusion_scale, self.proj_down, self.proj_up,
+            self.gate_weight, self.gate_bias, self.scaling, backend=self.config.backend,
+        )
+
+    def assemble(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: Optional[torch.Tensor],
+        word_embeddings: EmbeddingTable,
+        prompt_out: Optional[torch.Tensor] = None,
+    ) -> Tuple[torch.Tensor, torch.Tensor]:
+        """The backbone's ``(inputs_embeds (b, m+T, d), attention_mask (b, m+T))``.
+
+        ``prompt_out`` is P* when the caller already computed it (``self()`` otherwise).
+        """
+        if prompt_out is None:
+            prompt_out = self()
+        return functional.assemble_inputs(
+            input_ids, attention_mask, _table(word_embeddings), prompt_out, self.lora_a, self.lora_b,
+            self.scaling, backend=self.config.backend,
+        )
+
+    def num_trainable_parameters(self) -> int:
+        return sum(p.numel() for p in self.parameters() if p.requires_grad)
+
+    def extra_repr(self) -> str:
+        c = self.config
+        return (
+            f"method={c.method.value}, m={c.num_virtual_tokens}, d={c.token_dim}, n={c.max_length}, r={c.r}, "
+            f"K={c.num_spaces}, h={c.space_rank}, backend={c.backend.value}"
+        )

@@ -1,0 +1,105 @@
+"""Plain-PyTorch EPT: the oracle of every parity test and the CPU fallback.
+
+Written to read like the equations of ``docs/ept.md``. The low-rank rows
+``L = s · A · B`` are never materialised as an (n, d) matrix: every use factors
+through A and B.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Optional, Tuple
+
+import torch
+
+from ._validation import attended_mask, check_assembly_inputs, check_prompt_inputs
+
+__all__ = ["ept_prompt", "assemble_inputs"]
+
+
+def ept_prompt(
+    prompt: torch.Tensor,
+    lora_a: torch.Tensor,
+    lora_b: torch.Tensor,
+    fusion_scale: torch.Tensor,
+    proj_down: torch.Tensor,
+    proj_up: torch.Tensor,
+    gate_weight: torch.Tensor,
+    gate_bias: torch.Tensor,
+    scaling: float,
+) -> torch.Tensor:
+    """The prompt generator P -> P*.
+
+    Shapes: prompt P (m, d), lora_a A (n, r), lora_b B (r, d), fusion_scale λ (),
+    proj_down D (K, d, h), proj_up U (K, h, d), gate_weight W_g (d, K), gate_bias b_g (K,);
+    ``scaling`` is s = lora_alpha / sqrt(r). Returns P* (m, d) in the parameters' dtype.
+    """
+    check_prompt_inputs(prompt, lora_a, lora_b, fusion_scale, proj_down, proj_up, gate_weight, gate_bias, scaling)
+    return compute_ept_prompt(prompt, lora_a, lora_b, fusion_scale, proj_down, proj_up, gate_weight, gate_bias, scaling)
+
+
+def compute_ept_prompt(prompt, lora_a, lora_b, fusion_scale, proj_down, proj_up, gate_weight, gate_bias, scaling):
+    """``ept_prompt`` without the argument checks (for callers that ran them)."""
+    P, A, B, s = prompt, lora_a, lora_b, scaling
+    m, d = P.shape
+
+    # Prompt fusion: each prompt row attends over C = [P ; L].
+    S_self = P @ P.T / math.sqrt(d)  # (m, m)
+    S_low = (s / math.sqrt(d)) * (P @ B.T) @ A.T  # (m, n)
+    W = torch.softmax(torch.cat([S_self, S_low], dim=1), dim=1)
+    W_self, W_low = W[:, :m], W[:, m:]
+    O = W_self @ P + s * (W_low @ A) @ B  # (m, d)
+    F = P + fusion_scale * O
+
+    # Multi-space projection, recombined by the gate.
+    G = torch.softmax(F @ gate_weight + gate_bias, dim=1)  # (m, K)
+    Y = torch.einsum("md,kdh,khe->kme", F, proj_down, proj_up)  # (K, m, d)
+    M = torch.einsum("mk,kme->me", G, Y)
+    return F + M
+
+
+def assemble_inputs(
+    input_ids: torch.Tensor,
+    attention_mask: Optional[torch.Tensor],
+    word_embeddings: torch.Tensor,
+    prompt_out: torch.Tensor,
+    lora_a: torch.Tensor,
+    lora_b: torch.Tensor,
+    scaling: float,
+) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Build the backbone's input: prompt prefix, then word embeddings plus the low-rank update.
+
+    Shapes: input_ids (b, T) integer, attention_mask (b, T) or None (all attended),
+    word_embeddings (V, d) the frozen table, prompt_out P* (m, d), lora_a (n, r),
+    lora_b (r, d). The k-th attended token of a row gets row k of L = s·A·B, whatever the
+    padding side; unattended tokens get none. Returns ``inputs_embeds`` (b, m+T, d) in
+    the table's dtype and the extended mask (b, m+T): m ones, then ``attention_mask``
+    (in its dtype; int64 ones when it was None).
+    """
+    check_assembly_inputs(input_ids, attention_mask, word_embeddings, prompt_out, lora_a, lora_b, scaling)
+    return compute_assembly(input_ids, attention_mask, word_embeddings, prompt_out, lora_a, lora_b, scaling)
+
+
+def compute_assembly(input_ids, attention_mask, word_embeddings, prompt_out, lora_a, lora_b, scaling):
+    """``assemble_inputs`` without the argument checks (for callers that ran them)."""
+    b, T = input_ids.shape
+    m = prompt_out.shape[0]
+    E = word_embeddings[input_ids]  # (b, T, d)
+
+    if lora_a.shape[1] == 0:  # r = 0: no low-rank update (vanilla prompt tuning)
+        tokens = E
+    else:
+        attended = attended_mask(input_ids, attention_mask)
+        pos = torch.cumsum(attended, dim=1) - 1  # k-th attended token -> k
+        rows_of_a = lora_a[pos.clamp(min=0)]  # (b, T, r); unattended tokens are masked below
+        L_rows = scaling * (rows_of_a @ lora_b)  # (b, T, d)
+        sum_dtype = torch.promote_types(E.dtype, torch.promote_types(L_rows.dtype, torch.float32))
+        updated = (E.to(sum_dtype) + L_rows.to(sum_dtype)).to(E.dtype)
+        tokens = torch.where(attended.unsqueeze(-1), updated, E)
+
+    prefix = prompt_out.to(E.dtype).unsqueeze(0).expand(b, m, -1)
+    inputs_embeds = torch.cat([prefix, tokens], dim=1)
+
+    mask = attention_mask if attention_mask is not None else torch.ones_like(input_ids, dtype=torch.long)
+    prompt_mask = torch.ones(b, m, dtype=mask.dtype, device=mask.device)
+    return inputs_embeds, torch.cat([prompt_mask, mask], dim=1)

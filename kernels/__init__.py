@@ -1,0 +1,1 @@
+"""Fused Triton kernels of EPT (installed as ``ept_fast.kernels``)."""

@@ -1,0 +1,30 @@
+from pathlib import Path
+
+from setuptools import setup
+
+about = {}
+exec(Path("ept_fast/__init__.py").read_text().split("from . import")[0], about)
+
+setup(
+    name="ept_fast",
+    version=about["__version__"],
+    description="Efficient Prompt Tuning (EPT) with fused Triton kernels for Hugging Face models",
+    long_description=Path("README.md").read_text(encoding="utf-8"),
+    long_description_content_type="text/markdown",
+    license="Apache-2.0",
+    python_requires=">=3.10",
+    # The kernels live in the top-level kernels/ folder but import as ept_fast.kernels.
+    packages=["ept_fast", "ept_fast.kernels"],
+    package_dir={"ept_fast": "ept_fast", "ept_fast.kernels": "kernels"},
+    install_requires=[
+        "torch>=2.4,<3",
+        "triton>=3.7,<4",
+        "numpy>=1.26",
+        "transformers>=4.46,<6",
+        "datasets>=3.0,<6",
+        "safetensors>=0.4",
+    ],
+    extras_require={
+        "test": ["pytest>=8", "pytest-benchmark>=5", "hypothesis>=6.100"],
+    },
+)

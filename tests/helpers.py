@@ -1,0 +1,66 @@
+"""Random inputs away from initialisation, and a verbose comparison."""
+
+from __future__ import annotations
+
+import math
+from typing import Dict, Optional
+
+import torch
+
+PROMPT_ARGS = ("prompt", "lora_a", "lora_b", "fusion_scale", "proj_down", "proj_up", "gate_weight", "gate_bias")
+
+
+def prompt_inputs(m, d, n, r, K, h, dtype=torch.float64, device="cpu", seed=0) -> Dict[str, torch.Tensor]:
+    """The eight prompt-generator inputs with every term active (B, λ, U, W_g non-zero)."""
+    g = torch.Generator().manual_seed(seed)
+
+    def rnd(*shape, scale=1.0):
+        return (torch.randn(shape, generator=g, dtype=torch.float64) * scale).to(dtype=dtype, device=device)
+
+    return {
+        "prompt": rnd(m, d, scale=0.5),
+        "lora_a": rnd(n, r, scale=1 / math.sqrt(max(r, 1))),
+        "lora_b": rnd(r, d, scale=0.5),
+        "fusion_scale": rnd(scale=0.7).abs() + 0.3,
+        "proj_down": rnd(K, d, h, scale=1 / math.sqrt(d)),
+        "proj_up": rnd(K, h, d, scale=0.5),
+        "gate_weight": rnd(d, K, scale=1 / math.sqrt(d)),
+        "gate_bias": rnd(K, scale=0.5),
+    }
+
+
+def scaling_for(r: int, alpha: float = 8.0) -> float:
+    return alpha / math.sqrt(r) if r > 0 else 0.0
+
+
+def padded_batch(lengths, T, vocab, left: bool, device="cpu", seed=0):
+    """input_ids (b, T) and attention_mask (b, T) with the given real-token counts per row."""
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(vocab, (len(lengths), T), generator=g)
+    mask = torch.zeros(len(lengths), T, dtype=torch.long)
+    for row, length in enumerate(lengths):
+        if left:
+            mask[row, T - length :] = 1
+        else:
+            mask[row, :length] = 1
+    return ids.to(device), mask.to(device)
+
+
+def assert_close(actual: torch.Tensor, expected: torch.Tensor, rtol: float, atol: float, name: str = "") -> None:
+    """allclose that never passes NaN and reports max abs / rel errors."""
+    assert actual.shape == expected.shape, f"{name}: shape {tuple(actual.shape)} != {tuple(expected.shape)}"
+    assert not torch.isnan(actual).any(), f"{name}: NaN in result"
+    actual64, expected64 = actual.double(), expected.double()
+    err = (actual64 - expected64).abs()
+    if err.numel() and not torch.all(err <= atol + rtol * expected64.abs()):
+        rel = (err / expected64.abs().clamp_min(1e-30)).max().item()
+        raise AssertionError(f"{name}: max abs err {err.max().item():.3e}, max rel err {rel:.3e} (rtol={rtol}, atol={atol})")
+
+
+def table(vocab: int, d: int, dtype=torch.float64, device="cpu", seed=1) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(vocab, d, generator=g, dtype=torch.float64).to(dtype=dtype, device=device)
+
+
+def maybe(t: Optional[torch.Tensor]):
+    return None if t is None else t.clone()
