@@ -111,6 +111,7 @@ def check_assembly_inputs(
     Besides shapes, dtypes and devices this reads two values from the tensors (one
     device synchronisation): every id must index a row of ``word_embeddings``, and with
     a non-empty low-rank update (r > 0) no row may hold more than n attended tokens.
+    Under ``torch.compile`` they become device-side asserts (``torch._assert_async``).
     """
     _require_tensor("input_ids", input_ids)
     if input_ids.is_floating_point() or input_ids.is_complex() or input_ids.dtype == torch.bool:
@@ -139,20 +140,25 @@ def check_assembly_inputs(
     _require_same_dtype([("lora_a", lora_a), ("lora_b", lora_b)])
     _require_same_device(named)
     check_scaling(scaling)
-
     lengths = attended_mask(input_ids, attention_mask).sum(dim=1)
+    vocab, max_length, has_update = dims["V"], dims["n"], dims["r"] > 0
+    if torch.compiler.is_compiling():  # reading values would break the graph: assert on the device instead
+        torch._assert_async((input_ids.min() >= 0) & (input_ids.max() < vocab),
+                            f"input_ids: expected ids in [0, {vocab}) (the rows of word_embeddings)")
+        if has_update:
+            torch._assert_async(lengths.max() <= max_length,
+                                f"input_ids: a row has more attended tokens than max_length={max_length}")
+        return dims
     lowest, highest, longest, longest_row = torch.stack(
         [input_ids.min(), input_ids.max(), lengths.max(), lengths.argmax()]
     ).tolist()
-    if lowest < 0 or highest >= dims["V"]:
+    if lowest < 0 or highest >= vocab:
         bad = lowest if lowest < 0 else highest
-        raise ValueError(
-            f"input_ids: expected ids in [0, {dims['V']}) (the rows of word_embeddings), got id {bad}"
-        )
-    if dims["r"] > 0 and longest > dims["n"]:
+        raise ValueError(f"input_ids: expected ids in [0, {vocab}) (the rows of word_embeddings), got id {bad}")
+    if has_update and longest > max_length:
         raise ValueError(
             f"input_ids: row {longest_row} has {longest} attended tokens, but the low-rank update "
-            f"covers max_length={dims['n']} positions; shorten or split the input (it is never "
+            f"covers max_length={max_length} positions; shorten or split the input (it is never "
             f"truncated silently), or build the adapter with a larger max_length"
         )
     return dims

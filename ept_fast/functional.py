@@ -87,5 +87,11 @@ def assemble_inputs(
     if use_triton(backend, word_embeddings.device):
         from .kernels import fused_assemble_inputs
 
+        if word_embeddings.requires_grad and torch.is_grad_enabled():
+            raise ValueError(
+                "word_embeddings: the fused assembly treats the table as frozen, but it requires grad; "
+                "freeze it (requires_grad_(False)) or use backend='torch'"
+            )
+
         return fused_assemble_inputs(*args)
     return reference.compute_assembly(*args)

@@ -3,9 +3,23 @@
 from __future__ import annotations
 
 import math
-from typing import Dict, Optional
+from typing import Dict
 
 import torch
+
+# (m, d, n, r, K, h): the defaults, odd and tiny sizes, and the baselines' K = 0 / r = 0.
+PROMPT_SHAPES = [
+    (60, 384, 256, 30, 4, 8),
+    (60, 768, 256, 30, 4, 8),
+    (1, 40, 13, 1, 1, 1),
+    (7, 40, 13, 3, 3, 5),
+    (7, 33, 13, 1, 1, 5),
+    (1, 40, 13, 3, 3, 1),
+    (5, 24, 9, 2, 0, 4),  # K = 0 (DePT's generator with λ != 0)
+    (4, 16, 6, 0, 0, 3),  # r = 0 and K = 0
+    (3, 20, 5, 0, 2, 2),  # r = 0
+]
+SMALL_PROMPT_SHAPES = [shape for shape in PROMPT_SHAPES if shape[1] < 384]
 
 PROMPT_ARGS = ("prompt", "lora_a", "lora_b", "fusion_scale", "proj_down", "proj_up", "gate_weight", "gate_bias")
 
@@ -60,7 +74,3 @@ def assert_close(actual: torch.Tensor, expected: torch.Tensor, rtol: float, atol
 def table(vocab: int, d: int, dtype=torch.float64, device="cpu", seed=1) -> torch.Tensor:
     g = torch.Generator().manual_seed(seed)
     return torch.randn(vocab, d, generator=g, dtype=torch.float64).to(dtype=dtype, device=device)
-
-
-def maybe(t: Optional[torch.Tensor]):
-    return None if t is None else t.clone()

@@ -6,17 +6,9 @@ import pytest
 import torch
 
 from ept_fast import reference
-from helpers import PROMPT_ARGS, assert_close, padded_batch, prompt_inputs, scaling_for, table
-
-# (m, d, n, r, K, h): odd and tiny ones, the baselines' K = 0 / r = 0, and the defaults.
-SHAPES = [
-    (1, 40, 13, 1, 1, 1),
-    (7, 40, 13, 3, 3, 5),
-    (5, 24, 9, 2, 0, 4),
-    (4, 16, 6, 0, 0, 3),
-    (3, 20, 5, 0, 2, 2),
-    (60, 384, 256, 30, 4, 8),
-]
+from helpers import (
+    PROMPT_ARGS, PROMPT_SHAPES, SMALL_PROMPT_SHAPES, assert_close, padded_batch, prompt_inputs, scaling_for, table,
+)
 
 
 def equations(prompt, lora_a, lora_b, fusion_scale, proj_down, proj_up, gate_weight, gate_bias, scaling):
@@ -34,7 +26,7 @@ def equations(prompt, lora_a, lora_b, fusion_scale, proj_down, proj_up, gate_wei
     return F + M
 
 
-@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("shape", PROMPT_SHAPES, ids=str)
 def test_ept_prompt_matches_equations(shape):
     m, d, n, r, K, h = shape
     x = prompt_inputs(m, d, n, r, K, h)
@@ -42,7 +34,7 @@ def test_ept_prompt_matches_equations(shape):
     assert_close(reference.ept_prompt(**x, scaling=s), equations(**x, scaling=s), 1e-12, 1e-12, "P*")
 
 
-@pytest.mark.parametrize("shape", SHAPES[:-1])
+@pytest.mark.parametrize("shape", SMALL_PROMPT_SHAPES, ids=str)
 def test_ept_prompt_gradcheck(shape):
     m, d, n, r, K, h = shape
     x = {k: v.requires_grad_() for k, v in prompt_inputs(m, d, n, r, K, h).items()}

@@ -1,0 +1,155 @@
+"""The fused input assembly against the reference: forward, the gradients of P*, A and B,
+gradcheck, determinism, opcheck, random shapes (CPU: Triton interpreter; CUDA where present)."""
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from ept_fast import functional, reference
+from ept_fast.kernels import fused_assemble_inputs, input_assembly
+from helpers import assert_close, padded_batch, prompt_inputs, scaling_for, table
+
+# (lengths per row, T, V, d, n, r, m, left padding)
+CASES = {
+    "defaults-d384": ([128, 100, 3, 64], 128, 500, 384, 256, 30, 60, False),
+    "defaults-d768-left": ([128, 100, 3, 64], 128, 500, 768, 256, 30, 60, True),
+    "odd-right": ([5, 3, 1, 0], 5, 50, 40, 13, 3, 7, False),
+    "odd-left": ([5, 3, 1, 0], 6, 50, 40, 13, 1, 1, True),
+    "b1-T1": ([1], 1, 10, 40, 13, 3, 1, False),
+    "no-real-token": ([0, 0], 4, 10, 24, 6, 2, 3, True),
+    "r0": ([9, 5], 9, 30, 40, 4, 0, 7, False),
+    "medium-left": ([40, 33, 5, 0], 44, 60, 48, 50, 5, 9, True),
+}
+# table dtype -> (rtol, atol relative to the largest reference value)
+TOLERANCE = {torch.float64: (1e-10, 1e-12), torch.float32: (1e-5, 1e-6), torch.bfloat16: (2e-2, 2e-2),
+             torch.float16: (1e-2, 1e-2)}
+
+
+def _inputs(case, table_dtype, device, mask_dtype=torch.long):
+    lengths, T, V, d, n, r, m, left = CASES[case]
+    ids, mask = padded_batch(lengths, T, V, left=left, device=device)
+    params = torch.float64 if table_dtype == torch.float64 else torch.float32
+    x = prompt_inputs(m, d, n, r, 1, 1, dtype=params, device=device)
+    mask = None if mask_dtype is None else mask.to(mask_dtype)
+    return ids, mask, table(V, d, dtype=table_dtype, device=device), x["prompt"], x["lora_a"], x["lora_b"], r
+
+
+def _run(fn, ids, mask, E, P, A, B, s, grad_out):
+    leaves = [t.detach().clone().requires_grad_() for t in (P, A, B)]
+    out, ext_mask = fn(ids, mask, E, *leaves, s)
+    grads = torch.autograd.grad(out, leaves, grad_out, allow_unused=True)
+    grads = [torch.zeros_like(t) if g is None else g for g, t in zip(grads, leaves)]  # r = 0: A, B unused
+    return out.detach(), ext_mask, grads
+
+
+def _check_parity(case, table_dtype, device, mask_dtype=torch.long):
+    ids, mask, E, P, A, B, r = _inputs(case, table_dtype, device, mask_dtype)
+    s = scaling_for(r)
+    grad_out = torch.randn(ids.shape[0], P.shape[0] + ids.shape[1], E.shape[1], device=device).to(table_dtype)
+    out, ext_mask, grads = _run(fused_assemble_inputs, ids, mask, E, P, A, B, s, grad_out)
+    ref, ref_mask, ref_grads = _run(reference.assemble_inputs, ids, mask, E, P, A, B, s, grad_out)
+    rtol, atol = TOLERANCE[table_dtype]
+    assert out.dtype == table_dtype and ext_mask.dtype == ref_mask.dtype
+    assert torch.equal(ext_mask, ref_mask)
+    assert_close(out, ref, rtol, atol * ref.abs().max().item(), "inputs_embeds")
+    for name, grad, ref_grad, param in zip(("prompt_out", "lora_a", "lora_b"), grads, ref_grads, (P, A, B)):
+        assert grad.dtype == param.dtype
+        scale = ref_grad.abs().max().item() if ref_grad.numel() else 1.0
+        assert_close(grad, ref_grad, rtol, atol * max(scale, 1.0), f"d {name}")
+
+
+@pytest.mark.parametrize("table_dtype", [torch.float64, torch.float32], ids=["fp64", "fp32"])
+@pytest.mark.parametrize("case", CASES)
+def test_parity_with_reference(case, table_dtype, device):
+    _check_parity(case, table_dtype, device)
+
+
+@pytest.mark.parametrize("table_dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
+@pytest.mark.parametrize("case", ["defaults-d384", "odd-left"])
+def test_half_precision_tables(case, table_dtype, device):
+    """fp32 parameters, 16-bit table: the sum is formed in fp32 and cast once."""
+    _check_parity(case, table_dtype, device)
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("table_dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
+def test_half_precision_tables_on_gpu_defaults(table_dtype):
+    _check_parity("defaults-d768-left", table_dtype, "cuda")
+
+
+@pytest.mark.parametrize("mask_dtype", [torch.bool, torch.int32, torch.float32, None], ids=str)
+def test_mask_dtypes(mask_dtype, device):
+    _check_parity("odd-left", torch.float64, device, mask_dtype)
+
+
+@pytest.fixture
+def small_blocks(monkeypatch):
+    """Several row blocks, a prefix count over several chunks, several position splits."""
+    monkeypatch.setattr(input_assembly, "_forward_blocks", lambda d: dict(BT=16, BD=16, B_PREFIX=16, num_warps=4))
+    monkeypatch.setattr(input_assembly, "_backward_blocks", lambda d, n, dev: (dict(BP=16, BD=16, num_warps=4), 3))
+
+
+@pytest.mark.parametrize("case", ["medium-left", "odd-right", "no-real-token", "r0"])
+def test_parity_with_small_blocks(case, small_blocks, device):
+    _check_parity(case, torch.float64, device)
+
+
+@pytest.mark.parametrize("left", [False, True], ids=["right", "left"])
+def test_gradcheck(left, device):
+    ids, mask = padded_batch([5, 2, 0], 5, 20, left=left, device=device)
+    x = prompt_inputs(3, 24, 6, 3, 1, 1, device=device)
+    E = table(20, 24, device=device)
+    leaves = tuple(x[k].requires_grad_() for k in ("prompt", "lora_a", "lora_b"))
+    fn = lambda P, A, B: fused_assemble_inputs(ids, mask, E, P, A, B, 1.7)[0]  # noqa: E731
+    assert torch.autograd.gradcheck(fn, leaves, fast_mode=True)
+
+
+def test_backward_is_deterministic(small_blocks, device):
+    ids, mask, E, P, A, B, r = _inputs("medium-left", torch.float32, device)
+    grad_out = torch.randn(ids.shape[0], P.shape[0] + ids.shape[1], E.shape[1], device=device)
+    first = _run(fused_assemble_inputs, ids, mask, E, P, A, B, 2.0, grad_out)[2]
+    second = _run(fused_assemble_inputs, ids, mask, E, P, A, B, 2.0, grad_out)[2]
+    assert all(torch.equal(a, b) for a, b in zip(first, second))
+
+
+def test_opcheck(device):
+    ids, mask, E, P, A, B, _ = _inputs("odd-left", torch.float32, device)
+    args = (ids, mask, E, P.requires_grad_(), A.requires_grad_(), B.requires_grad_(), 1.5)
+    torch.library.opcheck(torch.ops.ept_fast.assemble_inputs.default, args)
+
+
+def test_torch_compile_traces_without_graph_breaks(device):
+    ids, mask, E, P, A, B, _ = _inputs("odd-right", torch.float32, device)
+    fn = lambda *a: functional.assemble_inputs(*a, 2.0, backend="triton")[0] * 2  # noqa: E731
+    compiled = torch.compile(fn, backend="aot_eager", fullgraph=True)
+    assert_close(compiled(ids, mask, E, P, A, B), reference.assemble_inputs(ids, mask, E, P, A, B, 2.0)[0] * 2,
+                 1e-5, 1e-6)
+
+
+def test_frozen_table_is_required(device):
+    ids, mask, E, P, A, B, _ = _inputs("odd-left", torch.float32, device)
+    with pytest.raises(ValueError, match=r"word_embeddings: the fused assembly treats the table as frozen"):
+        functional.assemble_inputs(ids, mask, E.requires_grad_(), P, A, B, 2.0, backend="triton")
+
+
+@settings(max_examples=12, deadline=None)
+@given(
+    lengths=st.lists(st.integers(0, 12), min_size=1, max_size=4), extra=st.integers(0, 3),
+    d=st.integers(1, 40), spare=st.integers(0, 4), r=st.integers(0, 4), m=st.integers(1, 6),
+    left=st.booleans(), seed=st.integers(0, 2**16),
+)
+def test_random_small_shapes(lengths, extra, d, spare, r, m, left, seed):
+    T = max(max(lengths), 1) + extra
+    ids, mask = padded_batch(lengths, T, 17, left=left, seed=seed)
+    x = prompt_inputs(m, d, max(lengths) + spare or 1, r, 1, 1, seed=seed)
+    E = table(17, d, seed=seed)
+    s = scaling_for(r)
+    grad_out = torch.randn(len(lengths), m + T, d, dtype=torch.float64)
+    out, ext_mask, grads = _run(fused_assemble_inputs, ids, mask, E, x["prompt"], x["lora_a"], x["lora_b"], s, grad_out)
+    ref, ref_mask, ref_grads = _run(reference.assemble_inputs, ids, mask, E, x["prompt"], x["lora_a"], x["lora_b"], s,
+                                    grad_out)
+    assert torch.equal(ext_mask, ref_mask)
+    assert_close(out, ref, 1e-12, 1e-12, "inputs_embeds")
+    for grad, ref_grad in zip(grads, ref_grads):
+        assert_close(grad, ref_grad, 1e-10, 1e-10, "grad")
