@@ -23,6 +23,12 @@ setup(
         "transformers>=4.46,<6",
         "datasets>=3.0,<6",
         "safetensors>=0.4",
+        "accelerate>=1.1",
+        "scikit-learn>=1.3",
+        "scipy>=1.10",
+        "matplotlib>=3.7",
+        "tqdm>=4.60",
+        "pyyaml>=6.0",
     ],
     extras_require={
         "test": ["pytest>=8", "pytest-benchmark>=5", "hypothesis>=6.100"],

@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 import enum
 import math
-from typing import Optional
+from typing import List, Optional
 
 
 class PromptInit(str, enum.Enum):
@@ -22,6 +22,14 @@ class Method(str, enum.Enum):
     EPT = "ept"
     DEPT = "dept"  # K = 0, fusion_scale frozen at 0
     PT = "pt"  # additionally r = 0: vanilla prompt tuning
+
+
+class TaskType(str, enum.Enum):
+    """Where the prompt goes (PEFT's ``TaskType`` values)."""
+
+    SEQ_2_SEQ_LM = "SEQ_2_SEQ_LM"  # encoder-decoder (T5): the encoder input only
+    CAUSAL_LM = "CAUSAL_LM"  # decoder-only LM: the input, labels padded with -100
+    SEQ_CLS = "SEQ_CLS"  # sequence classifier: the input; the classification head trains too
 
 
 class Backend(str, enum.Enum):
@@ -69,9 +77,15 @@ class EPTConfig:
     prompt_init_text: str = "Classify the following text:"
     method: Method = Method.EPT
     backend: Backend = Backend.AUTO
+    task_type: Optional[TaskType] = None
+    base_model_name_or_path: Optional[str] = None
+    tokenizer_name_or_path: Optional[str] = None
+    modules_to_save: Optional[List[str]] = None
 
     def __post_init__(self) -> None:
         self.method = _as_enum(Method, "method", self.method)
+        if self.task_type is not None:
+            self.task_type = _as_enum(TaskType, "task_type", self.task_type)
         self.prompt_init = _as_enum(PromptInit, "prompt_init", self.prompt_init)
         self.backend = _as_enum(Backend, "backend", self.backend)
         if self.r is None:
@@ -97,6 +111,10 @@ class EPTConfig:
                 f"num_spaces: method={self.method.value!r} has no multi-space projection, so num_spaces must be 0, "
                 f"got {self.num_spaces}"
             )
+        if self.modules_to_save is not None and (
+            isinstance(self.modules_to_save, str) or not all(isinstance(name, str) for name in self.modules_to_save)
+        ):
+            raise TypeError(f"modules_to_save: expected a list of module names, got {self.modules_to_save!r}")
         if self.prompt_init is PromptInit.TEXT and not self.prompt_init_text:
             raise ValueError("prompt_init_text: prompt_init='TEXT' needs a non-empty init text")
 
@@ -117,3 +135,12 @@ class EPTConfig:
             for field in dataclasses.fields(self)
             for value in [getattr(self, field.name)]
         }
+
+    @classmethod
+    def from_dict(cls, values: dict, ignore=()) -> "EPTConfig":
+        """Inverse of ``to_dict``; keys in ``ignore`` are skipped, any other unknown key is an error."""
+        names = {field.name for field in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - names - set(ignore))
+        if unknown:
+            raise ValueError(f"config: unknown field(s) {unknown}; known fields are {sorted(names)}")
+        return cls(**{key: value for key, value in values.items() if key in names})

@@ -45,6 +45,8 @@ class EPTPromptEncoder(nn.Module):
         word_embeddings: the frozen (V, d) word-embedding table (or its ``nn.Embedding``);
             needed by ``prompt_init`` TEXT and RANDOM_VOCAB.
         tokenizer: a Hugging Face tokenizer; needed by ``prompt_init`` TEXT.
+        initialize_prompt: False leaves ``prompt`` at zeros, for a caller that loads saved
+            values right after (no table or tokenizer needed then).
 
     Parameters (m, d, n, r, K, h as in ``docs/ept.md``): ``prompt`` (m, d),
     ``lora_a`` (n, r), ``lora_b`` (r, d), ``fusion_scale`` (), ``proj_down`` (K, d, h),
@@ -56,6 +58,7 @@ class EPTPromptEncoder(nn.Module):
         config: EPTConfig,
         word_embeddings: Optional[EmbeddingTable] = None,
         tokenizer=None,
+        initialize_prompt: bool = True,
     ) -> None:
         super().__init__()
         table = _table(word_embeddings) if word_embeddings is not None else None
@@ -73,7 +76,8 @@ class EPTPromptEncoder(nn.Module):
         K, h = config.num_spaces, config.space_rank
         fp32 = dict(dtype=torch.float32)
 
-        self.prompt = nn.Parameter(self._initial_prompt(table, tokenizer))
+        initial = self._initial_prompt(table, tokenizer) if initialize_prompt else torch.zeros(m, d, **fp32)
+        self.prompt = nn.Parameter(initial)
         self.lora_a = nn.Parameter(torch.empty(n, r, **fp32))
         self.lora_b = nn.Parameter(torch.zeros(r, d, **fp32))
         self.fusion_scale = nn.Parameter(torch.zeros((), **fp32), requires_grad=config.trains_fusion)

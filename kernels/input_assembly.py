@@ -6,7 +6,7 @@ t is attended, adds s·A[pos]·B (pos = attended tokens before t in the row: a p
 over the earlier mask entries plus a cumulative sum inside the block), formed in float32
 and cast once. L = s·A·B is never materialised. The programs of the first column block
 also write the extended mask, the row lengths and, for each row b and position p, the
-token that holds it (``token_index[b, p]``, valid for p < length[b]).
+token that holds it (``token_index[b, p]``; -1 for p >= length[b]).
 
 Backward: the incoming gradient is read once. Programs over (column block, position
 split) sum, for their positions p, the gradient rows of the tokens holding p in every
@@ -77,7 +77,11 @@ def _assemble_fwd_kernel(
             tl.store(TOKEN_INDEX + b * n + pos, t, mask=attended)
             last = m + T - 1
             if (block * BT <= last) & (last < block * BT + BT):
-                tl.store(LENGTHS + b, before + tl.sum(attended.to(tl.int32), axis=0))
+                length = before + tl.sum(attended.to(tl.int32), axis=0)
+                tl.store(LENGTHS + b, length)
+                for p0 in range(length, n, BT):  # positions no token holds
+                    tail = p0 + tl.arange(0, BT)
+                    tl.store(TOKEN_INDEX + b * n + tail, tl.full((BT,), -1, tl.int32), mask=tail < n)
 
     prefix = tl.load(PROMPT + rows[:, None] * d + cols[None, :], mask=is_prompt[:, None] & col_ok[None, :], other=0.0)
     out = tl.where(is_prompt[:, None], prefix.to(ACC), tokens)

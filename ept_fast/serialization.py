@@ -1,0 +1,74 @@
+"""Adapter files: ``adapter_config.json`` + ``adapter_model.safetensors`` (PEFT's names),
+always written to a temporary file first and renamed, so a crash never leaves a torn file."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Callable, Dict, Tuple, Union
+
+import torch
+from safetensors.torch import load_file, save_file
+
+CONFIG_NAME = "adapter_config.json"
+WEIGHTS_NAME = "adapter_model.safetensors"
+PEFT_TYPE = "EPT"
+FORMAT_VERSION = 1
+# Keys written next to the config fields; not config fields themselves.
+METADATA_KEYS = ("peft_type", "format_version", "ept_fast_version", "inference_mode")
+
+PathLike = Union[str, os.PathLike]
+
+
+def atomic_write(path: PathLike, write: Callable[[str], None]) -> None:
+    """Call ``write(temporary_path)`` in the target's folder, then rename over ``path``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(handle)
+    try:
+        write(temporary)
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+
+
+def save_adapter(directory: PathLike, config: dict, tensors: Dict[str, torch.Tensor]) -> None:
+    """Write the two adapter files into ``directory`` (created if needed)."""
+    from . import __version__
+
+    directory = Path(directory)
+    document = {"peft_type": PEFT_TYPE, "format_version": FORMAT_VERSION, "ept_fast_version": __version__,
+                "inference_mode": True, **config}
+    contiguous = {name: tensor.detach().contiguous().cpu() for name, tensor in tensors.items()}
+    atomic_write(directory / WEIGHTS_NAME, lambda tmp: save_file(contiguous, tmp, metadata={"format": "pt"}))
+    text = json.dumps(document, indent=2, sort_keys=True) + "\n"
+    atomic_write(directory / CONFIG_NAME, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
+
+
+def load_adapter(directory: PathLike) -> Tuple[dict, Dict[str, torch.Tensor]]:
+    """Read and check the two adapter files; returns (config fields, tensors on the CPU)."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        raise FileNotFoundError(f"adapter directory: expected a folder holding {CONFIG_NAME} and {WEIGHTS_NAME}, "
+                                f"but {directory} does not exist")
+    for name in (CONFIG_NAME, WEIGHTS_NAME):
+        if not (directory / name).is_file():
+            raise FileNotFoundError(f"adapter directory {directory}: expected {name}, which is missing")
+    try:
+        document = json.loads((directory / CONFIG_NAME).read_text(encoding="utf-8"))
+    except json.JSONDecodeError as error:
+        raise ValueError(f"{directory / CONFIG_NAME}: not valid JSON ({error})") from None
+    if document.get("peft_type") != PEFT_TYPE:
+        raise ValueError(f"{directory / CONFIG_NAME}: expected peft_type {PEFT_TYPE!r}, got {document.get('peft_type')!r}")
+    if document.get("format_version") != FORMAT_VERSION:
+        raise ValueError(
+            f"{directory / CONFIG_NAME}: expected adapter format_version {FORMAT_VERSION}, got "
+            f"{document.get('format_version')!r} (written by ept_fast {document.get('ept_fast_version', '?')}); "
+            f"upgrade ept_fast to read it"
+        )
+    config = {key: value for key, value in document.items() if key not in METADATA_KEYS}
+    return config, load_file(str(directory / WEIGHTS_NAME))

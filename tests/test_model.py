@@ -1,0 +1,289 @@
+"""get_ept_model / EPTModel on tiny T5, GPT-2 and BERT classifiers built from configs."""
+
+import json
+import math
+
+import pytest
+import torch
+
+from ept_fast import EPTConfig, EPTModel, get_ept_model, reference
+from helpers import padded_batch
+from tiny_models import BUILDERS, HIDDEN, VOCAB, tiny_bert_classifier, tiny_gpt2, tiny_t5
+
+TASKS = list(BUILDERS)
+
+
+def _config(task, **overrides):
+    values = dict(task_type=task, num_virtual_tokens=4, max_length=12, r=3, num_spaces=2, space_rank=4,
+                  prompt_init="RANDOM_VOCAB")
+    values.update(overrides)
+    return EPTConfig(**values)
+
+
+def _moved(model):
+    """Move every trainable adapter parameter away from its initial value, so every term is active."""
+    with torch.no_grad():
+        for parameter in model.prompt_encoder.parameters():
+            if parameter.requires_grad:
+                parameter.add_(0.3 * torch.randn_like(parameter))
+    return model
+
+
+def _batch(task, left=False):
+    ids, mask = padded_batch([7, 4, 6], 7, VOCAB, left=left)
+    ids[ids < 2] = 2  # keep pad / eos ids out of the text
+    labels = {"SEQ_2_SEQ_LM": torch.randint(2, VOCAB, (3, 3)), "CAUSAL_LM": ids.masked_fill(mask == 0, -100),
+              "SEQ_CLS": torch.tensor([0, 2, 1])}[task]
+    return ids, mask, labels
+
+
+def _manual_inputs(model, ids, mask):
+    enc = model.prompt_encoder
+    prompt = reference.ept_prompt(*enc.parameters(), scaling=enc.scaling)
+    table = model.base_model.get_input_embeddings().weight
+    return reference.assemble_inputs(ids, mask, table, prompt, enc.lora_a, enc.lora_b, enc.scaling)
+
+
+@pytest.mark.parametrize("task", TASKS)
+def test_forward_loss_equals_the_manual_pipeline(task):
+    model = _moved(get_ept_model(BUILDERS[task](), _config(task)))
+    ids, mask, labels = _batch(task)
+    loss = model(input_ids=ids, attention_mask=mask, labels=labels).loss
+    embeds, ext_mask = _manual_inputs(model, ids, mask)
+    if task == "CAUSAL_LM":
+        labels = torch.cat([torch.full((3, 4), -100), labels], dim=1)
+    expected = model.base_model(inputs_embeds=embeds, attention_mask=ext_mask, labels=labels).loss
+    assert torch.equal(loss, expected)
+
+
+@pytest.mark.parametrize("task", TASKS)
+def test_gradients_reach_only_the_adapter_and_the_head(task):
+    model = _moved(get_ept_model(BUILDERS[task](), _config(task)))
+    ids, mask, labels = _batch(task)
+    model(input_ids=ids, attention_mask=mask, labels=labels).loss.backward()
+    with_grad = {name for name, p in model.named_parameters() if p.grad is not None and p.grad.abs().sum() > 0}
+    trainable = {name for name, p in model.named_parameters() if p.requires_grad}
+    expected_heads = {"base_model.classifier.weight", "base_model.classifier.bias"} if task == "SEQ_CLS" else set()
+    assert trainable == {f"prompt_encoder.{n}" for n, _ in model.prompt_encoder.named_parameters()} | expected_heads
+    assert with_grad == trainable
+
+
+def test_task_type_and_token_dim_come_from_the_model():
+    for task, build in BUILDERS.items():
+        model = get_ept_model(build(), EPTConfig(num_virtual_tokens=2, max_length=8, prompt_init="RANDOM"))
+        assert model.config.task_type.value == task and model.config.token_dim == HIDDEN
+
+
+def _greedy(base, embeds, mask, steps):
+    """Greedy decoding by full forwards, positions counted over the attended tokens (as HF's generate)."""
+    table, tokens = base.get_input_embeddings(), []
+    for _ in range(steps):
+        positions = (mask.cumsum(1) - 1).clamp(min=0)
+        token = base(inputs_embeds=embeds, attention_mask=mask, position_ids=positions).logits[:, -1].argmax(-1)
+        tokens.append(token)
+        embeds = torch.cat([embeds, table(token)[:, None]], dim=1)
+        mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
+    return torch.stack(tokens, dim=1)
+
+
+@pytest.mark.parametrize("use_cache", [True, False])
+def test_causal_generate_matches_a_manual_greedy_decode(use_cache):
+    model = _moved(get_ept_model(tiny_gpt2(), _config("CAUSAL_LM")))
+    ids, mask, _ = _batch("CAUSAL_LM", left=True)
+    out = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=5, do_sample=False, use_cache=use_cache,
+                         pad_token_id=0)
+    embeds, ext_mask = _manual_inputs(model, ids, mask)
+    assert torch.equal(out[:, :7], ids)
+    assert torch.equal(out[:, 7:], _greedy(model.base_model, embeds, ext_mask, 5))
+
+
+@pytest.mark.parametrize("task,builder", [("SEQ_2_SEQ_LM", tiny_t5), ("CAUSAL_LM", tiny_gpt2)])
+@pytest.mark.parametrize("use_cache", [True, False])
+@pytest.mark.parametrize("num_beams", [1, 3])
+def test_generate_matches_the_backbone_on_the_same_inputs_embeds(task, builder, use_cache, num_beams):
+    model = _moved(get_ept_model(builder(), _config(task)))
+    ids, mask, _ = _batch(task, left=task == "CAUSAL_LM")
+    options = dict(max_new_tokens=4, do_sample=False, num_beams=num_beams, use_cache=use_cache, pad_token_id=0)
+    out = model.generate(input_ids=ids, attention_mask=mask, **options)
+    embeds, ext_mask = _manual_inputs(model, ids, mask)
+    expected = model.base_model.generate(inputs_embeds=embeds, attention_mask=ext_mask, **options)
+    if task == "CAUSAL_LM":
+        expected = torch.cat([ids, expected], dim=1)
+    assert torch.equal(out, expected)
+
+
+def test_merged_prompt_gives_the_same_generation_and_is_dropped_for_training():
+    model = _moved(get_ept_model(tiny_t5(), _config("SEQ_2_SEQ_LM")))
+    ids, mask, _ = _batch("SEQ_2_SEQ_LM")
+    before = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=4)
+    model.merge_prompt()
+    assert torch.equal(model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=4), before)
+    model.train()
+    assert model._merged_prompt is None
+
+
+@pytest.mark.parametrize("task", TASKS)
+def test_save_and_load_round_trip_is_bit_exact(task, tmp_path):
+    torch.manual_seed(1)
+    model = _moved(get_ept_model(BUILDERS[task](), _config(task)))
+    if task == "SEQ_CLS":
+        with torch.no_grad():
+            model.base_model.classifier.weight.add_(1.0)  # a trained head travels with the adapter
+    ids, mask, labels = _batch(task)
+    logits = model(input_ids=ids, attention_mask=mask, labels=labels).logits
+    model.save_pretrained(tmp_path / "adapter")
+    assert sorted(p.name for p in (tmp_path / "adapter").iterdir()) == ["adapter_config.json", "adapter_model.safetensors"]
+    saved = json.loads((tmp_path / "adapter" / "adapter_config.json").read_text())
+    assert saved["peft_type"] == "EPT" and saved["task_type"] == task and saved["num_virtual_tokens"] == 4
+    assert saved["format_version"] == 1 and "ept_fast_version" in saved and saved["token_dim"] == HIDDEN
+
+    torch.manual_seed(2)  # a fresh backbone: same frozen weights, other head and adapter init
+    fresh = BUILDERS[task]()
+    fresh.load_state_dict(model.base_model.state_dict())
+    if task == "SEQ_CLS":
+        torch.nn.init.normal_(fresh.classifier.weight)
+    loaded = EPTModel.from_pretrained(fresh, tmp_path / "adapter")
+    assert torch.equal(loaded(input_ids=ids, attention_mask=mask, labels=labels).logits, logits)
+    assert not any(p.requires_grad for p in loaded.parameters())
+    assert EPTModel.from_pretrained(BUILDERS[task](), tmp_path / "adapter", is_trainable=True).get_nb_trainable_parameters()[0] > 0
+
+
+def test_loading_errors(tmp_path):
+    model = get_ept_model(tiny_t5(), _config("SEQ_2_SEQ_LM"))
+    with pytest.raises(FileNotFoundError, match=r"adapter directory: expected a folder .* does not exist"):
+        EPTModel.from_pretrained(tiny_t5(), tmp_path / "nowhere")
+    model.save_pretrained(tmp_path / "a")
+    (tmp_path / "a" / "adapter_model.safetensors").unlink()
+    with pytest.raises(FileNotFoundError, match=r"expected adapter_model.safetensors, which is missing"):
+        EPTModel.from_pretrained(tiny_t5(), tmp_path / "a")
+
+    model.save_pretrained(tmp_path / "b")
+    wider = tiny_t5().__class__(tiny_t5().config.__class__(**{**tiny_t5().config.to_dict(), "d_model": 48}))
+    with pytest.raises(ValueError, match=r"token_dim: the config says 40, but the backbone's input embeddings have hidden size 48"):
+        EPTModel.from_pretrained(wider, tmp_path / "b")
+
+    config_file = tmp_path / "b" / "adapter_config.json"
+    config_file.write_text(json.dumps({**json.loads(config_file.read_text()), "format_version": 99}))
+    with pytest.raises(ValueError, match=r"expected adapter format_version 1, got 99"):
+        EPTModel.from_pretrained(tiny_t5(), tmp_path / "b")
+
+
+def test_save_writes_through_a_temporary_file(tmp_path, monkeypatch):
+    """A failing write leaves the previous adapter intact and no stray files."""
+    model = get_ept_model(tiny_t5(), _config("SEQ_2_SEQ_LM"))
+    model.save_pretrained(tmp_path)
+    before = (tmp_path / "adapter_model.safetensors").read_bytes()
+    import ept_fast.serialization as serialization
+
+    def broken(tensors, path, metadata=None):
+        open(path, "wb").write(b"partial")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(serialization, "save_file", broken)
+    with pytest.raises(OSError, match="disk full"):
+        _moved(model).save_pretrained(tmp_path)
+    assert (tmp_path / "adapter_model.safetensors").read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["adapter_config.json", "adapter_model.safetensors"]
+
+
+def test_print_trainable_parameters_uses_peft_format(capsys):
+    model = get_ept_model(tiny_t5(), _config("SEQ_2_SEQ_LM"))
+    trainable, total = model.get_nb_trainable_parameters()
+    m, d, n, r, K, h = 4, HIDDEN, 12, 3, 2, 4
+    assert trainable == m * d + n * r + r * d + 1 + K * (2 * d * h + d + 1)
+    assert total == trainable + sum(p.numel() for p in model.base_model.parameters())
+    model.print_trainable_parameters()
+    assert capsys.readouterr().out == (
+        f"trainable params: {trainable:,d} || all params: {total:,d} || trainable%: {100 * trainable / total:.4f}\n"
+    )
+
+
+def test_param_groups_split_the_low_rank_pair():
+    model = get_ept_model(tiny_bert_classifier(), _config("SEQ_CLS"))
+    groups = model.param_groups(lr_prompt=0.3, lr_lowrank=1e-4)
+    enc = model.prompt_encoder
+    assert [g["lr"] for g in groups] == [0.3, 1e-4]
+    assert {id(p) for p in groups[1]["params"]} == {id(enc.lora_a), id(enc.lora_b)}
+    assert {id(p) for p in groups[0]["params"]} == {
+        id(p) for p in model.parameters() if p.requires_grad and p is not enc.lora_a and p is not enc.lora_b
+    }
+
+
+def test_pt_method_builds_what_peft_prompt_tuning_builds():
+    """method='pt': inputs_embeds = [P ; E(input_ids)], mask = [1 … ; mask], as PEFT's concatenation."""
+    model = get_ept_model(tiny_gpt2(), _config("CAUSAL_LM", method="pt", r=None, num_spaces=None))
+    ids, mask, labels = _batch("CAUSAL_LM")
+    embeds, ext_mask = model.build_inputs(ids, mask)
+    prompt = model.prompt_encoder.prompt
+    peft_embeds = torch.cat([prompt.unsqueeze(0).expand(3, -1, -1), model.word_embeddings(ids)], dim=1)
+    peft_mask = torch.cat([torch.ones(3, 4, dtype=mask.dtype), mask], dim=1)
+    assert torch.equal(embeds, peft_embeds) and torch.equal(ext_mask, peft_mask)
+    peft_labels = torch.cat([torch.full((3, 4), -100), labels], dim=1)
+    expected = model.base_model(inputs_embeds=peft_embeds, attention_mask=peft_mask, labels=peft_labels).loss
+    assert torch.equal(model(input_ids=ids, attention_mask=mask, labels=labels).loss, expected)
+    assert model.get_nb_trainable_parameters()[0] == 4 * HIDDEN
+
+
+def test_dept_method_adds_the_low_rank_update_only():
+    model = _moved(get_ept_model(tiny_t5(), _config("SEQ_2_SEQ_LM", method="dept", num_spaces=None)))
+    ids, mask, _ = _batch("SEQ_2_SEQ_LM")
+    embeds, _ = model.build_inputs(ids, mask)
+    enc = model.prompt_encoder
+    assert torch.equal(embeds[:, :4], enc.prompt.detach().expand(3, -1, -1))  # P* = P: no fusion, no subspaces
+    L = enc.scaling * enc.lora_a @ enc.lora_b
+    expected = model.word_embeddings(ids) + L[:7]
+    assert torch.allclose(embeds[0, 4:], expected[0], atol=1e-6)
+
+
+def test_bad_inputs():
+    model = get_ept_model(tiny_t5(), _config("SEQ_2_SEQ_LM", max_length=5))
+    ids, mask, labels = _batch("SEQ_2_SEQ_LM")
+    with pytest.raises(ValueError, match=r"row 0 has 7 attended tokens, but the low-rank update covers max_length=5"):
+        model(input_ids=ids, attention_mask=mask, labels=labels)
+    with pytest.raises(ValueError, match=r"inputs_embeds: EPT builds the backbone's inputs_embeds from input_ids"):
+        model(input_ids=ids, inputs_embeds=torch.zeros(3, 7, HIDDEN), labels=labels)
+    with pytest.raises(ValueError, match=r"input_ids: required"):
+        model.generate(attention_mask=mask)
+    with pytest.raises(ValueError, match=r"generate: needs task_type SEQ_2_SEQ_LM or CAUSAL_LM, this model is SEQ_CLS"):
+        get_ept_model(tiny_bert_classifier(), _config("SEQ_CLS")).generate(input_ids=ids)
+
+    class NoEmbeddings(torch.nn.Module):
+        def get_input_embeddings(self):
+            return None
+
+    with pytest.raises(ValueError, match=r"model: expected a backbone whose get_input_embeddings\(\) returns an nn.Embedding, got NoneType"):
+        get_ept_model(NoEmbeddings(), _config("CAUSAL_LM"))
+    class Encoder(torch.nn.Module):
+        def get_input_embeddings(self):
+            return torch.nn.Embedding(10, 8)
+
+    with pytest.raises(ValueError, match=r"task_type: cannot infer it from Encoder; set EPTConfig\(task_type=...\)"):
+        get_ept_model(Encoder(), EPTConfig(prompt_init="RANDOM"))
+    with pytest.raises(ValueError, match=r"tokenizer: prompt_init='TEXT' tokenizes prompt_init_text, but no tokenizer"):
+        get_ept_model(tiny_t5(), EPTConfig(num_virtual_tokens=2))
+
+
+def test_text_init_uses_the_given_tokenizer():
+    class Tok:
+        def __call__(self, text):
+            return {"input_ids": [5, 6, 7]}
+
+    model = get_ept_model(tiny_t5(), _config("SEQ_2_SEQ_LM", prompt_init="TEXT"), tokenizer=Tok())
+    table = model.word_embeddings.weight
+    assert torch.equal(model.prompt_encoder.prompt.detach(), table[[5, 6, 7, 5]])
+
+
+def test_works_as_the_model_of_a_transformers_trainer(tmp_path):
+    from datasets import Dataset
+    from transformers import Trainer, TrainingArguments
+
+    model = get_ept_model(tiny_bert_classifier(), _config("SEQ_CLS"))
+    ids, mask, labels = _batch("SEQ_CLS")
+    data = Dataset.from_dict({"input_ids": ids.tolist(), "attention_mask": mask.tolist(), "labels": labels.tolist()})
+    before = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+    args = TrainingArguments(output_dir=str(tmp_path), max_steps=2, per_device_train_batch_size=3, learning_rate=0.1,
+                             report_to=[], save_strategy="no", use_cpu=True, logging_steps=1)
+    result = Trainer(model=model, args=args, train_dataset=data).train()
+    assert result.global_step == 2 and math.isfinite(result.training_loss)
+    moved = [n for n, p in model.named_parameters() if p.requires_grad and not torch.equal(p, before[n])]
+    assert "prompt_encoder.prompt" in moved and "base_model.classifier.weight" in moved
