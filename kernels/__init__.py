@@ -7,7 +7,12 @@ One module per op, each holding its ``@triton.jit`` kernels and the differentiab
 - ``input_assembly``: ``ept_fast::assemble_inputs`` (prefix + embeddings + low-rank rows).
 """
 
-from .input_assembly import fused_assemble_inputs
-from .prompt_generator import fused_ept_prompt
+# From a checkout's root this folder is also importable as a top-level package "kernels", and
+# transformers imports that name when it probes for the unrelated hub "kernels" library.
+# Registering the custom ops a second time would invalidate the first registration (the
+# operator's schema is freed under the first module), so that stray import stays empty.
+if __name__ == "ept_fast.kernels":
+    from .input_assembly import fused_assemble_inputs
+    from .prompt_generator import fused_ept_prompt
 
-__all__ = ["fused_assemble_inputs", "fused_ept_prompt"]
+    __all__ = ["fused_assemble_inputs", "fused_ept_prompt"]
