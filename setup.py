@@ -30,6 +30,7 @@ setup(
         "tqdm>=4.60",
         "pyyaml>=6.0",
     ],
+    entry_points={"console_scripts": ["ept-fast=ept_fast.cli:main"]},
     extras_require={
         "test": ["pytest>=8", "pytest-benchmark>=5", "hypothesis>=6.100"],
     },

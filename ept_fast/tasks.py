@@ -1,0 +1,229 @@
+"""Tasks: the 13 GLUE / SuperGLUE tasks EPT and DePT report, the embedded BBC News default,
+and user files, all turned into one example format with one set of metrics.
+
+An example is ``{"text": str, "text_pair": str | None, "label": int | float, "source": str,
+"target": str}``: ``text``/``text_pair`` feed classifiers, ``source``/``target`` are DePT's T5
+text-to-text form (``"premise: … hypothesis: …"`` -> ``"0"``; STS-B rounded to steps of 0.2).
+Seq2seq models are scored on generated strings, as DePT does: a string that is not a label
+counts as wrong (-1).
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import json
+import random
+from pathlib import Path
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+
+Example = Dict[str, object]
+
+
+@dataclasses.dataclass(frozen=True)
+class Task:
+    name: str
+    fields: Tuple[str, ...]  # input columns, in the order of the text-to-text source
+    num_labels: int  # 1 for regression (STS-B)
+    metrics: Tuple[str, ...]  # the first is the one that selects the best checkpoint
+    hub: Optional[Tuple[str, str]] = None  # (dataset id, config) for datasets.load_dataset
+    validation_split: str = "validation"
+    test_split: Optional[str] = None  # a second held-out split (MNLI's matched set); else DePT's split rule
+    label_names: Optional[Tuple[str, ...]] = None
+
+    @property
+    def is_regression(self) -> bool:
+        return self.num_labels == 1
+
+
+GLUE, SUPER_GLUE = "nyu-mll/glue", "aps/super_glue"
+TASKS: Dict[str, Task] = {
+    task.name: task
+    for task in [
+        Task("mnli", ("premise", "hypothesis"), 3, ("accuracy",), (GLUE, "mnli"),
+             validation_split="validation_mismatched", test_split="validation_matched"),
+        Task("qqp", ("question1", "question2"), 2, ("accuracy", "f1"), (GLUE, "qqp")),
+        Task("qnli", ("question", "sentence"), 2, ("accuracy",), (GLUE, "qnli")),
+        Task("sst2", ("sentence",), 2, ("accuracy",), (GLUE, "sst2")),
+        Task("stsb", ("sentence1", "sentence2"), 1, ("pearson", "spearman"), (GLUE, "stsb")),
+        Task("mrpc", ("sentence1", "sentence2"), 2, ("accuracy", "f1"), (GLUE, "mrpc")),
+        Task("rte", ("sentence1", "sentence2"), 2, ("accuracy",), (GLUE, "rte")),
+        Task("cola", ("sentence",), 2, ("matthews_correlation",), (GLUE, "cola")),
+        Task("multirc", ("question", "answer", "paragraph"), 2, ("f1", "accuracy"), (SUPER_GLUE, "multirc")),
+        Task("boolq", ("question", "passage"), 2, ("accuracy",), (SUPER_GLUE, "boolq")),
+        Task("wic", ("sentence1", "sentence2", "word"), 2, ("accuracy",), (SUPER_GLUE, "wic")),
+        Task("wsc", ("text", "span1_text", "span2_text"), 2, ("accuracy",), (SUPER_GLUE, "wsc.fixed")),
+        Task("cb", ("premise", "hypothesis"), 3, ("accuracy", "f1_macro"), (SUPER_GLUE, "cb")),
+        Task("bbc_news", ("text",), 5, ("accuracy", "f1_macro"),
+             label_names=("business", "entertainment", "politics", "sports", "tech")),
+    ]
+}
+DEFAULT_TASK = "bbc_news"
+
+
+def get_task(name: str) -> Task:
+    try:
+        return TASKS[name.lower()]
+    except KeyError:
+        raise ValueError(f"task: unknown task {name!r}; known tasks are {sorted(TASKS)}") from None
+
+
+def custom_task(num_labels: int, text_columns: Sequence[str]) -> Task:
+    """A task for user files: accuracy and macro-F1 (Pearson/Spearman when num_labels is 1)."""
+    metrics = ("pearson", "spearman") if num_labels == 1 else ("accuracy", "f1_macro")
+    return Task("custom", tuple(text_columns), num_labels, metrics)
+
+
+# ----------------------------------------------------------------- formatting
+def round_stsb(value: float) -> float:
+    """DePT's STS-B target: rounded to the nearest 0.2."""
+    return round(value * 5) / 5
+
+
+def label_text(task: Task, label) -> str:
+    return f"{round_stsb(float(label)):.1f}" if task.is_regression else str(int(label))
+
+
+def format_example(task: Task, row: dict, label_column: str = "label") -> Example:
+    """One raw row -> the example format (see the module docstring)."""
+    missing = [c for c in (*task.fields, label_column) if c not in row]
+    if missing:
+        raise KeyError(f"columns {missing} are absent (the row has {sorted(row)})")
+    values = [str(row[c]) for c in task.fields]
+    label = float(row[label_column]) if task.is_regression else int(row[label_column])
+    if not task.is_regression and not 0 <= label < task.num_labels:
+        raise ValueError(f"{label_column}: expected a label in [0, {task.num_labels}), got {row[label_column]!r}")
+    return {
+        "text": values[0],
+        "text_pair": " ".join(values[1:]) if len(values) > 1 else None,
+        "label": label,
+        "source": " ".join(f"{name}: {value}" for name, value in zip(task.fields, values)),
+        "target": label_text(task, label),
+    }
+
+
+def parse_prediction(task: Task, text: str):
+    """A generated string -> a label (-1 when it is not one) or a float (STS-B; -1.0 if not a number)."""
+    text = text.strip()
+    try:
+        return float(text) if task.is_regression else int(text)
+    except ValueError:
+        return -1.0 if task.is_regression else -1
+
+
+# -------------------------------------------------------------------- metrics
+def compute_metrics(task: Task, predictions: Sequence, labels: Sequence) -> Dict[str, float]:
+    """The task's metrics (scikit-learn / scipy), scaled to [0, 1] (Matthews and Pearson to [-1, 1])."""
+    from scipy.stats import pearsonr, spearmanr
+    from sklearn.metrics import accuracy_score, f1_score, matthews_corrcoef
+
+    y_pred, y_true = np.asarray(predictions), np.asarray(labels)
+    functions: Dict[str, Callable[[], float]] = {
+        "accuracy": lambda: accuracy_score(y_true, y_pred),
+        "f1": lambda: f1_score(y_true, y_pred, labels=[1], average="macro", zero_division=0.0),
+        "f1_macro": lambda: f1_score(y_true, y_pred, labels=list(range(task.num_labels)), average="macro",
+                                     zero_division=0.0),
+        "matthews_correlation": lambda: matthews_corrcoef(y_true, y_pred),
+        "pearson": lambda: pearsonr(y_pred.astype(float), y_true.astype(float))[0],
+        "spearman": lambda: spearmanr(y_pred.astype(float), y_true.astype(float))[0],
+    }
+    return {name: float(np.nan_to_num(functions[name]())) for name in task.metrics}
+
+
+# --------------------------------------------------------------------- loading
+def read_rows(path) -> List[dict]:
+    """Rows of a CSV file (header line) or a JSON-lines file (one object per line)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"data file {path}: not found")
+    if path.suffix.lower() in (".jsonl", ".json"):
+        rows = []
+        with path.open(encoding="utf-8") as handle:
+            for number, line in enumerate(handle, start=1):
+                if not line.strip():
+                    continue
+                try:
+                    row = json.loads(line)
+                except json.JSONDecodeError as error:
+                    raise ValueError(f"{path}, line {number}: not valid JSON ({error.msg}, column {error.colno})") from None
+                if not isinstance(row, dict):
+                    raise ValueError(f"{path}, line {number}: expected a JSON object, got {type(row).__name__}")
+                rows.append(row)
+        return rows
+    if path.suffix.lower() in (".csv", ".tsv"):
+        with path.open(encoding="utf-8", newline="") as handle:
+            reader = csv.DictReader(handle, delimiter="\t" if path.suffix.lower() == ".tsv" else ",")
+            rows = []
+            for row in reader:
+                if None in row or None in row.values():
+                    raise ValueError(f"{path}, line {reader.line_num}: expected {len(reader.fieldnames)} columns "
+                                     f"({', '.join(reader.fieldnames)}), got another number")
+                rows.append(row)
+        return rows
+    raise ValueError(f"data file {path}: expected a .csv, .tsv, .jsonl or .json (JSON lines) file")
+
+
+def format_rows(task: Task, rows: List[dict], source: str, label_column: str = "label") -> List[Example]:
+    examples = []
+    for number, row in enumerate(rows, start=1):
+        try:
+            examples.append(format_example(task, row, label_column))
+        except (KeyError, ValueError) as error:
+            message = error.args[0] if error.args else str(error)
+            raise ValueError(f"{source}, row {number}: {message}") from None
+    return examples
+
+
+def split_validation_test(train: List[Example], validation: List[Example], seed: int):
+    """DePT's rule: a small task (< 10k training examples) splits its validation set in half into
+    validation and test; a large one takes 1000 training examples as validation and tests on the
+    original validation set."""
+    order = random.Random(seed)
+    if len(train) < 10_000:
+        shuffled = order.sample(validation, len(validation))
+        half = len(shuffled) // 2
+        return train, shuffled[:half], shuffled[half:]
+    shuffled = order.sample(train, len(train))
+    return shuffled[1000:], shuffled[:1000], validation
+
+
+def stratified_split(examples: List[Example], fractions=(0.8, 0.1, 0.1), seed: int = 42):
+    """Per-label seeded shuffles cut by ``fractions`` (train, validation, test)."""
+    by_label: Dict[object, List[Example]] = {}
+    for example in examples:
+        by_label.setdefault(example["label"], []).append(example)
+    splits: Tuple[List[Example], ...] = ([], [], [])
+    order = random.Random(seed)
+    for label in sorted(by_label):
+        group = order.sample(by_label[label], len(by_label[label]))
+        cut1 = round(len(group) * fractions[0])
+        cut2 = cut1 + round(len(group) * fractions[1])
+        for split, part in zip(splits, (group[:cut1], group[cut1:cut2], group[cut2:])):
+            split.extend(part)
+    return tuple(order.sample(split, len(split)) for split in splits)
+
+
+def load_bbc_news(seed: int = 42):
+    """The embedded default: BBC News, stratified 80/10/10 train/validation/test split."""
+    from .offline import bbc_news
+
+    texts, labels, _ = bbc_news()
+    task = TASKS["bbc_news"]
+    rows = [{"text": text, "label": label} for text, label in zip(texts, labels)]
+    return stratified_split(format_rows(task, rows, "BBC News"), seed=seed)
+
+
+def load_from_hub(task: Task, seed: int = 42):
+    """train / validation / test of a registry task from the Hugging Face hub (needs the network)."""
+    import datasets
+
+    if task.hub is None:
+        raise ValueError(f"task {task.name}: not on the hub; pass --train-file/--validation-file/--test-file")
+    data = datasets.load_dataset(*task.hub)
+    train = format_rows(task, list(data["train"]), f"{task.hub[0]}/{task.hub[1]} train")
+    validation = format_rows(task, list(data[task.validation_split]), f"{task.name} {task.validation_split}")
+    if task.test_split:
+        return train, validation, format_rows(task, list(data[task.test_split]), f"{task.name} {task.test_split}")
+    return split_validation_test(train, validation, seed)

@@ -1,0 +1,113 @@
+"""The task registry: DePT's text-to-text formats, metrics from scikit-learn/scipy, file reading."""
+
+import json
+
+import numpy as np
+import pytest
+from scipy.stats import pearsonr, spearmanr
+from sklearn.metrics import accuracy_score, f1_score, matthews_corrcoef
+
+from ept_fast.tasks import (
+    TASKS, compute_metrics, format_rows, get_task, label_text, parse_prediction, read_rows, split_validation_test,
+    stratified_split,
+)
+
+# One row shaped like each task, and the T5 source DePT builds from it.
+ROWS = {
+    "mnli": ({"premise": "A man sleeps.", "hypothesis": "He is awake.", "label": 2},
+             "premise: A man sleeps. hypothesis: He is awake."),
+    "qqp": ({"question1": "How old?", "question2": "What age?", "label": 1}, "question1: How old? question2: What age?"),
+    "qnli": ({"question": "Who?", "sentence": "Bob did.", "label": 0}, "question: Who? sentence: Bob did."),
+    "sst2": ({"sentence": "great film", "label": 1}, "sentence: great film"),
+    "stsb": ({"sentence1": "a cat", "sentence2": "a dog", "label": 3.14}, "sentence1: a cat sentence2: a dog"),
+    "mrpc": ({"sentence1": "x", "sentence2": "y", "label": 0}, "sentence1: x sentence2: y"),
+    "rte": ({"sentence1": "p", "sentence2": "h", "label": 1}, "sentence1: p sentence2: h"),
+    "cola": ({"sentence": "Him went.", "label": 0}, "sentence: Him went."),
+    "multirc": ({"paragraph": "text", "question": "q?", "answer": "a", "label": 1}, "question: q? answer: a paragraph: text"),
+    "boolq": ({"question": "is it?", "passage": "it is", "label": 1}, "question: is it? passage: it is"),
+    "wic": ({"word": "bank", "sentence1": "river bank", "sentence2": "bank loan", "label": 0},
+            "sentence1: river bank sentence2: bank loan word: bank"),
+    "wsc": ({"text": "Tom said he left.", "span1_text": "Tom", "span2_text": "he", "label": 1},
+            "text: Tom said he left. span1_text: Tom span2_text: he"),
+    "cb": ({"premise": "p", "hypothesis": "h", "label": 2}, "premise: p hypothesis: h"),
+}
+
+
+def test_the_registry_holds_the_13_tasks_of_ept_and_dept():
+    assert set(ROWS) <= set(TASKS) and len(ROWS) == 13
+
+
+@pytest.mark.parametrize("name", sorted(ROWS))
+def test_text_to_text_format_from_a_local_file(name, tmp_path):
+    row, source = ROWS[name]
+    path = tmp_path / f"{name}.jsonl"
+    path.write_text(json.dumps(row) + "\n")
+    (example,) = format_rows(get_task(name), read_rows(path), str(path))
+    assert example["source"] == source
+    assert example["target"] == ("3.2" if name == "stsb" else str(row["label"]))
+    assert example["label"] == row["label"]
+
+
+@pytest.mark.parametrize("name", sorted(ROWS))
+def test_metrics_are_the_library_ones(name):
+    task = get_task(name)
+    rng = np.random.default_rng(0)
+    if task.is_regression:
+        labels, predictions = rng.uniform(0, 5, 40), rng.uniform(0, 5, 40)
+        expected = {"pearson": pearsonr(predictions, labels)[0], "spearman": spearmanr(predictions, labels)[0]}
+    else:
+        labels, predictions = rng.integers(0, task.num_labels, 40), rng.integers(-1, task.num_labels, 40)
+        expected = {
+            "accuracy": accuracy_score(labels, predictions),
+            "f1": f1_score(labels, predictions, labels=[1], average="macro"),
+            "f1_macro": f1_score(labels, predictions, labels=list(range(task.num_labels)), average="macro"),
+            "matthews_correlation": matthews_corrcoef(labels, predictions),
+        }
+    metrics = compute_metrics(task, predictions, labels)
+    assert list(metrics) == list(task.metrics)
+    for key, value in metrics.items():
+        assert value == pytest.approx(expected[key])
+
+
+def test_generated_strings_that_are_not_labels_count_as_wrong():
+    task = get_task("rte")
+    predictions = [parse_prediction(task, s) for s in ["1", " 0 ", "yes", ""]]
+    assert predictions == [1, 0, -1, -1]
+    assert compute_metrics(task, predictions, [1, 0, 1, 0])["accuracy"] == 0.5
+    assert parse_prediction(get_task("stsb"), "2.4") == 2.4 and parse_prediction(get_task("stsb"), "x") == -1.0
+    assert label_text(get_task("stsb"), 4.93) == "5.0"
+
+
+def test_dept_validation_test_split():
+    small = [{"label": i} for i in range(100)]
+    train, validation, test = split_validation_test(small, [{"label": i} for i in range(10)], seed=42)
+    assert train == small and len(validation) == 5 and len(test) == 5
+    large = [{"label": i} for i in range(12_000)]
+    train, validation, test = split_validation_test(large, [{"label": -1}] * 7, seed=42)
+    assert len(train) == 11_000 and len(validation) == 1000 and test == [{"label": -1}] * 7
+
+
+def test_stratified_split_keeps_label_proportions_and_is_seeded():
+    examples = [{"label": i % 5, "id": i} for i in range(1000)]
+    train, validation, test = stratified_split(examples, seed=3)
+    assert (len(train), len(validation), len(test)) == (800, 100, 100)
+    assert sorted(e["label"] for e in validation) == sorted([k for k in range(5) for _ in range(20)])
+    assert stratified_split(examples, seed=3) == (train, validation, test)
+
+
+def test_file_errors(tmp_path):
+    with pytest.raises(FileNotFoundError, match=r"data file .*missing.jsonl: not found"):
+        read_rows(tmp_path / "missing.jsonl")
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"sentence": "ok", "label": 1}\n{"sentence": "broken", \n')
+    with pytest.raises(ValueError, match=r"bad.jsonl, line 2: not valid JSON"):
+        read_rows(bad)
+    ragged = tmp_path / "ragged.csv"
+    ragged.write_text("sentence,label\nfine,1\ntoo,many,cells\n")
+    with pytest.raises(ValueError, match=r"ragged.csv, line 3: expected 2 columns \(sentence, label\)"):
+        read_rows(ragged)
+    rows = [{"sentence": "no label here"}]
+    with pytest.raises(ValueError, match=r"train.csv, row 1: columns \['label'\] are absent \(the row has \['sentence'\]\)"):
+        format_rows(get_task("sst2"), rows, "train.csv")
+    with pytest.raises(ValueError, match=r"task: unknown task 'glue'; known tasks are"):
+        get_task("glue")

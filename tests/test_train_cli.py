@@ -1,0 +1,164 @@
+"""``ept-fast train`` end to end on tiny local models and files (offline)."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from ept_fast.cli import main as cli_main
+from ept_fast.offline import minilm_path
+from ept_fast.train import main, parse_args
+from ept_fast.training import TrainArguments, train
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+WORDS = ["good", "great", "fine", "bad", "awful", "poor", "movie", "plot", "actors", "the", "was"]
+
+
+@pytest.fixture(scope="module")
+def tiny_models(tmp_path_factory):
+    """A tiny BERT classifier and a tiny T5, saved with the packaged MiniLM tokenizer."""
+    from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification, T5Config, T5ForConditionalGeneration
+
+    root = tmp_path_factory.mktemp("models")
+    tokenizer = AutoTokenizer.from_pretrained(minilm_path())
+    torch.manual_seed(0)
+    bert = BertForSequenceClassification(BertConfig(
+        vocab_size=tokenizer.vocab_size, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+        intermediate_size=48, max_position_embeddings=128))
+    t5 = T5ForConditionalGeneration(T5Config(
+        vocab_size=tokenizer.vocab_size, d_model=32, d_ff=48, num_layers=1, num_heads=2, d_kv=16,
+        pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.sep_token_id, decoder_start_token_id=0))
+    for name, model in (("bert", bert), ("t5", t5)):
+        model.save_pretrained(root / name)
+        tokenizer.save_pretrained(root / name)
+    return root
+
+
+@pytest.fixture(scope="module")
+def sst2_files(tmp_path_factory):
+    """sst2-shaped JSON-lines files: positive words -> 1, negative -> 0."""
+    root = tmp_path_factory.mktemp("data")
+    rng = torch.Generator().manual_seed(0)
+    paths = []
+    for split, count in (("train", 48), ("validation", 16), ("test", 16)):
+        lines = []
+        for i in range(count):
+            label = i % 2
+            word = WORDS[int(torch.randint(3, (1,), generator=rng)) + (0 if label else 3)]
+            lines.append(json.dumps({"sentence": f"the movie was {word}", "label": label}))
+        path = root / f"{split}.jsonl"
+        path.write_text("\n".join(lines) + "\n")
+        paths.append(str(path))
+    return paths
+
+
+def _args(tiny_models, files, out, *extra):
+    return ["--model", str(tiny_models / "bert"), "--train-file", files[0], "--validation-file", files[1],
+            "--test-file", files[2], "--output-dir", str(out), "--num-virtual-tokens", "4", "--max-length", "16",
+            "--r", "2", "--num-spaces", "2", "--space-rank", "2", "--prompt-init", "RANDOM_VOCAB", "--batch-size", "8",
+            "--eval-batch-size", "16", "--max-steps", "6", "--eval-steps", "3", "--save-steps", "3",
+            "--device", "cpu", *extra]
+
+
+def test_a_run_writes_adapter_metrics_and_plot(tiny_models, sst2_files, tmp_path, capsys):
+    assert main(_args(tiny_models, sst2_files, tmp_path / "run", "--task", "sst2")) == 0
+    out = tmp_path / "run"
+    for name in ("adapter_config.json", "adapter_model.safetensors", "metrics.json", "training.png"):
+        assert (out / name).is_file(), name
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert set(metrics["test"]) == {"accuracy"} and 0 <= metrics["test"]["accuracy"] <= 1
+    assert metrics["steps"] == 6 and metrics["train_examples_per_s"] > 0 and metrics["peak_memory_mb"] > 0
+    assert metrics["config"]["task"] == "sst2" and metrics["versions"]["torch"] == torch.__version__
+    assert [h["step"] for h in metrics["history"] if "validation" in h] == [3, 6]
+    assert (out / "training.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "test accuracy" in capsys.readouterr().out
+
+
+def test_seq2seq_is_scored_on_generated_strings(tiny_models, sst2_files, tmp_path):
+    args = _args(tiny_models, sst2_files, tmp_path / "t5", "--task", "sst2", "--max-new-tokens", "3")
+    args[1] = str(tiny_models / "t5")
+    assert main(args) == 0
+    metrics = json.loads((tmp_path / "t5" / "metrics.json").read_text())
+    assert metrics["task_type"] == "SEQ_2_SEQ_LM" and "accuracy" in metrics["test"]
+
+
+def test_plain_text_label_files_without_a_task(tiny_models, tmp_path):
+    rows = [f"text,label\n"] + [f"sample {i},{i % 3}\n" for i in range(12)]
+    files = []
+    for split in ("train", "validation", "test"):
+        path = tmp_path / f"{split}.csv"
+        path.write_text("".join(rows))
+        files.append(str(path))
+    assert main(_args(tiny_models, files, tmp_path / "custom", "--max-steps", "2", "--eval-steps", "2")) == 0
+    metrics = json.loads((tmp_path / "custom" / "metrics.json").read_text())
+    assert metrics["task"] == "custom" and set(metrics["test"]) == {"accuracy", "f1_macro"}
+
+
+def test_resumed_run_ends_with_the_same_adapter(tiny_models, sst2_files, tmp_path):
+    straight = parse_args(_args(tiny_models, sst2_files, tmp_path / "straight", "--task", "sst2"))
+    train(straight)
+    interrupted = parse_args(_args(tiny_models, sst2_files, tmp_path / "resumed", "--task", "sst2"))
+    assert train(interrupted, stop_after_steps=4) == {"stopped_at_step": 4}
+    assert not (tmp_path / "resumed" / "metrics.json").exists()
+    train(parse_args(_args(tiny_models, sst2_files, tmp_path / "resumed", "--task", "sst2", "--resume")))
+    a = load_file(str(tmp_path / "straight" / "adapter_model.safetensors"))
+    b = load_file(str(tmp_path / "resumed" / "adapter_model.safetensors"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_user_errors_are_clear_and_lose_nothing(tiny_models, sst2_files, tmp_path, capsys):
+    out = tmp_path / "kept"
+    out.mkdir()
+    (out / "adapter_model.safetensors").write_text("precious")
+    assert main(_args(tiny_models, sst2_files, out, "--task", "sst2")) == 2
+    assert "--output-dir: " in capsys.readouterr().err and (out / "adapter_model.safetensors").read_text() == "precious"
+    assert main(_args(tiny_models, sst2_files, tmp_path / "none", "--resume")) == 2
+    assert "--resume: " in capsys.readouterr().err
+    assert main(_args(tiny_models, sst2_files, tmp_path / "x", "--task", "glue")) == 2
+    assert "task: unknown task 'glue'" in capsys.readouterr().err
+    missing = list(sst2_files)
+    missing[1] = str(tmp_path / "nope.jsonl")
+    assert main(_args(tiny_models, missing, tmp_path / "y", "--task", "sst2")) == 2
+    assert "nope.jsonl: not found" in capsys.readouterr().err
+    assert main(_args(tiny_models, sst2_files, tmp_path / "z", "--label-column", "stars")) == 2
+    assert "label column 'stars' is absent" in capsys.readouterr().err
+    if not torch.cuda.is_available():
+        assert main(_args(tiny_models, sst2_files, tmp_path / "w", "--device", "cuda")) == 2
+        assert "--device: cuda was requested, but no CUDA device is available" in capsys.readouterr().err
+
+
+def test_config_file_and_flags(tmp_path):
+    config = tmp_path / "run.yaml"
+    config.write_text("lr: 0.1\nmethod: dept\nbatch_size: 4\n")
+    args = parse_args(["--config", str(config), "--batch-size", "2"])
+    assert (args.lr, args.method, args.batch_size, args.num_spaces) == (0.1, "dept", 2, None)
+    config.write_text("learning_rate: 0.1\n")
+    with pytest.raises(ValueError, match=r"--config: .* unknown option\(s\) \['learning_rate'\]"):
+        parse_args(["--config", str(config)])
+    assert TrainArguments().model is None and TrainArguments().task is None  # the embedded default
+
+
+def test_console_script_dispatches(capsys):
+    assert cli_main([]) == 2 and "usage: ept-fast train" in capsys.readouterr().out
+    assert cli_main(["fit"]) == 2 and "unknown command 'fit'" in capsys.readouterr().err
+
+
+def test_two_processes_end_with_identical_adapters(tiny_models, sst2_files, tmp_path):
+    """Data-parallel training on two CPU processes (gloo, loopback): every replica ends the same."""
+    options = vars(parse_args(_args(tiny_models, sst2_files, tmp_path / "ddp", "--task", "sst2")))
+    config = tmp_path / "ddp.json"  # a config file keeps "--r" away from torchrun's abbreviation matching
+    config.write_text(json.dumps(options))
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+               "-m", "ept_fast.train", "--config", str(config)]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MASTER_ADDR": "127.0.0.1"}
+    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    metrics = json.loads((tmp_path / "ddp" / "metrics.json").read_text())
+    assert metrics["processes"] == 2
+    first, second = metrics["replica_adapter_checksums"]
+    assert first == second
