@@ -2,6 +2,7 @@
 
 import json
 import math
+import os
 
 import pytest
 import torch
@@ -184,6 +185,9 @@ def test_save_writes_through_a_temporary_file(tmp_path, monkeypatch):
         _moved(model).save_pretrained(tmp_path)
     assert (tmp_path / "adapter_model.safetensors").read_bytes() == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["adapter_config.json", "adapter_model.safetensors"]
+    umask = os.umask(0)
+    os.umask(umask)
+    assert (tmp_path / "adapter_model.safetensors").stat().st_mode & 0o777 == 0o666 & ~umask
 
 
 def test_print_trainable_parameters_uses_peft_format(capsys):

@@ -162,3 +162,15 @@ def test_two_processes_end_with_identical_adapters(tiny_models, sst2_files, tmp_
     assert metrics["processes"] == 2
     first, second = metrics["replica_adapter_checksums"]
     assert first == second
+
+
+def test_the_embedded_default_runs_offline(tmp_path):
+    """The default job (packaged MiniLM on BBC News), shortened: 2 steps, 16 evaluation examples."""
+    out = tmp_path / "default"
+    assert main(["--output-dir", str(out), "--max-steps", "2", "--eval-steps", "2", "--limit-eval-examples", "16",
+                 "--batch-size", "4", "--max-length", "64"]) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["task"] == "bbc_news" and metrics["task_type"] == "SEQ_CLS" and metrics["train_examples"] == 1781  # 80% of 2225, rounded per topic
+    assert set(metrics["test"]) == {"accuracy", "f1_macro"}
+    saved = json.loads((out / "adapter_config.json").read_text())
+    assert saved["method"] == "ept" and saved["token_dim"] == 384 and saved["modules_to_save"] == ["classifier"]
