@@ -42,7 +42,7 @@ _DEFAULT_RANK = {Method.EPT: 30, Method.DEPT: 30, Method.PT: 0}
 _DEFAULT_SPACES = {Method.EPT: 4, Method.DEPT: 0, Method.PT: 0}
 
 
-def _as_enum(enum_cls, field: str, value):
+def parse_enum(enum_cls, field: str, value):
     try:
         return enum_cls(value.value if isinstance(value, enum.Enum) else value)
     except ValueError:
@@ -83,11 +83,11 @@ class EPTConfig:
     modules_to_save: Optional[List[str]] = None
 
     def __post_init__(self) -> None:
-        self.method = _as_enum(Method, "method", self.method)
+        self.method = parse_enum(Method, "method", self.method)
         if self.task_type is not None:
-            self.task_type = _as_enum(TaskType, "task_type", self.task_type)
-        self.prompt_init = _as_enum(PromptInit, "prompt_init", self.prompt_init)
-        self.backend = _as_enum(Backend, "backend", self.backend)
+            self.task_type = parse_enum(TaskType, "task_type", self.task_type)
+        self.prompt_init = parse_enum(PromptInit, "prompt_init", self.prompt_init)
+        self.backend = parse_enum(Backend, "backend", self.backend)
         if self.r is None:
             self.r = _DEFAULT_RANK[self.method]
         if self.num_spaces is None:

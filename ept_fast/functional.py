@@ -15,7 +15,7 @@ import torch
 
 from . import reference
 from ._validation import check_assembly_inputs, check_prompt_inputs
-from .config import Backend, _as_enum
+from .config import Backend, parse_enum
 
 __all__ = ["ept_prompt", "assemble_inputs", "triton_available", "use_triton"]
 
@@ -35,7 +35,7 @@ def _interpreting() -> bool:
 
 def use_triton(backend, device: torch.device) -> bool:
     """The dispatch decision: True for the Triton kernels, False for the reference."""
-    backend = _as_enum(Backend, "backend", backend)
+    backend = parse_enum(Backend, "backend", backend)
     if backend is Backend.TORCH:
         return False
     runnable = triton_available() and (device.type == "cuda" or _interpreting())

@@ -246,7 +246,7 @@ class EPTModel(nn.Module):
         fields, tensors = load_adapter(model_id)
         config = EPTConfig.from_dict(fields, ignore=METADATA_KEYS)
         wrapper = cls(model, config, initialize_prompt=False)  # the saved tensors replace the initial prompt
-        wrapper._load_adapter_tensors(tensors, str(model_id))
+        wrapper.load_adapter_state_dict(tensors, str(model_id))
         if not is_trainable:
             for parameter in wrapper.parameters():
                 parameter.requires_grad_(False)
@@ -254,7 +254,9 @@ class EPTModel(nn.Module):
             wrapper.merge_prompt()
         return wrapper
 
-    def _load_adapter_tensors(self, tensors: Dict[str, torch.Tensor], source: str) -> None:
+    def load_adapter_state_dict(self, tensors: Dict[str, torch.Tensor], source: str = "state dict") -> None:
+        """Load tensors in the form of ``adapter_state_dict()``; shapes and names are checked."""
+        self.unmerge_prompt()  # a cached P* would belong to the old parameters
         expected = self.adapter_state_dict()
         missing, unexpected = sorted(set(expected) - set(tensors)), sorted(set(tensors) - set(expected))
         if missing or unexpected:

@@ -25,7 +25,7 @@ import torch
 
 from .config import EPTConfig, TaskType
 from .model import EPTModel, get_ept_model
-from .serialization import atomic_write
+from .serialization import atomic_write, load_adapter
 from .tasks import (
     DEFAULT_TASK, Task, compute_metrics, custom_task, format_rows, get_task, load_bbc_news, load_from_hub,
     parse_prediction, read_rows,
@@ -265,10 +265,8 @@ def load_checkpoint(directory: Path, model: EPTModel, optimizer, scheduler) -> T
     folder = directory / CHECKPOINT
     if not (folder / "training_state.pt").is_file():
         raise FileNotFoundError(f"--resume: no checkpoint in {directory} (expected {folder / 'training_state.pt'})")
-    from .serialization import load_adapter
-
     _, tensors = load_adapter(folder)
-    model._load_adapter_tensors(tensors, str(folder))
+    model.load_adapter_state_dict(tensors, str(folder))
     saved = torch.load(folder / "training_state.pt", map_location="cpu", weights_only=False)
     optimizer.load_state_dict(saved["optimizer"])
     scheduler.load_state_dict(saved["scheduler"])
@@ -387,9 +385,7 @@ def train(args: TrainArguments, stop_after_steps: Optional[int] = None) -> dict:
     if stop_after_steps is not None and state.step == stop_after_steps and state.step < total_steps:
         return {"stopped_at_step": state.step}
 
-    from .serialization import load_adapter
-
-    model._load_adapter_tensors(load_adapter(out / BEST)[1], str(out / BEST))
+    model.load_adapter_state_dict(load_adapter(out / BEST)[1], str(out / BEST))
     results = {
         "validation": evaluate(model, validation_set, collate, task, args.eval_batch_size, accelerator.device,
                                args.max_new_tokens),
