@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import json
 import math
 import os
@@ -19,7 +20,7 @@ import resource
 import shutil
 import time
 from pathlib import Path
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Tuple
 
 import torch
 
@@ -274,12 +275,17 @@ def load_checkpoint(directory: Path, model: EPTModel, optimizer, scheduler) -> T
 
 
 # --------------------------------------------------------------------- loop
+@functools.lru_cache(maxsize=2)
+def _epoch_order(n_examples: int, seed: int, epoch: int) -> Tuple[int, ...]:
+    return tuple(torch.randperm(n_examples, generator=torch.Generator().manual_seed(seed * 100_003 + epoch)).tolist())
+
+
 def _micro_batch_indices(j: int, n_examples: int, global_batch: int, rank: int, world: int, batch: int, seed: int):
     """Example indices of this rank's part of global micro-batch j (epochs reshuffled by seed)."""
     per_epoch = math.ceil(n_examples / global_batch)
     epoch, position = divmod(j, per_epoch)
-    order = torch.randperm(n_examples, generator=torch.Generator().manual_seed(seed * 100_003 + epoch)).tolist()
-    chunk = order[position * global_batch:(position + 1) * global_batch]
+    order = _epoch_order(n_examples, seed, epoch)
+    chunk = list(order[position * global_batch:(position + 1) * global_batch])
     chunk += order[: global_batch - len(chunk)]  # the last batch of an epoch wraps, so all ranks get work
     return chunk[rank * batch:(rank + 1) * batch]
 
