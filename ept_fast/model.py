@@ -122,8 +122,6 @@ class EPTModel(nn.Module):
         self, input_ids: torch.Tensor, attention_mask: Optional[torch.Tensor] = None
     ) -> Tuple[torch.Tensor, torch.Tensor]:
         """The backbone's ``inputs_embeds`` (b, m+T, d) and ``attention_mask`` (b, m+T)."""
-        if attention_mask is None:
-            attention_mask = torch.ones_like(input_ids)
         return self.prompt_encoder.assemble(input_ids, attention_mask, self.word_embeddings, prompt_out=self.prompt())
 
     def _check_inputs(self, input_ids, inputs_embeds) -> None:

@@ -117,7 +117,7 @@ def load_data(args: TrainArguments):
                 raise ValueError(f"{args.train_file}: label column {args.label_column!r} is absent "
                                  f"(columns: {sorted(rows[0][0]) if rows[0] else []})")
             is_float = any("." in str(label) for label in labels)
-            task = custom_task(1 if is_float else int(max(int(label) for label in labels)) + 1, columns)
+            task = custom_task(1 if is_float else max(int(label) for label in labels) + 1, columns)
         splits = [format_rows(task, r, path, args.label_column) for r, path in zip(rows, files)]
     else:
         task = get_task(args.task or DEFAULT_TASK)

@@ -296,7 +296,7 @@ def _ept_prompt_bwd_cross_rows_kernel(
     tl.store(DP_OUT + rows[:, None] * d + cols[None, :], acc, mask=(rows[:, None] < m) & (cols[None, :] < d))
 
 
-def blocks(m: int, d: int, n: int, r: int, K: int, KH: int) -> Dict[str, int]:
+def blocks(m: int, d: int, n: int, r: int, KH: int) -> Dict[str, int]:
     """Block sizes from the shapes (one large configuration under the interpreter)."""
     m_pad, r_pad, kh_pad = dot_pad(m), dot_pad(r), dot_pad(KH)
     if interpreting():  # cost there grows with programs x iterations, not FLOPs
@@ -314,7 +314,7 @@ def _sizes(prompt, lora_a, proj_down):
 
 def _meta(prompt, lora_a, proj_down):
     m, d, n, r, K, h = _sizes(prompt, lora_a, proj_down)
-    cfg = blocks(m, d, n, r, K, K * h)
+    cfg = blocks(m, d, n, r, K * h)
     meta = dict(
         BM=cfg["BM"], BD=cfg["BD"], BN=cfg["BN"], M_PAD=dot_pad(m), R_PAD=dot_pad(r), K_PAD=dot_pad(K),
         KH_PAD=dot_pad(K * h), HAS_SPACES=K > 0, ACC=accumulator(prompt), PRECISION=dot_precision(prompt),
