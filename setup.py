@@ -17,11 +17,12 @@ setup(
     packages=["ept_fast", "ept_fast.kernels"],
     package_dir={"ept_fast": "ept_fast", "ept_fast.kernels": "kernels"},
     install_requires=[
+        # Tested with torch 2.13 / triton 3.8 / transformers 5.24 (constraints.txt, CPU) and
+        # torch 2.11 / triton 3.6 / transformers 5.17 (the GPU image, installed with --no-deps).
         "torch>=2.4,<3",
-        "triton>=3.7,<4",
+        "triton>=3.6,<4",
         "numpy>=1.26",
         "transformers>=4.46,<6",
-        "datasets>=3.0,<6",
         "safetensors>=0.4",
         "accelerate>=1.1",
         "scikit-learn>=1.3",
@@ -32,6 +33,7 @@ setup(
     ],
     entry_points={"console_scripts": ["ept-fast=ept_fast.cli:main"]},
     extras_require={
-        "test": ["pytest>=8", "pytest-benchmark>=5", "hypothesis>=6.100"],
+        "hub": ["datasets>=3.0,<6"],  # registry tasks loaded from the Hugging Face hub
+        "test": ["pytest>=8", "pytest-benchmark>=5", "hypothesis>=6.100", "datasets>=3.0,<6"],
     },
 )

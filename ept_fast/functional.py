@@ -9,6 +9,7 @@ reference otherwise; ``"triton"`` insists on the kernels (CUDA tensors, or any d
 from __future__ import annotations
 
 import os
+import warnings
 from typing import Optional, Tuple
 
 import torch
@@ -48,6 +49,15 @@ def use_triton(backend, device: torch.device) -> bool:
     return backend is Backend.TRITON or (runnable and device.type == "cuda")
 
 
+def _reference_instead(backend, op: str, reason: str) -> None:
+    """Sizes past what the fused kernels take: an error for backend='triton', a warning and
+    the reference for 'auto'."""
+    if parse_enum(Backend, "backend", backend) is Backend.TRITON:
+        raise ValueError(f"backend: 'triton' cannot run {op} at these sizes ({reason}); use backend='auto', "
+                         f"which then runs the PyTorch reference, or backend='torch'")
+    warnings.warn(f"ept_fast: {op} runs the PyTorch reference, not the fused kernels: {reason}", stacklevel=3)
+
+
 def ept_prompt(
     prompt: torch.Tensor,
     lora_a: torch.Tensor,
@@ -62,11 +72,14 @@ def ept_prompt(
 ) -> torch.Tensor:
     """The prompt generator P -> P* (m, d); see ``ept_fast.reference.ept_prompt`` for shapes."""
     args = (prompt, lora_a, lora_b, fusion_scale, proj_down, proj_up, gate_weight, gate_bias, scaling)
-    check_prompt_inputs(*args)
+    dims = check_prompt_inputs(*args)
     if use_triton(backend, prompt.device):
-        from .kernels import fused_ept_prompt
+        from .kernels import prompt_generator
 
-        return fused_ept_prompt(*args)
+        reason = prompt_generator.unsupported(dims["m"], dims["r"], prompt.dtype)
+        if reason is None:
+            return prompt_generator.fused_ept_prompt(*args)
+        _reference_instead(backend, "ept_prompt", reason)
     return reference.compute_ept_prompt(*args)
 
 
@@ -83,15 +96,17 @@ def assemble_inputs(
     """``(inputs_embeds (b, m+T, d), attention_mask (b, m+T))``; see
     ``ept_fast.reference.assemble_inputs`` for the rule and shapes."""
     args = (input_ids, attention_mask, word_embeddings, prompt_out, lora_a, lora_b, scaling)
-    check_assembly_inputs(*args)
+    dims = check_assembly_inputs(*args)
     if use_triton(backend, word_embeddings.device):
-        from .kernels import fused_assemble_inputs
+        from .kernels import input_assembly
 
-        if word_embeddings.requires_grad and torch.is_grad_enabled():
-            raise ValueError(
-                "word_embeddings: the fused assembly treats the table as frozen, but it requires grad; "
-                "freeze it (requires_grad_(False)) or use backend='torch'"
-            )
-
-        return fused_assemble_inputs(*args)
+        reason = input_assembly.unsupported(dims["r"])
+        if reason is None:
+            if word_embeddings.requires_grad and torch.is_grad_enabled():
+                raise ValueError(
+                    "word_embeddings: the fused assembly treats the table as frozen, but it requires grad; "
+                    "freeze it (requires_grad_(False)) or use backend='torch'"
+                )
+            return input_assembly.fused_assemble_inputs(*args)
+        _reference_instead(backend, "assemble_inputs", reason)
     return reference.compute_assembly(*args)

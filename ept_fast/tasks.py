@@ -216,11 +216,16 @@ def load_bbc_news(seed: int = 42):
 
 
 def load_from_hub(task: Task, seed: int = 42):
-    """train / validation / test of a registry task from the Hugging Face hub (needs the network)."""
-    import datasets
-
+    """train / validation / test of a registry task from the Hugging Face hub (needs the network
+    and the ``datasets`` package: ``pip install 'ept_fast[hub]'``)."""
     if task.hub is None:
         raise ValueError(f"task {task.name}: not on the hub; pass --train-file/--validation-file/--test-file")
+    try:
+        import datasets
+    except ImportError:
+        raise ImportError(f"task {task.name}: loading it from the hub needs the datasets package "
+                          f"(pip install 'ept_fast[hub]'), or pass local files with --train-file/--validation-file/"
+                          f"--test-file") from None
     data = datasets.load_dataset(*task.hub)
     train = format_rows(task, list(data["train"]), f"{task.hub[0]}/{task.hub[1]} train")
     validation = format_rows(task, list(data[task.validation_split]), f"{task.name} {task.validation_split}")

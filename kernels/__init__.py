@@ -5,6 +5,9 @@ One module per op, each holding its ``@triton.jit`` kernels and the differentiab
 
 - ``prompt_generator``: ``ept_fast::ept_prompt`` (P -> P*), forward and backward.
 - ``input_assembly``: ``ept_fast::assemble_inputs`` (prefix + embeddings + low-rank rows).
+
+``compile_check`` compiles them all for an H100 on any machine (``python -m
+ept_fast.kernels.compile_check``); docs/kernels.md describes the design and its limits.
 """
 
 # From a checkout's root this folder is also importable as a top-level package "kernels", and

@@ -11,6 +11,8 @@ import triton.language as tl
 
 # NVIDIA's tl.dot needs every dimension >= 16; rank-like sizes (r, K, K*h) are padded to it.
 MIN_DOT = 16
+# The largest low-rank r the kernels take: rows of A are held on chip (docs/kernels.md).
+MAX_RANK = 256
 
 
 def interpreting() -> bool:
@@ -28,9 +30,23 @@ def accumulator(*tensors: torch.Tensor):
     return tl.float64 if any(t.dtype == torch.float64 for t in tensors) else tl.float32
 
 
-def dot_precision(*tensors: torch.Tensor) -> str:
-    """IEEE fp32 dots (not TF32) whenever an input carries 32 or more bits of precision."""
-    return "ieee" if any(t.element_size() >= 4 for t in tensors) else "tf32"
+def dot_precision(acc, output: torch.dtype = torch.float32) -> str:
+    """How ``tl.dot`` multiplies, for a kernel that computes in ``acc`` and stores ``output``.
+
+    float64: IEEE (the only float64 mode; DMMA tensor cores on Hopper). float32: ``tf32x3``,
+    three TF32 tensor-core products that recover about float32 accuracy (plain TF32 rounds
+    operands to 10 mantissa bits, ~1e-3 relative, outside the float32 parity tolerances;
+    IEEE float32 runs on FMA units only). A 16-bit output is rounded to 8 or 11 bits anyway,
+    so single ``tf32`` products suffice there.
+    """
+    if acc == tl.float64:
+        return "ieee"
+    return "tf32" if output.itemsize < 4 else "tf32x3"
+
+
+def options(cfg: dict) -> dict:
+    """The Triton launch options in a block configuration (warps, stages, register cap)."""
+    return {key: cfg[key] for key in ("num_warps", "num_stages", "maxnreg") if key in cfg}
 
 
 def new_buffer(like: torch.Tensor, shape, dtype=None) -> torch.Tensor:
@@ -39,10 +55,13 @@ def new_buffer(like: torch.Tensor, shape, dtype=None) -> torch.Tensor:
 
 
 def multiprocessors(device: torch.device) -> int:
-    """Streaming multiprocessors of a CUDA device (1 under the interpreter)."""
-    if device.type == "cuda" and not interpreting():
-        return torch.cuda.get_device_properties(device).multi_processor_count
-    return 1
+    """Streaming multiprocessors of the GPU that runs the kernels, as Triton's active driver
+    reports them (1 under the interpreter)."""
+    if interpreting():
+        return 1
+    driver = triton.runtime.driver.active
+    index = device.index if device.index is not None else driver.get_current_device()
+    return driver.utils.get_device_properties(index)["multiprocessor_count"]
 
 
 def split_float(value: float):

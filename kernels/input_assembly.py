@@ -67,14 +67,17 @@ def _assemble_fwd_kernel(
         else:
             before = first_t
         pos = before + tl.cumsum(attended.to(tl.int32), axis=0) - 1
-        pos = tl.where(attended, pos, 0)
+        # Only positions < n have a row of A. The functional layer refuses longer rows; this
+        # guard keeps a direct call of the op inside A and TOKEN_INDEX (such tokens get no update).
+        updated = attended & (pos < n)
+        pos = tl.where(updated, pos, 0)
         rk = tl.arange(0, R_PAD)
-        a_rows = tl.load(A + pos[:, None] * r + rk[None, :], mask=attended[:, None] & (rk[None, :] < r), other=0.0)
+        a_rows = tl.load(A + pos[:, None] * r + rk[None, :], mask=updated[:, None] & (rk[None, :] < r), other=0.0)
         b_cols = tl.load(B + rk[:, None] * d + cols[None, :], mask=(rk[:, None] < r) & col_ok[None, :], other=0.0)
         low = tl.dot(a_rows.to(ACC), b_cols.to(ACC), input_precision=PRECISION) * widen(scaling_hi, scaling_lo, ACC)
-        tokens = tl.where(attended[:, None], tokens + low, tokens)
+        tokens = tl.where(updated[:, None], tokens + low, tokens)
         if first_col_block:
-            tl.store(TOKEN_INDEX + b * n + pos, t, mask=attended)
+            tl.store(TOKEN_INDEX + b * n + pos, t, mask=updated)
             last = m + T - 1
             if (block * BT <= last) & (last < block * BT + BT):
                 length = before + tl.sum(attended.to(tl.int32), axis=0)
@@ -148,19 +151,28 @@ def _assemble_bwd_kernel(
                      mask=(rk[:, None] < r) & col_ok[None, :])
 
 
-def _forward_blocks(d: int):
+def _forward_blocks(d: int, r: int):
+    """Token rows and columns per program. The (BT, r) rows of A and the (r, BD) block of B
+    live in registers: past r = 64 the blocks shrink so that nothing spills (docs/kernels.md)."""
     if interpreting():
-        return dict(BT=64, BD=min(dot_pad(d), 1024), B_PREFIX=1024, num_warps=4)
-    return dict(BT=32, BD=min(dot_pad(d), 128), B_PREFIX=1024, num_warps=4)
+        return dict(BT=64, BD=min(dot_pad(d), 1024), B_PREFIX=1024, num_warps=4, num_stages=1)
+    r_pad = dot_pad(r)
+    return dict(BT=32 if r_pad <= 64 else 16, BD=min(dot_pad(d), 128, max(32, 8192 // r_pad)), B_PREFIX=1024,
+                num_warps=4, num_stages=1, maxnreg=255)
 
 
-def _backward_blocks(d: int, n: int, device: torch.device):
+def _backward_blocks(d: int, n: int, r: int, device: torch.device):
     if interpreting():
-        return dict(BP=64, BD=min(dot_pad(d), 1024), num_warps=4), 1
-    bd = min(dot_pad(d), 128)
+        return dict(BP=64, BD=min(dot_pad(d), 1024), num_warps=4, num_stages=1), 1
+    bd = min(dot_pad(d), 64 if dot_pad(r) <= 64 else 32)
     col_blocks = triton.cdiv(d, bd)
     splits = max(1, min(triton.cdiv(2 * multiprocessors(device), col_blocks), triton.cdiv(n, 32)))
-    return dict(BP=32, BD=bd, num_warps=4), splits
+    return dict(BP=32, BD=bd, num_warps=4, num_stages=1, maxnreg=255), splits
+
+
+def unsupported(r: int) -> Optional[str]:
+    """Why the fused assembly cannot take this rank, or None when it can (docs/kernels.md)."""
+    return f"r={r} is over {_launch.MAX_RANK}" if r > _launch.MAX_RANK else None
 
 
 @torch.library.custom_op("ept_fast::assemble_inputs", mutates_args=())
@@ -172,18 +184,21 @@ def assemble_inputs_op(
     nb, T = input_ids.shape
     m, d = prompt_out.shape
     n, r = lora_a.shape
+    if unsupported(r) is not None:
+        raise ValueError(f"ept_fast::assemble_inputs: the fused kernels cannot take these sizes: {unsupported(r)}")
     out, out_mask, token_index, lengths = _allocate_outputs(input_ids, attention_mask, word_embeddings, prompt_out, lora_a)
     has_mask = attention_mask is not None
     mask = attention_mask.contiguous() if has_mask else input_ids
-    cfg = _forward_blocks(d)
+    cfg = _forward_blocks(d, r)
+    acc = accumulator(word_embeddings, prompt_out, lora_a)
     grid = (nb, triton.cdiv(m + T, cfg["BT"]), triton.cdiv(d, cfg["BD"]))
     _assemble_fwd_kernel[grid](
         input_ids.contiguous(), mask, word_embeddings.contiguous(), prompt_out.contiguous(),
         lora_a.contiguous(), lora_b.contiguous(), out, out_mask, token_index, lengths,
         T, m, d, n, r, *split_float(scaling),
         BT=cfg["BT"], BD=cfg["BD"], R_PAD=dot_pad(r), B_PREFIX=cfg["B_PREFIX"], HAS_MASK=has_mask, HAS_LOW_RANK=r > 0,
-        ACC=accumulator(word_embeddings, prompt_out, lora_a), PRECISION=dot_precision(word_embeddings),
-        num_warps=cfg["num_warps"],
+        ACC=acc, PRECISION=dot_precision(acc, word_embeddings.dtype),
+        **_launch.options(cfg),
     )
     return out, out_mask, token_index, lengths
 
@@ -215,7 +230,7 @@ def assemble_inputs_backward_op(
     nb, seq, d = grad.shape
     m = prompt_out.shape[0]
     n, r = lora_a.shape
-    cfg, splits = _backward_blocks(d, n, grad.device)
+    cfg, splits = _backward_blocks(d, n, r, grad.device)
     splits = splits if r > 0 else 0  # without a low-rank pair only the prefix programs run
     col_blocks = triton.cdiv(d, cfg["BD"])
     acc = accumulator(grad, prompt_out, lora_a)
@@ -227,7 +242,7 @@ def assemble_inputs_backward_op(
         grad.contiguous(), token_index, lengths, lora_a.contiguous(), lora_b.contiguous(),
         d_prompt, da_part, db_part, nb, seq - m, m, d, n, r, splits, *split_float(scaling),
         BP=cfg["BP"], BD=cfg["BD"], R_PAD=dot_pad(r), NB_PAD=triton.next_power_of_2(nb), HAS_LOW_RANK=r > 0,
-        ACC=acc, PRECISION=dot_precision(grad), num_warps=cfg["num_warps"],
+        ACC=acc, PRECISION=dot_precision(acc, grad.dtype), **_launch.options(cfg),
     )
     return d_prompt.to(prompt_out.dtype), da_part.sum(dim=0).to(lora_a.dtype), db_part.sum(dim=0).to(lora_b.dtype)
 

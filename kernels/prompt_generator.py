@@ -1,115 +1,223 @@
-"""Fused EPT prompt generator: P -> P* in one launch (fusion, K projections, gated mix).
+"""Fused EPT prompt generator P -> P*: three launches forward, three backward.
 
-Forward (one program per block of BM prompt rows, three passes over d):
-  1. S_self = P_blk Pᵀ/√d and PB = P_blk Bᵀ; then an online softmax over the n low-rank
-     columns S_low = (s/√d)·PB·Aᵀ accumulates WA = W_low·A (the (m, n) scores never leave
-     registers).
-  2. O = W_self·P + s·WA·B, F = P + λO (written once, saved for the backward), with the
-     gate logits F·W_g and the subspace codes Z = F·[D_1 … D_K] reduced on the way.
-  3. P* = F + (G ⊙ Z)·[U_1; …; U_K].
-Saved for the backward: F (m, d), the row softmax max and sum (m,), G (m, K), Z (m, K·h).
+Every product over the hidden size d is a product with one stacked operand. Stack the rows
+of length d
 
-Backward: a row kernel recomputes the scores from P, A, B and the saved statistics and
-writes every gradient term that belongs to its rows, plus per-program partial sums for
-the shared parameters; a column kernel adds the cross-row terms of dP (from W_self and
-dS_self); the partial sums are then added in program order (deterministic, no atomics).
+    V = [P; B; W_gᵀ; D̃ᵀ; Ũ]    (m + r + K + 2·K·h rows)
 
-The subspaces are handled as one matrix: D as (d, K·h) with column k·h + j = D[k, :, j],
-U as (K·h, d); G is spread over the K·h columns by a 0/1 expansion matrix.
+with D̃[:, k·h + j] = D[k, :, j] and Ũ[k·h + j] = U[k, j]. Fusion and gating only need
+
+    R = [P; B] · [P; B; W_gᵀ; D̃ᵀ]ᵀ     (m + r, Q), Q = m + r + K + K·h
+
+(the scores S_self = P·Pᵀ/√d, P·Bᵀ for S_low, and F·[W_g | D̃] = P·X + λ(W_self·P·X +
+s·WA·B·X) with X = [W_g | D̃], which is linear in the reduced products), and the output is
+
+    P* = C · [P; B; Ũ],    C = [I + λ·W_self | λ·s·WA | G_wide ⊙ Z]    (m, m + r + K·h).
+
+Forward:
+  1. ``_reduce_over_d_kernel``: tiles of R, each program over one chunk of d (partial sums).
+  2. ``_mix_kernel``: per block of prompt rows, the partials summed in chunk order, the
+     softmax over [S_self | S_low] (online over the n low-rank columns), WA = W_low·A,
+     F·X, the gate G, and the rows of C. Saves R, the softmax log-sum-exp, F·X and C.
+  3. ``_combine_kernel``: P* = C·[P; B; Ũ], tiled over rows and d.
+Backward (dP* given):
+  1. ``_reduce_over_d_kernel``: dC = dP*·[P; B; Ũ]ᵀ, tiles over chunks of d.
+  2. ``_mix_backward_kernel``: per block of prompt rows, its rows of dR's score columns
+     ([dS_self/√d | d(P·Bᵀ)]) and of d(F·X), and per-program partials of dA, dλ and db_g.
+  3. ``_scatter_kernel``: per tile of V rows and d columns, the gradient of V written into
+     those of P, B, W_g, D and U: Cᵀ·dP* (plus Cᵀ·d(F·X)·Xᵀ for the rows of P and B), dR·[P; B]
+     and dRᵀ·P, and d(F·X)ᵀ·F for the rows of W_gᵀ and D̃ᵀ. The F·X columns of dR need no
+     cross-row reduction: they are Cᵀ·d(F·X), as C starts with [I + λ·W_self | λ·s·WA]. One
+     more program adds the partials of dA, dλ and db_g in program order.
+Every reduction adds partial sums in a fixed order: the results are deterministic.
 """
 
 from __future__ import annotations
 
-from typing import Dict, Tuple
+from typing import Dict, Optional, Tuple
 
 import torch
 import triton
 import triton.language as tl
 
 from . import _launch
-from ._launch import accumulator, dot_pad, dot_precision, interpreting, split_float, widen
+from ._launch import accumulator, dot_pad, dot_precision, interpreting, multiprocessors, split_float, widen
 
 Tensor = torch.Tensor
 
 
 @triton.jit
 def _load_tile(ptr, rows, cols, row_stride, n_rows, n_cols, ACC: tl.constexpr):
-    """ptr[rows, cols] of a row-major (n_rows, n_cols) matrix, zero outside, as ACC."""
+    """ptr[rows, cols] of a row-major matrix, zero outside (n_rows, n_cols), as ACC."""
     mask = (rows[:, None] < n_rows) & (cols[None, :] < n_cols)
     return tl.load(ptr + rows[:, None] * row_stride + cols[None, :], mask=mask, other=0.0).to(ACC)
 
 
 @triton.jit
-def _load_d_tile(D, e, c, d, h, KH, ACC: tl.constexpr):
-    """[D_1 … D_K][e, c] = D[c // h, e, c % h] for e in rows, c in columns, as ACC."""
-    mask = (e[:, None] < d) & (c[None, :] < KH)
-    offsets = (c[None, :] // h) * d * h + e[:, None] * h + (c[None, :] % h)
-    return tl.load(D + offsets, mask=mask, other=0.0).to(ACC)
+def _stacked_offsets(P, B, WG, D, U, v, e, m, d, r, K, h):
+    """Pointers to V[v, e] for V = [P; B; W_gᵀ; D̃ᵀ; Ũ] (one load or store per tile, whatever
+    the segments it spans); meaningful where 0 <= v < m + r + K + 2·K·h. Each row is a base
+    pointer and a stride along d: 1 for P, B and Ũ, K for W_gᵀ, h for D̃ᵀ."""
+    KH = K * h
+    b = v - m
+    g = b - r
+    c = g - K
+    u = c - KH
+    base = tl.where(c < KH, D + (c // h) * (d * h) + c % h, U + u * d)
+    base = tl.where(g < K, WG + g, base)
+    base = tl.where(b < r, B + b * d, base)
+    base = tl.where(v < m, P + v * d, base)
+    stride = tl.where((g >= 0) & (g < K), K, tl.where((c >= 0) & (c < KH), h, 1))
+    return base[:, None] + e[None, :] * stride[:, None]
 
 
 @triton.jit
-def _expansion(k, c, h, KH):
-    """(K_PAD, KH_PAD) 0/1 matrix: column c belongs to subspace c // h."""
-    return ((k[:, None] == c[None, :] // h) & (c[None, :] < KH)).to(tl.float32)
+def _stacked_tile(P, B, WG, D, U, v, e, limit, m, d, r, K, h, ACC: tl.constexpr):
+    """V[v, e] for V = [P; B; W_gᵀ; D̃ᵀ; Ũ], zero for rows v >= limit and columns e >= d."""
+    mask = (v[:, None] < limit) & (e[None, :] < d)
+    return tl.load(_stacked_offsets(P, B, WG, D, U, v, e, m, d, r, K, h), mask=mask, other=0.0).to(ACC)
 
 
 @triton.jit
-def _self_scores_and_pb(
-    P, B, rows, all_rows, rk, m, d, r, inv_sqrt_d,
-    BD: tl.constexpr, BM: tl.constexpr, M_PAD: tl.constexpr, R_PAD: tl.constexpr,
-    ACC: tl.constexpr, PRECISION: tl.constexpr,
-):
-    """Pass 1: the self scores S_self (BM, M_PAD) (masked columns -inf) and PB = P_blk·Bᵀ (BM, R_PAD)."""
-    s_self = tl.zeros((BM, M_PAD), dtype=ACC)
-    pb = tl.zeros((BM, R_PAD), dtype=ACC)
-    for d0 in range(0, d, BD):
-        cols = d0 + tl.arange(0, BD)
-        p_blk = _load_tile(P, rows, cols, d, m, d, ACC)
-        p_all_t = tl.trans(_load_tile(P, all_rows, cols, d, m, d, ACC))
-        b_t = tl.trans(_load_tile(B, rk, cols, d, r, d, ACC))
-        s_self += tl.dot(p_blk, p_all_t, input_precision=PRECISION)
-        pb += tl.dot(p_blk, b_t, input_precision=PRECISION)
-    s_self = tl.where(all_rows[None, :] < m, s_self * inv_sqrt_d, float("-inf"))
-    return s_self, pb
+def _store_stacked(DP, DB, DWG, DD, DU, tile, v, e, m, d, r, K, h):
+    """Store rows v, columns e of the gradient of V into the gradients of P, B, W_g, D and U."""
+    mask = (v[:, None] < m + r + K + 2 * K * h) & (e[None, :] < d)
+    tl.store(_stacked_offsets(DP, DB, DWG, DD, DU, v, e, m, d, r, K, h), tile, mask=mask)
 
 
 @triton.jit
-def _low_rank_weights(A, n0, pb, rk, n, r, row_max, row_sum, low_scale,
+def _summed(PART, rows, cols, mask, parts, part_stride, row_stride, ACC: tl.constexpr):
+    """Σ over the parts of PART[part, rows, cols], added in part order; zero where not mask."""
+    offsets = rows[:, None] * row_stride + cols[None, :]
+    total = tl.load(PART + offsets, mask=mask, other=0.0).to(ACC)
+    for part in range(1, parts):
+        total += tl.load(PART + part * part_stride + offsets, mask=mask, other=0.0).to(ACC)
+    return total
+
+
+@triton.jit
+def _low_rank_weights(A, n0, pb, rows_ok, rk, n, r, lse, low_scale,
                       BN: tl.constexpr, ACC: tl.constexpr, PRECISION: tl.constexpr):
     """Rows n0 … n0+BN of A (BN, R_PAD) and their softmax weights W_low (BM, BN), from the
-    saved row statistics (backward only: the forward builds the statistics online)."""
+    log-sum-exp of the rows (zero on rows past m)."""
     nn = n0 + tl.arange(0, BN)
     a_chunk = _load_tile(A, nn, rk, r, n, r, ACC)
     s_low = tl.dot(pb, tl.trans(a_chunk), input_precision=PRECISION) * low_scale
-    w_low = tl.where(nn[None, :] < n, tl.exp(s_low - row_max[:, None]) / row_sum[:, None], 0.0)
+    w_low = tl.where(rows_ok[:, None] & (nn[None, :] < n), tl.exp(s_low - lse[:, None]), 0.0)
     return nn, a_chunk, w_low
 
 
 @triton.jit
-def _ept_prompt_fwd_kernel(
-    P, A, B, LAM, D, U, WG, BG,
-    OUT, F, ROW_MAX, ROW_SUM, GATE, Z,
-    m, d, n, r, K, h, KH, scaling_hi, scaling_lo, inv_sqrt_d_hi, inv_sqrt_d_lo,
-    BM: tl.constexpr, BD: tl.constexpr, BN: tl.constexpr,
-    M_PAD: tl.constexpr, R_PAD: tl.constexpr, K_PAD: tl.constexpr, KH_PAD: tl.constexpr,
+def _expansion(kk, c, h, KH, ACC: tl.constexpr):
+    """(K_PAD, BF) 0/1 matrix: subspace code c belongs to subspace c // h."""
+    return ((kk[:, None] == c[None, :] // h) & (c[None, :] < KH)).to(ACC)
+
+
+@triton.jit
+def _gate(logits, BG, kk, K, ACC: tl.constexpr):
+    """G = softmax over the K subspaces of F·W_g + b_g (columns past K are zero)."""
+    logits += tl.load(BG + kk, mask=kk < K, other=0.0).to(ACC)[None, :]
+    logits = tl.where(kk[None, :] < K, logits, float("-inf"))
+    gate = tl.exp(logits - tl.max(logits, axis=1)[:, None])
+    return gate / tl.sum(gate, axis=1)[:, None]
+
+
+@triton.jit
+def _fx_operands(R, cols, col_limit, m, r, parts, part_stride, row_stride,
+                 M_PAD: tl.constexpr, R_PAD: tl.constexpr, ACC: tl.constexpr):
+    """For the columns ``cols`` (< col_limit) of X = [W_g | D̃]: P·X of every prompt row
+    (M_PAD, BF) and B·X (R_PAD, BF), summed from the parts of R."""
+    all_rows = tl.arange(0, M_PAD)
+    rk = tl.arange(0, R_PAD)
+    q = m + r + cols
+    col_ok = cols[None, :] < col_limit
+    px_all = _summed(R, all_rows, q, (all_rows[:, None] < m) & col_ok, parts, part_stride, row_stride, ACC)
+    bx = _summed(R, m + rk, q, (rk[:, None] < r) & col_ok, parts, part_stride, row_stride, ACC)
+    return px_all, bx
+
+
+@triton.jit
+def _fx(R, rows, cols, col_limit, w_self, wa, lam, scaling, m, r, parts, part_stride, row_stride,
+        M_PAD: tl.constexpr, R_PAD: tl.constexpr, ACC: tl.constexpr, PRECISION: tl.constexpr):
+    """F·X[rows, cols] = P·X + λ(W_self·P·X + s·WA·B·X), from the parts of R."""
+    px_all, bx = _fx_operands(R, cols, col_limit, m, r, parts, part_stride, row_stride, M_PAD, R_PAD, ACC)
+    own = _summed(R, rows, m + r + cols, (rows[:, None] < m) & (cols[None, :] < col_limit), parts, part_stride,
+                  row_stride, ACC)
+    o = tl.dot(w_self, px_all, input_precision=PRECISION) + scaling * tl.dot(wa, bx, input_precision=PRECISION)
+    return own + lam * o
+
+
+@triton.jit
+def _reduce_over_d_kernel(
+    GRAD, P, B, WG, D, U, PART,
+    m, d, r, K, h, x_limit, y_limit, n_cols, chunk,
+    BX: tl.constexpr, BY: tl.constexpr, BD: tl.constexpr,
+    BACKWARD: tl.constexpr, ACC: tl.constexpr, PRECISION: tl.constexpr,
+):
+    """PART[chunk] = X[:, chunk]·Y[:, chunk]ᵀ on this program's tile: R's parts in the forward
+    (X = [P; B], Y = [P; B; W_gᵀ; D̃ᵀ]), dC's in the backward (X = dP*, Y = [P; B; Ũ])."""
+    x = tl.program_id(0) * BX + tl.arange(0, BX)
+    y = tl.program_id(1) * BY + tl.arange(0, BY)
+    split = tl.program_id(2)
+    if BACKWARD:
+        v = tl.where(y < m + r, y, y + K + K * h)  # column y of C multiplies row v of V
+    else:
+        v = y
+    acc = tl.zeros((BX, BY), dtype=ACC)
+    start = split * chunk
+    for e0 in range(start, tl.minimum(start + chunk, d), BD):
+        e = e0 + tl.arange(0, BD)
+        if BACKWARD:
+            x_tile = _load_tile(GRAD, x, e, d, m, d, ACC)
+        else:
+            x_tile = _stacked_tile(P, B, WG, D, U, x, e, x_limit, m, d, r, K, h, ACC)
+        y_tile = _stacked_tile(P, B, WG, D, U, v, e, y_limit, m, d, r, K, h, ACC)
+        acc += tl.dot(x_tile, tl.trans(y_tile), input_precision=PRECISION)
+    offsets = (split * x_limit + x[:, None]) * n_cols + y[None, :]
+    tl.store(PART + offsets, acc, mask=(x[:, None] < x_limit) & (y[None, :] < n_cols))
+
+
+@triton.jit
+def _mix_kernel(
+    R_PART, A, LAM, BG, R, LSE, FX, C,
+    m, n, r, K, h, splits, scaling_hi, scaling_lo, inv_sqrt_d_hi, inv_sqrt_d_lo,
+    BM: tl.constexpr, BN: tl.constexpr, BF: tl.constexpr, BQ: tl.constexpr,
+    M_PAD: tl.constexpr, R_PAD: tl.constexpr, K_PAD: tl.constexpr,
     HAS_SPACES: tl.constexpr, ACC: tl.constexpr, PRECISION: tl.constexpr,
 ):
-    rows = tl.program_id(0) * BM + tl.arange(0, BM)
+    pid = tl.program_id(0)
+    rows = pid * BM + tl.arange(0, BM)
     row_ok = rows < m
     all_rows = tl.arange(0, M_PAD)
     rk = tl.arange(0, R_PAD)
+    KH = K * h
+    Q = m + r + K + KH
+    NC = m + r + KH
+    part_stride = (m + r) * Q
     scaling = widen(scaling_hi, scaling_lo, ACC)
     inv_sqrt_d = widen(inv_sqrt_d_hi, inv_sqrt_d_lo, ACC)
     low_scale = scaling * inv_sqrt_d
 
-    # Pass 1 and the online softmax over [S_self | S_low].
-    s_self, pb = _self_scores_and_pb(P, B, rows, all_rows, rk, m, d, r, inv_sqrt_d, BD, BM, M_PAD, R_PAD, ACC, PRECISION)
+    # R itself, saved for the backward: this block's rows, and B's rows in program 0.
+    for q0 in range(0, Q, BQ):
+        q = q0 + tl.arange(0, BQ)
+        tile = _summed(R_PART, rows, q, row_ok[:, None] & (q[None, :] < Q), splits, part_stride, Q, ACC)
+        tl.store(R + rows[:, None] * Q + q[None, :], tile, mask=row_ok[:, None] & (q[None, :] < Q))
+        if pid == 0:
+            b_ok = (rk[:, None] < r) & (q[None, :] < Q)
+            b_rows = _summed(R_PART, m + rk, q, b_ok, splits, part_stride, Q, ACC)
+            tl.store(R + (m + rk[:, None]) * Q + q[None, :], b_rows, mask=b_ok)
+
+    # Softmax over [S_self | S_low], online over the n low-rank columns; WA = W_low·A.
+    s_self = _summed(R_PART, rows, all_rows, row_ok[:, None] & (all_rows[None, :] < m), splits, part_stride, Q, ACC)
+    s_self = tl.where(all_rows[None, :] < m, s_self * inv_sqrt_d, float("-inf"))
+    pb = _summed(R_PART, rows, m + rk, row_ok[:, None] & (rk[None, :] < r), splits, part_stride, Q, ACC)
     row_max = tl.max(s_self, axis=1)
     row_sum = tl.sum(tl.exp(s_self - row_max[:, None]), axis=1)
     wa = tl.zeros((BM, R_PAD), dtype=ACC)
     for n0 in range(0, n, BN):
         nn = n0 + tl.arange(0, BN)
-        a_chunk = _load_tile(A, nn, rk, r, n, r, ACC)  # (BN, R_PAD)
+        a_chunk = _load_tile(A, nn, rk, r, n, r, ACC)
         s_low = tl.dot(pb, tl.trans(a_chunk), input_precision=PRECISION) * low_scale
         s_low = tl.where(nn[None, :] < n, s_low, float("-inf"))
         new_max = tl.maximum(row_max, tl.max(s_low, axis=1))
@@ -118,191 +226,268 @@ def _ept_prompt_fwd_kernel(
         row_sum = row_sum * rescale + tl.sum(e_low, axis=1)
         wa = wa * rescale[:, None] + tl.dot(e_low, a_chunk, input_precision=PRECISION)
         row_max = new_max
-    w_self = tl.exp(s_self - row_max[:, None]) / row_sum[:, None]
-    wa = wa / row_sum[:, None]
-    tl.store(ROW_MAX + rows, row_max, mask=row_ok)
-    tl.store(ROW_SUM + rows, row_sum, mask=row_ok)
+    lse = row_max + tl.log(row_sum)
+    tl.store(LSE + rows, lse, mask=row_ok)
+    w_self = tl.where(row_ok[:, None], tl.exp(s_self - lse[:, None]), 0.0)
+    wa = tl.where(row_ok[:, None], wa / row_sum[:, None], 0.0)
 
-    # Pass 2: F = P + λ(W_self·P + s·WA·B), reducing the gate logits and subspace codes.
     lam = tl.load(LAM).to(ACC)
-    kk = tl.arange(0, K_PAD)
-    kh = tl.arange(0, KH_PAD)
-    logits = tl.zeros((BM, K_PAD), dtype=ACC)
-    codes = tl.zeros((BM, KH_PAD), dtype=ACC)
-    for d0 in range(0, d, BD):
-        cols = d0 + tl.arange(0, BD)
-        tile = row_ok[:, None] & (cols[None, :] < d)
-        o = tl.dot(w_self, _load_tile(P, all_rows, cols, d, m, d, ACC), input_precision=PRECISION)
-        o += scaling * tl.dot(wa, _load_tile(B, rk, cols, d, r, d, ACC), input_precision=PRECISION)
-        f = _load_tile(P, rows, cols, d, m, d, ACC) + lam * o
-        tl.store(F + rows[:, None] * d + cols[None, :], f, mask=tile)
-        if HAS_SPACES:
-            logits += tl.dot(f, _load_tile(WG, cols, kk, K, d, K, ACC), input_precision=PRECISION)
-            codes += tl.dot(f, _load_d_tile(D, cols, kh, d, h, KH, ACC), input_precision=PRECISION)
-        else:
-            tl.store(OUT + rows[:, None] * d + cols[None, :], f, mask=tile)
+    eye = (rows[:, None] == all_rows[None, :]).to(ACC)
+    tl.store(C + rows[:, None] * NC + all_rows[None, :], eye + lam * w_self,
+             mask=row_ok[:, None] & (all_rows[None, :] < m))
+    tl.store(C + rows[:, None] * NC + m + rk[None, :], lam * scaling * wa, mask=row_ok[:, None] & (rk[None, :] < r))
 
-    if HAS_SPACES:
-        logits += tl.load(BG + kk, mask=kk < K, other=0.0).to(ACC)[None, :]
-        logits = tl.where(kk[None, :] < K, logits, float("-inf"))
-        gate = tl.exp(logits - tl.max(logits, axis=1)[:, None])
-        gate = gate / tl.sum(gate, axis=1)[:, None]
-        tl.store(GATE + rows[:, None] * K + kk[None, :], gate, mask=row_ok[:, None] & (kk[None, :] < K))
-        tl.store(Z + rows[:, None] * KH + kh[None, :], codes, mask=row_ok[:, None] & (kh[None, :] < KH))
-        gate_wide = tl.dot(gate, _expansion(kk, kh, h, KH).to(ACC), input_precision=PRECISION)
-        mixed = gate_wide * codes
-        # Pass 3 reads back F written by other threads of this program in pass 2.
-        tl.debug_barrier()
-        for d0 in range(0, d, BD):
-            cols = d0 + tl.arange(0, BD)
-            f = _load_tile(F, rows, cols, d, m, d, ACC)
-            out = f + tl.dot(mixed, _load_tile(U, kh, cols, d, KH, d, ACC), input_precision=PRECISION)
-            tl.store(OUT + rows[:, None] * d + cols[None, :], out, mask=row_ok[:, None] & (cols[None, :] < d))
+    if HAS_SPACES:  # F·X: the gate logits, then the subspace codes Z; C's last columns are G_wide ⊙ Z
+        kk = tl.arange(0, K_PAD)
+        logits = _fx(R_PART, rows, kk, K, w_self, wa, lam, scaling, m, r, splits, part_stride, Q,
+                     M_PAD, R_PAD, ACC, PRECISION)
+        tl.store(FX + rows[:, None] * (K + KH) + kk[None, :], logits, mask=row_ok[:, None] & (kk[None, :] < K))
+        gate = _gate(logits, BG, kk, K, ACC)
+        for z0 in range(0, KH, BF):
+            zc = z0 + tl.arange(0, BF)
+            tile = row_ok[:, None] & (zc[None, :] < KH)
+            codes = _fx(R_PART, rows, K + zc, K + KH, w_self, wa, lam, scaling, m, r, splits, part_stride, Q,
+                        M_PAD, R_PAD, ACC, PRECISION)
+            tl.store(FX + rows[:, None] * (K + KH) + K + zc[None, :], codes, mask=tile)
+            gate_wide = tl.dot(gate, _expansion(kk, zc, h, KH, ACC), input_precision=PRECISION)
+            tl.store(C + rows[:, None] * NC + m + r + zc[None, :], gate_wide * codes, mask=tile)
 
 
 @triton.jit
-def _ept_prompt_bwd_rows_kernel(
-    GRAD, P, A, B, LAM, D, U, WG, F, ROW_MAX, ROW_SUM, GATE, Z,
-    DP, DO, W_SELF, DS_SELF,
-    DA_PART, DB_PART, DLAM_PART, DD_PART, DU_PART, DWG_PART, DBG_PART,
-    m, d, n, r, K, h, KH, scaling_hi, scaling_lo, inv_sqrt_d_hi, inv_sqrt_d_lo,
-    BM: tl.constexpr, BD: tl.constexpr, BN: tl.constexpr,
-    M_PAD: tl.constexpr, R_PAD: tl.constexpr, K_PAD: tl.constexpr, KH_PAD: tl.constexpr,
+def _combine_kernel(
+    C, P, B, WG, D, U, F, OUT, m, d, r, K, h,
+    BM: tl.constexpr, BD: tl.constexpr, BC: tl.constexpr, ACC: tl.constexpr, PRECISION: tl.constexpr,
+):
+    """F[rows, e] = C[rows, :m+r]·[P; B][:, e] (saved for the backward), then
+    P*[rows, e] = F + C[rows, m+r:]·Ũ[:, e]."""
+    rows = tl.program_id(0) * BM + tl.arange(0, BM)
+    e = tl.program_id(1) * BD + tl.arange(0, BD)
+    tile = (rows[:, None] < m) & (e[None, :] < d)
+    KH = K * h
+    NC = m + r + KH
+    acc = tl.zeros((BM, BD), dtype=ACC)
+    for c0 in range(0, m + r, BC):
+        c = c0 + tl.arange(0, BC)
+        acc += tl.dot(_load_tile(C, rows, c, NC, m, m + r, ACC),
+                      _stacked_tile(P, B, WG, D, U, c, e, m + r, m, d, r, K, h, ACC), input_precision=PRECISION)
+    tl.store(F + rows[:, None] * d + e[None, :], acc, mask=tile)
+    for c0 in range(m + r, NC, BC):
+        c = c0 + tl.arange(0, BC)
+        acc += tl.dot(_load_tile(C, rows, c, NC, m, NC, ACC),
+                      _stacked_tile(P, B, WG, D, U, c + K + KH, e, NC + K + KH, m, d, r, K, h, ACC),
+                      input_precision=PRECISION)
+    tl.store(OUT + rows[:, None] * d + e[None, :], acc, mask=tile)
+
+
+@triton.jit
+def _fx_backward(d_fx, cols, col_limit, R, DFX, rows, w_self, wa, d_w_self, d_wa, d_lam, lam, scaling, m, r, K, KH,
+                 M_PAD: tl.constexpr, R_PAD: tl.constexpr, ACC: tl.constexpr, PRECISION: tl.constexpr):
+    """Back through F·X[:, cols] = P·X + λ(W_self·P·X + s·WA·B·X) for this block's rows:
+    saves d(F·X) for the scatter kernel and returns the updated dW_self, dWA and dλ. (The
+    gradient of P·X and B·X, Cᵀ·d(F·X) since C = [I + λW_self | λs·WA | …], is the
+    scatter kernel's.)"""
+    px_all, bx = _fx_operands(R, cols, col_limit, m, r, 1, 0, m + r + K + KH, M_PAD, R_PAD, ACC)
+    o = tl.dot(w_self, px_all, input_precision=PRECISION) + scaling * tl.dot(wa, bx, input_precision=PRECISION)
+    d_lam += tl.sum(tl.sum(d_fx * o, axis=1), axis=0)
+    d_w_self += lam * tl.dot(d_fx, tl.trans(px_all), input_precision=PRECISION)
+    d_wa += lam * scaling * tl.dot(d_fx, tl.trans(bx), input_precision=PRECISION)
+    tl.store(DFX + rows[:, None] * (K + KH) + cols[None, :], d_fx,
+             mask=(rows[:, None] < m) & (cols[None, :] < col_limit))
+    return d_w_self, d_wa, d_lam
+
+
+@triton.jit
+def _mix_backward_kernel(
+    DC_PART, R, LSE, FX, A, LAM, BG,
+    DR, DFX, DA_PART, DLAM_PART, DBG_PART,
+    m, n, r, K, h, splits, scaling_hi, scaling_lo, inv_sqrt_d_hi, inv_sqrt_d_lo,
+    BM: tl.constexpr, BN: tl.constexpr, BF: tl.constexpr,
+    M_PAD: tl.constexpr, R_PAD: tl.constexpr, K_PAD: tl.constexpr,
     HAS_SPACES: tl.constexpr, ACC: tl.constexpr, PRECISION: tl.constexpr,
 ):
+    """Per block of prompt rows: dR[rows, :m+r] = [dS_self/√d | d(P·Bᵀ)], d(F·X)[rows], and
+    this program's partial sums of dA, dλ and db_g."""
     pid = tl.program_id(0)
     rows = pid * BM + tl.arange(0, BM)
     row_ok = rows < m
     all_rows = tl.arange(0, M_PAD)
     rk = tl.arange(0, R_PAD)
-    kk = tl.arange(0, K_PAD)
-    kh = tl.arange(0, KH_PAD)
+    KH = K * h
+    Q = m + r + K + KH
+    NC = m + r + KH
+    part_stride = m * NC
     scaling = widen(scaling_hi, scaling_lo, ACC)
     inv_sqrt_d = widen(inv_sqrt_d_hi, inv_sqrt_d_lo, ACC)
     low_scale = scaling * inv_sqrt_d
     lam = tl.load(LAM).to(ACC)
-    row_max = tl.load(ROW_MAX + rows, mask=row_ok, other=0.0).to(ACC)
-    row_sum = tl.load(ROW_SUM + rows, mask=row_ok, other=1.0).to(ACC)
 
-    # Recompute the softmax weights from P, A, B and the saved statistics.
-    s_self, pb = _self_scores_and_pb(P, B, rows, all_rows, rk, m, d, r, inv_sqrt_d, BD, BM, M_PAD, R_PAD, ACC, PRECISION)
-    w_self = tl.exp(s_self - row_max[:, None]) / row_sum[:, None]
+    # The softmax weights again, from the saved R and log-sum-exp.
+    lse = tl.load(LSE + rows, mask=row_ok, other=0.0).to(ACC)
+    s_self = _load_tile(R, rows, all_rows, Q, m, m, ACC) * inv_sqrt_d
+    w_self = tl.where(row_ok[:, None] & (all_rows[None, :] < m), tl.exp(s_self - lse[:, None]), 0.0)
+    pb = _load_tile(R + m, rows, rk, Q, m, r, ACC)
     wa = tl.zeros((BM, R_PAD), dtype=ACC)
     for n0 in range(0, n, BN):
-        _, a_chunk, w_low = _low_rank_weights(A, n0, pb, rk, n, r, row_max, row_sum, low_scale, BN, ACC, PRECISION)
+        _, a_chunk, w_low = _low_rank_weights(A, n0, pb, row_ok, rk, n, r, lse, low_scale, BN, ACC, PRECISION)
         wa += tl.dot(w_low, a_chunk, input_precision=PRECISION)
 
-    # Gate and subspaces: dZ and the gate-logit gradient dα need g·Uᵀ over all of d first.
-    if HAS_SPACES:
-        gate = _load_tile(GATE, rows, kk, K, m, K, ACC)
-        codes = _load_tile(Z, rows, kh, KH, m, KH, ACC)
-        expand = _expansion(kk, kh, h, KH).to(ACC)
-        gate_wide = tl.dot(gate, expand, input_precision=PRECISION)
-        d_mixed = tl.zeros((BM, KH_PAD), dtype=ACC)
-        for d0 in range(0, d, BD):
-            cols = d0 + tl.arange(0, BD)
-            g = _load_tile(GRAD, rows, cols, d, m, d, ACC)
-            d_mixed += tl.dot(g, tl.trans(_load_tile(U, kh, cols, d, KH, d, ACC)), input_precision=PRECISION)
-        d_codes = gate_wide * d_mixed
-        d_gate = tl.dot(d_mixed * codes, tl.trans(expand), input_precision=PRECISION)
+    # C = [I + λW_self | λs·WA | G_wide ⊙ Z]: the gradients of W_self, WA and λ through C.
+    dc_self = _summed(DC_PART, rows, all_rows, row_ok[:, None] & (all_rows[None, :] < m), splits, part_stride, NC, ACC)
+    dc_low = _summed(DC_PART, rows, m + rk, row_ok[:, None] & (rk[None, :] < r), splits, part_stride, NC, ACC)
+    d_w_self = lam * dc_self
+    d_wa = lam * scaling * dc_low
+    d_lam = tl.sum(tl.sum(dc_self * w_self, axis=1), axis=0) + scaling * tl.sum(tl.sum(dc_low * wa, axis=1), axis=0)
+
+    if HAS_SPACES:  # back through G_wide ⊙ Z, the gate softmax and F·X
+        kk = tl.arange(0, K_PAD)
+        gate = _gate(_load_tile(FX, rows, kk, K + KH, m, K, ACC), BG, kk, K, ACC)
+        d_gate = tl.zeros((BM, K_PAD), dtype=ACC)
+        for z0 in range(0, KH, BF):
+            zc = z0 + tl.arange(0, BF)
+            codes = _load_tile(FX + K, rows, zc, K + KH, m, KH, ACC)
+            d_mixed = _summed(DC_PART, rows, m + r + zc, row_ok[:, None] & (zc[None, :] < KH), splits, part_stride,
+                              NC, ACC)
+            d_gate += tl.dot(d_mixed * codes, tl.trans(_expansion(kk, zc, h, KH, ACC)), input_precision=PRECISION)
         d_logits = gate * (d_gate - tl.sum(gate * d_gate, axis=1)[:, None])
         tl.store(DBG_PART + pid * K + kk, tl.sum(d_logits, axis=0), mask=kk < K)
-
-    # dF, then the fusion: dλ, dO = λ dF, dW_self = dO·Pᵀ, dWA = s·dO·Bᵀ.
-    d_w_self = tl.zeros((BM, M_PAD), dtype=ACC)
-    d_wa = tl.zeros((BM, R_PAD), dtype=ACC)
-    d_lam = tl.zeros((BM,), dtype=ACC)
-    for d0 in range(0, d, BD):
-        cols = d0 + tl.arange(0, BD)
-        tile = row_ok[:, None] & (cols[None, :] < d)
-        g = _load_tile(GRAD, rows, cols, d, m, d, ACC)
-        df = g
-        if HAS_SPACES:
-            f = _load_tile(F, rows, cols, d, m, d, ACC)
-            df += tl.dot(d_codes, tl.trans(_load_d_tile(D, cols, kh, d, h, KH, ACC)), input_precision=PRECISION)
-            df += tl.dot(d_logits, tl.trans(_load_tile(WG, cols, kk, K, d, K, ACC)), input_precision=PRECISION)
-            f_t = tl.trans(f)
-            dd = tl.dot(f_t, d_codes, input_precision=PRECISION)  # (BD, KH_PAD)
-            tl.store(DD_PART + pid * d * KH + cols[:, None] * KH + kh[None, :], dd,
-                     mask=(cols[:, None] < d) & (kh[None, :] < KH))
-            dwg = tl.dot(f_t, d_logits, input_precision=PRECISION)  # (BD, K_PAD)
-            tl.store(DWG_PART + pid * d * K + cols[:, None] * K + kk[None, :], dwg,
-                     mask=(cols[:, None] < d) & (kk[None, :] < K))
-            du = tl.dot(tl.trans(gate_wide * codes), g, input_precision=PRECISION)  # (KH_PAD, BD)
-            tl.store(DU_PART + pid * KH * d + kh[:, None] * d + cols[None, :], du,
-                     mask=(kh[:, None] < KH) & (cols[None, :] < d))
-        p_all = _load_tile(P, all_rows, cols, d, m, d, ACC)
-        b_chunk = _load_tile(B, rk, cols, d, r, d, ACC)
-        o = tl.dot(w_self, p_all, input_precision=PRECISION)
-        o += scaling * tl.dot(wa, b_chunk, input_precision=PRECISION)
-        d_lam += tl.sum(df * o, axis=1)
-        do = lam * df
-        tl.store(DO + rows[:, None] * d + cols[None, :], do, mask=tile)
-        tl.store(DP + rows[:, None] * d + cols[None, :], df, mask=tile)
-        d_w_self += tl.dot(do, tl.trans(p_all), input_precision=PRECISION)
-        d_wa += scaling * tl.dot(do, tl.trans(b_chunk), input_precision=PRECISION)
-    tl.store(DLAM_PART + pid, tl.sum(d_lam, axis=0))
+        d_w_self, d_wa, d_lam = _fx_backward(d_logits, kk, K, R, DFX, rows, w_self, wa, d_w_self, d_wa, d_lam, lam,
+                                             scaling, m, r, K, KH, M_PAD, R_PAD, ACC, PRECISION)
+        for z0 in range(0, KH, BF):
+            zc = z0 + tl.arange(0, BF)
+            d_mixed = _summed(DC_PART, rows, m + r + zc, row_ok[:, None] & (zc[None, :] < KH), splits, part_stride,
+                              NC, ACC)
+            d_codes = tl.dot(gate, _expansion(kk, zc, h, KH, ACC), input_precision=PRECISION) * d_mixed
+            d_w_self, d_wa, d_lam = _fx_backward(d_codes, K + zc, K + KH, R, DFX, rows, w_self, wa, d_w_self, d_wa,
+                                                 d_lam, lam, scaling, m, r, K, KH, M_PAD, R_PAD, ACC, PRECISION)
+    tl.store(DLAM_PART + pid, d_lam)
 
     # Softmax backward: dS = W ⊙ (dW - c), c = Σ W⊙dW over both parts (the low part through WA).
     c = tl.sum(w_self * d_w_self, axis=1) + tl.sum(wa * d_wa, axis=1)
-    ds_self = w_self * (d_w_self - c[:, None])
-    square = row_ok[:, None] & (all_rows[None, :] < m)
-    tl.store(W_SELF + rows[:, None] * m + all_rows[None, :], w_self, mask=square)
-    tl.store(DS_SELF + rows[:, None] * m + all_rows[None, :], ds_self, mask=square)
+    d_s_self = w_self * (d_w_self - c[:, None])
+    tl.store(DR + rows[:, None] * (m + r) + all_rows[None, :], d_s_self * inv_sqrt_d,
+             mask=row_ok[:, None] & (all_rows[None, :] < m))
     d_pb = tl.zeros((BM, R_PAD), dtype=ACC)
     for n0 in range(0, n, BN):
-        nn, a_chunk, w_low = _low_rank_weights(A, n0, pb, rk, n, r, row_max, row_sum, low_scale, BN, ACC, PRECISION)
-        w_low = tl.where(row_ok[:, None], w_low, 0.0)
-        ds_low = w_low * (tl.dot(d_wa, tl.trans(a_chunk), input_precision=PRECISION) - c[:, None])
-        d_pb += low_scale * tl.dot(ds_low, a_chunk, input_precision=PRECISION)
+        nn, a_chunk, w_low = _low_rank_weights(A, n0, pb, row_ok, rk, n, r, lse, low_scale, BN, ACC, PRECISION)
+        d_s_low = w_low * (tl.dot(d_wa, tl.trans(a_chunk), input_precision=PRECISION) - c[:, None])
+        d_pb += low_scale * tl.dot(d_s_low, a_chunk, input_precision=PRECISION)
         da = tl.dot(tl.trans(w_low), d_wa, input_precision=PRECISION)
-        da += low_scale * tl.dot(tl.trans(ds_low), pb, input_precision=PRECISION)
-        tl.store(DA_PART + pid * n * r + nn[:, None] * r + rk[None, :], da,
-                 mask=(nn[:, None] < n) & (rk[None, :] < r))
-
-    # Pass C adds to DP and reads DO, both written above by other threads of this program.
-    tl.debug_barrier()
-    for d0 in range(0, d, BD):
-        cols = d0 + tl.arange(0, BD)
-        tile = row_ok[:, None] & (cols[None, :] < d)
-        p_blk = _load_tile(P, rows, cols, d, m, d, ACC)
-        dp = _load_tile(DP, rows, cols, d, m, d, ACC)
-        dp += tl.dot(d_pb, _load_tile(B, rk, cols, d, r, d, ACC), input_precision=PRECISION)
-        dp += inv_sqrt_d * tl.dot(ds_self, _load_tile(P, all_rows, cols, d, m, d, ACC), input_precision=PRECISION)
-        tl.store(DP + rows[:, None] * d + cols[None, :], dp, mask=tile)
-        do = _load_tile(DO, rows, cols, d, m, d, ACC)
-        db = scaling * tl.dot(tl.trans(wa), do, input_precision=PRECISION)
-        db += tl.dot(tl.trans(d_pb), p_blk, input_precision=PRECISION)
-        tl.store(DB_PART + pid * r * d + rk[:, None] * d + cols[None, :], db,
-                 mask=(rk[:, None] < r) & (cols[None, :] < d))
+        da += low_scale * tl.dot(tl.trans(d_s_low), pb, input_precision=PRECISION)
+        tl.store(DA_PART + (pid * n + nn[:, None]) * r + rk[None, :], da, mask=(nn[:, None] < n) & (rk[None, :] < r))
+    tl.store(DR + rows[:, None] * (m + r) + m + rk[None, :], d_pb, mask=row_ok[:, None] & (rk[None, :] < r))
 
 
 @triton.jit
-def _ept_prompt_bwd_cross_rows_kernel(
-    P, DP, DO, W_SELF, DS_SELF, DP_OUT, m, d, inv_sqrt_d_hi, inv_sqrt_d_lo,
-    BM: tl.constexpr, BD: tl.constexpr, ACC: tl.constexpr, PRECISION: tl.constexpr,
+def _scatter_kernel(
+    GRAD, C, F, DR, DFX, P, B, WG, D, U,
+    DP, DB, DWG, DD, DU,
+    DA_PART, DLAM_PART, DBG_PART, DA, DLAM, DBG,
+    m, d, n, r, K, h, mix_programs, v_blocks, d_blocks,
+    BV: tl.constexpr, BD: tl.constexpr, BK: tl.constexpr, BN: tl.constexpr,
+    R_PAD: tl.constexpr, K_PAD: tl.constexpr, HAS_SPACES: tl.constexpr, ACC: tl.constexpr, PRECISION: tl.constexpr,
 ):
-    """dP[j] = (own-row terms) + Σ_i W_self[i, j]·dO[i] + Σ_i dS_self[i, j]·P[i]/√d."""
-    inv_sqrt_d = widen(inv_sqrt_d_hi, inv_sqrt_d_lo, ACC)
-    rows = tl.program_id(0) * BM + tl.arange(0, BM)
-    cols = tl.program_id(1) * BD + tl.arange(0, BD)
-    acc = _load_tile(DP, rows, cols, d, m, d, ACC)
-    for i0 in range(0, m, BM):
-        others = i0 + tl.arange(0, BM)
-        w_t = tl.trans(_load_tile(W_SELF, others, rows, m, m, m, ACC))
-        ds_t = tl.trans(_load_tile(DS_SELF, others, rows, m, m, m, ACC))
-        acc += tl.dot(w_t, _load_tile(DO, others, cols, d, m, d, ACC), input_precision=PRECISION)
-        acc += inv_sqrt_d * tl.dot(ds_t, _load_tile(P, others, cols, d, m, d, ACC), input_precision=PRECISION)
-    tl.store(DP_OUT + rows[:, None] * d + cols[None, :], acc, mask=(rows[:, None] < m) & (cols[None, :] < d))
+    """dV[v, e] for a tile of V's rows and d's columns, into the gradients of P, B, W_g, D, U:
+
+        rows of [P; B; Ũ]:     Cᵀ·dP*    (and Cᵀ·dF with dF = d(F·X)·Xᵀ for P and B, X = [W_g | D̃])
+        rows of [P; B]:        dR[:, :m+r]·[P; B] + dR[:, :m+r]ᵀ·P
+        rows of [W_gᵀ; D̃ᵀ]:    d(F·X)ᵀ·F
+    The last program adds the partials of dA, dλ and db_g in program order."""
+    pid = tl.program_id(0)
+    KH = K * h
+    Q = m + r + K + KH
+    NC = m + r + KH
+    if pid == v_blocks * d_blocks:
+        rk = tl.arange(0, R_PAD)
+        for n0 in range(0, n, BN):
+            nn = n0 + tl.arange(0, BN)
+            tile = (nn[:, None] < n) & (rk[None, :] < r)
+            tl.store(DA + nn[:, None] * r + rk[None, :], _summed(DA_PART, nn, rk, tile, mix_programs, n * r, r, ACC),
+                     mask=tile)
+        d_lam = tl.load(DLAM_PART).to(ACC)
+        for program in range(1, mix_programs):
+            d_lam += tl.load(DLAM_PART + program).to(ACC)
+        tl.store(DLAM, d_lam)
+        kk = tl.arange(0, K_PAD)
+        first = tl.arange(0, 1)
+        bias_ok = (first[:, None] == 0) & (kk[None, :] < K)
+        tl.store(DBG + first[:, None] * K + kk[None, :], _summed(DBG_PART, first, kk, bias_ok, mix_programs, K, K, ACC),
+                 mask=bias_ok)
+    else:
+        first_v = (pid % v_blocks) * BV
+        v = first_v + tl.arange(0, BV)
+        e = (pid // v_blocks) * BD + tl.arange(0, BD)
+        acc = tl.zeros((BV, BD), dtype=ACC)
+        c = tl.where(v < m + r, v, v - K - KH)  # column c of C multiplies row v of V
+        c_ok = ((v < m + r) | (v >= Q)) & (v < Q + KH)
+        for i0 in range(0, m, BK):
+            i = i0 + tl.arange(0, BK)
+            coefficients = tl.load(C + i[None, :] * NC + c[:, None], mask=c_ok[:, None] & (i[None, :] < m), other=0.0)
+            coefficients = coefficients.to(ACC)
+            acc += tl.dot(coefficients, _load_tile(GRAD, i, e, d, m, d, ACC), input_precision=PRECISION)
+            if HAS_SPACES and first_v < m + r:
+                d_f = tl.zeros((BK, BD), dtype=ACC)
+                for f0 in range(0, K + KH, BK):
+                    f = f0 + tl.arange(0, BK)
+                    d_f += tl.dot(_load_tile(DFX, i, f, K + KH, m, K + KH, ACC),
+                                  _stacked_tile(P, B, WG, D, U, m + r + f, e, Q, m, d, r, K, h, ACC),
+                                  input_precision=PRECISION)
+                coefficients = tl.where((v < m + r)[:, None], coefficients, 0.0)
+                acc += tl.dot(coefficients, d_f, input_precision=PRECISION)
+        if first_v < m:  # dR[v, :m+r]·[P; B]
+            for q0 in range(0, m + r, BK):
+                q = q0 + tl.arange(0, BK)
+                acc += tl.dot(_load_tile(DR, v, q, m + r, m, m + r, ACC),
+                              _stacked_tile(P, B, WG, D, U, q, e, m + r, m, d, r, K, h, ACC), input_precision=PRECISION)
+        if first_v < m + r:  # dR[:, v]ᵀ·P
+            for x0 in range(0, m, BK):
+                x = x0 + tl.arange(0, BK)
+                acc += tl.dot(tl.trans(_load_tile(DR, x, v, m + r, m, m + r, ACC)),
+                              _stacked_tile(P, B, WG, D, U, x, e, m, m, d, r, K, h, ACC), input_precision=PRECISION)
+        if HAS_SPACES and (first_v + BV > m + r) and (first_v < Q):  # d(F·X)[:, f]ᵀ·F
+            f = v - (m + r)
+            for i0 in range(0, m, BK):
+                i = i0 + tl.arange(0, BK)
+                d_fx = tl.load(DFX + i[None, :] * (K + KH) + f[:, None],
+                               mask=(f[:, None] >= 0) & (f[:, None] < K + KH) & (i[None, :] < m), other=0.0)
+                acc += tl.dot(d_fx.to(ACC), _load_tile(F, i, e, d, m, d, ACC), input_precision=PRECISION)
+        _store_stacked(DP, DB, DWG, DD, DU, acc, v, e, m, d, r, K, h)
 
 
-def blocks(m: int, d: int, n: int, r: int, KH: int) -> Dict[str, int]:
-    """Block sizes from the shapes (one large configuration under the interpreter)."""
-    m_pad, r_pad, kh_pad = dot_pad(m), dot_pad(r), dot_pad(KH)
-    if interpreting():  # cost there grows with programs x iterations, not FLOPs
-        return dict(BM=m_pad, BD=min(dot_pad(d), 512), BN=min(dot_pad(n), 512), num_warps=4)
-    widest = max(m_pad, r_pad, kh_pad)
-    return dict(BM=16, BD=max(16, min(128, 8192 // widest)), BN=64, num_warps=4 if m_pad <= 128 else 8)
+MAX_PROMPT_LENGTH = 512  # m: the mix kernels hold a block's 16 x m softmax rows on chip
+
+
+def unsupported(m: int, r: int, dtype: torch.dtype) -> Optional[str]:
+    """Why the fused prompt generator cannot take these sizes, or None when it can. Past
+    them the mix kernels' rows of the softmax (16 x m) and of the low-rank pair (16 x r)
+    would need more than an H100's shared memory (docs/kernels.md; the compile check
+    compiles the corners)."""
+    if m > MAX_PROMPT_LENGTH:
+        return f"num_virtual_tokens={m} is over {MAX_PROMPT_LENGTH}"
+    if r > _launch.MAX_RANK:
+        return f"r={r} is over {_launch.MAX_RANK}"
+    if dtype == torch.float64 and m > 256 and r > 128:
+        return f"in float64, num_virtual_tokens={m} over 256 together with r={r} over 128"
+    return None
+
+
+def launch_config(m: int, d: int, n: int, r: int, K: int, h: int, device: torch.device) -> Dict[str, int]:
+    """Block sizes, warps and the split of d (the rule is in docs/kernels.md). Under the
+    interpreter each launch is a few large tiles: its cost grows with programs × iterations,
+    not FLOPs."""
+    KH = K * h
+    if interpreting():
+        cap = lambda size: min(dot_pad(size), 256)  # noqa: E731
+        return dict(BX=cap(m + r), BY=cap(m + r + K + KH), BD=cap(d), splits=1, BM=cap(m), BN=cap(n), BF=cap(KH),
+                    BQ=cap(m + r + K + KH), BC=cap(m + r + KH), BV=cap(m + r + K + 2 * KH), BK=cap(m + r + KH),
+                    num_warps=4, num_stages=1, mix={"num_warps": 4})
+    # Split d so that the reductions over it run on about two programs per multiprocessor.
+    tiles = triton.cdiv(m + r, 32) * triton.cdiv(m + r + K + KH, 32)
+    splits = max(1, min(triton.cdiv(d, 16), triton.cdiv(2 * multiprocessors(device), tiles)))
+    # The mix kernels hold a block's softmax rows (16 x m) and low-rank rows (16 x r) in
+    # registers: 8 warps, and all 255 registers (without the cap ptxas spills below it).
+    mix = {"num_warps": 8, "maxnreg": 255}
+    return dict(BX=32, BY=32, BD=16, splits=splits, BM=16, BN=32, BF=16, BQ=64, BC=32, BV=32, BK=32,
+                num_warps=4, num_stages=1, mix=mix)
 
 
 def _sizes(prompt, lora_a, proj_down):
@@ -312,19 +497,32 @@ def _sizes(prompt, lora_a, proj_down):
     return m, d, n, r, K, h
 
 
-def _meta(prompt, lora_a, proj_down):
-    m, d, n, r, K, h = _sizes(prompt, lora_a, proj_down)
-    cfg = blocks(m, d, n, r, K * h)
-    meta = dict(
-        BM=cfg["BM"], BD=cfg["BD"], BN=cfg["BN"], M_PAD=dot_pad(m), R_PAD=dot_pad(r), K_PAD=dot_pad(K),
-        KH_PAD=dot_pad(K * h), HAS_SPACES=K > 0, ACC=accumulator(prompt), PRECISION=dot_precision(prompt),
-        num_warps=cfg["num_warps"],
-    )
-    return meta, triton.cdiv(m, cfg["BM"])
+def _chunk(d: int, cfg) -> Tuple[int, int]:
+    """Columns of d per split (a multiple of BD) and the number of splits that covers d."""
+    chunk = cfg["BD"] * triton.cdiv(triton.cdiv(d, cfg["BD"]), cfg["splits"])
+    return chunk, triton.cdiv(d, chunk)
 
 
 def _work_dtype(prompt: Tensor) -> torch.dtype:
     return torch.float64 if prompt.dtype == torch.float64 else torch.float32
+
+
+def _saved_shapes(m, d, r, K, h):
+    """R (m+r, Q), the softmax log-sum-exp (m,), F·[W_g | D̃] (m, K+K·h), C (m, m+r+K·h), F (m, d)."""
+    KH = K * h
+    return (m + r, m + r + K + KH), (m,), (m, K + KH), (m, m + r + KH), (m, d)
+
+
+def _allocate_outputs(prompt, lora_a, proj_down):
+    m, d, n, r, K, h = _sizes(prompt, lora_a, proj_down)
+    work = _work_dtype(prompt)
+    saved = (_launch.new_buffer(prompt, shape, work) for shape in _saved_shapes(m, d, r, K, h))
+    return (_launch.new_buffer(prompt, (m, d)), *saved)
+
+
+def _common_meta(prompt, cfg):
+    acc = accumulator(prompt)
+    return dict(ACC=acc, PRECISION=dot_precision(acc), **_launch.options(cfg))
 
 
 @torch.library.custom_op("ept_fast::ept_prompt", mutates_args=())
@@ -332,24 +530,32 @@ def ept_prompt_op(
     prompt: Tensor, lora_a: Tensor, lora_b: Tensor, fusion_scale: Tensor, proj_down: Tensor,
     proj_up: Tensor, gate_weight: Tensor, gate_bias: Tensor, scaling: float,
 ) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
-    """Returns (P*, F, row_max, row_sum, G, Z); the last five are saved for the backward."""
+    """Returns (P*, R, log-sum-exp, F·[W_g | D̃], C, F); the last five are saved for the backward."""
     m, d, n, r, K, h = _sizes(prompt, lora_a, proj_down)
-    args = [t.contiguous() for t in (prompt, lora_a, lora_b, fusion_scale, proj_down, proj_up, gate_weight, gate_bias)]
-    out, fused, row_max, row_sum, gate, codes = _allocate_outputs(prompt, lora_a, proj_down)
-    meta, programs = _meta(prompt, lora_a, proj_down)
-    _ept_prompt_fwd_kernel[(programs,)](
-        *args, out, fused, row_max, row_sum, gate, codes,
-        m, d, n, r, K, h, K * h, *split_float(scaling), *split_float(d ** -0.5), **meta,
+    reason = unsupported(m, r, prompt.dtype)
+    if reason is not None:
+        raise ValueError(f"ept_fast::ept_prompt: the fused kernels cannot take these sizes: {reason}")
+    Q = m + r + K + K * h
+    stacked = [t.contiguous() for t in (prompt, lora_b, gate_weight, proj_down, proj_up)]
+    out, reduced, lse, fused, coefficients, fusion = _allocate_outputs(prompt, lora_a, proj_down)
+    cfg = launch_config(m, d, n, r, K, h, prompt.device)
+    meta = _common_meta(prompt, cfg)
+    chunk, splits = _chunk(d, cfg)
+    parts = _launch.new_buffer(prompt, (splits, m + r, Q), _work_dtype(prompt))
+    _reduce_over_d_kernel[(triton.cdiv(m + r, cfg["BX"]), triton.cdiv(Q, cfg["BY"]), splits)](
+        prompt, *stacked, parts, m, d, r, K, h, m + r, Q, Q, chunk,
+        BX=cfg["BX"], BY=cfg["BY"], BD=cfg["BD"], BACKWARD=False, **meta,
     )
-    return out, fused, row_max, row_sum, gate, codes
-
-
-def _allocate_outputs(prompt, lora_a, proj_down):
-    """P* in the prompt's dtype; F, row max, row sum (m,), G (m, K), Z (m, K·h) in the work dtype."""
-    m, d, n, r, K, h = _sizes(prompt, lora_a, proj_down)
-    work = _work_dtype(prompt)
-    saved = (_launch.new_buffer(prompt, shape, work) for shape in ((m, d), (m,), (m,), (m, K), (m, K * h)))
-    return (_launch.new_buffer(prompt, (m, d)), *saved)
+    _mix_kernel[(triton.cdiv(m, cfg["BM"]),)](
+        parts, lora_a.contiguous(), fusion_scale, gate_bias.contiguous(), reduced, lse, fused, coefficients,
+        m, n, r, K, h, splits, *split_float(scaling), *split_float(d ** -0.5),
+        BM=cfg["BM"], BN=cfg["BN"], BF=cfg["BF"], BQ=cfg["BQ"], M_PAD=dot_pad(m), R_PAD=dot_pad(r),
+        K_PAD=dot_pad(K), HAS_SPACES=K > 0, **{**meta, **cfg["mix"]},
+    )
+    _combine_kernel[(triton.cdiv(m, cfg["BM"]), triton.cdiv(d, cfg["BD"]))](
+        coefficients, *stacked, fusion, out, m, d, r, K, h, BM=cfg["BM"], BD=cfg["BD"], BC=cfg["BC"], **meta,
+    )
+    return out, reduced, lse, fused, coefficients, fusion
 
 
 @ept_prompt_op.register_fake
@@ -360,73 +566,66 @@ def _(prompt, lora_a, lora_b, fusion_scale, proj_down, proj_up, gate_weight, gat
 @torch.library.custom_op("ept_fast::ept_prompt_backward", mutates_args=())
 def ept_prompt_backward_op(
     grad: Tensor, prompt: Tensor, lora_a: Tensor, lora_b: Tensor, fusion_scale: Tensor, proj_down: Tensor,
-    proj_up: Tensor, gate_weight: Tensor, fused: Tensor, row_max: Tensor, row_sum: Tensor, gate: Tensor,
-    codes: Tensor, scaling: float,
+    proj_up: Tensor, gate_weight: Tensor, gate_bias: Tensor, reduced: Tensor, lse: Tensor, fused: Tensor,
+    coefficients: Tensor, fusion: Tensor, scaling: float,
 ) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
     """Gradients of (prompt, lora_a, lora_b, fusion_scale, proj_down, proj_up, gate_weight, gate_bias)."""
     m, d, n, r, K, h = _sizes(prompt, lora_a, proj_down)
     KH = K * h
-    meta, programs = _meta(prompt, lora_a, proj_down)
+    NC = m + r + KH
+    stacked = [t.contiguous() for t in (prompt, lora_b, gate_weight, proj_down, proj_up)]
+    cfg = launch_config(m, d, n, r, K, h, prompt.device)
+    meta = _common_meta(prompt, cfg)
     work = _work_dtype(prompt)
     new = lambda *shape: _launch.new_buffer(prompt, shape, work)  # noqa: E731
-    dp, do, w_self, ds_self = new(m, d), new(m, d), new(m, m), new(m, m)
-    partials = {
-        "lora_a": new(programs, n, r), "lora_b": new(programs, r, d), "fusion_scale": new(programs),
-        "proj_down": new(programs, d, KH), "proj_up": new(programs, KH, d),
-        "gate_weight": new(programs, d, K), "gate_bias": new(programs, K),
-    }
-    if K == 0:
-        for name in ("proj_down", "proj_up", "gate_weight", "gate_bias"):
-            partials[name].zero_()
-    inputs = [t.contiguous() for t in (grad, prompt, lora_a, lora_b, fusion_scale, proj_down, proj_up, gate_weight)]
-    _ept_prompt_bwd_rows_kernel[(programs,)](
-        *inputs, fused, row_max, row_sum, gate, codes, dp, do, w_self, ds_self,
-        partials["lora_a"], partials["lora_b"], partials["fusion_scale"], partials["proj_down"],
-        partials["proj_up"], partials["gate_weight"], partials["gate_bias"],
-        m, d, n, r, K, h, KH, *split_float(scaling), *split_float(d ** -0.5), **meta,
+    chunk, splits = _chunk(d, cfg)
+    dc_parts = new(splits, m, NC)
+    _reduce_over_d_kernel[(triton.cdiv(m, cfg["BX"]), triton.cdiv(NC, cfg["BY"]), splits)](
+        grad, *stacked, dc_parts, m, d, r, K, h, m, NC + K + KH, NC, chunk,
+        BX=cfg["BX"], BY=cfg["BY"], BD=cfg["BD"], BACKWARD=True, **meta,
     )
-    d_prompt = _launch.new_buffer(prompt, (m, d))
-    _ept_prompt_bwd_cross_rows_kernel[(programs, triton.cdiv(d, meta["BD"]))](
-        inputs[1], dp, do, w_self, ds_self, d_prompt, m, d, *split_float(d ** -0.5),
-        BM=meta["BM"], BD=meta["BD"], ACC=meta["ACC"], PRECISION=meta["PRECISION"], num_warps=meta["num_warps"],
+    mix_programs = triton.cdiv(m, cfg["BM"])
+    d_reduced, d_fused = new(m, m + r), new(m, K + KH)
+    da_parts, dlam_parts, dbg_parts = new(mix_programs, n, r), new(mix_programs), new(mix_programs, K)
+    _mix_backward_kernel[(mix_programs,)](
+        dc_parts, reduced, lse, fused, lora_a.contiguous(), fusion_scale, gate_bias.contiguous(),
+        d_reduced, d_fused, da_parts, dlam_parts, dbg_parts,
+        m, n, r, K, h, splits, *split_float(scaling), *split_float(d ** -0.5),
+        BM=cfg["BM"], BN=cfg["BN"], BF=cfg["BF"], M_PAD=dot_pad(m), R_PAD=dot_pad(r), K_PAD=dot_pad(K),
+        HAS_SPACES=K > 0, **{**meta, **cfg["mix"]},
     )
-    # Deterministic finishing pass: partial sums added in program order.
-    totals = {name: part.sum(dim=0) for name, part in partials.items()}
-    d_proj_down = totals["proj_down"].view(d, K, h).permute(1, 0, 2)
-    return (
-        d_prompt,
-        totals["lora_a"].to(lora_a.dtype),
-        totals["lora_b"].to(lora_b.dtype),
-        totals["fusion_scale"].to(fusion_scale.dtype),
-        d_proj_down.to(proj_down.dtype).contiguous(),
-        totals["proj_up"].view(K, h, d).to(proj_up.dtype),
-        totals["gate_weight"].to(gate_weight.dtype),
-        totals["gate_bias"].to(gate_weight.dtype),
+    grads = [_launch.new_buffer(t, t.shape) for t in (prompt, lora_b, gate_weight, proj_down, proj_up, lora_a,
+                                                       fusion_scale, gate_bias)]
+    v_blocks, d_blocks = triton.cdiv(m + r + K + 2 * KH, cfg["BV"]), triton.cdiv(d, cfg["BD"])
+    _scatter_kernel[(v_blocks * d_blocks + 1,)](
+        grad, coefficients, fusion, d_reduced, d_fused, *stacked, *grads[:5],
+        da_parts, dlam_parts, dbg_parts, *grads[5:],
+        m, d, n, r, K, h, mix_programs, v_blocks, d_blocks,
+        BV=cfg["BV"], BD=cfg["BD"], BK=cfg["BK"], BN=cfg["BN"], R_PAD=dot_pad(r), K_PAD=dot_pad(K),
+        HAS_SPACES=K > 0, **meta,
     )
+    d_prompt, d_lora_b, d_gate_weight, d_proj_down, d_proj_up, d_lora_a, d_fusion_scale, d_gate_bias = grads
+    return d_prompt, d_lora_a, d_lora_b, d_fusion_scale, d_proj_down, d_proj_up, d_gate_weight, d_gate_bias
 
 
 @ept_prompt_backward_op.register_fake
-def _(grad, prompt, lora_a, lora_b, fusion_scale, proj_down, proj_up, gate_weight, fused, row_max, row_sum,
-      gate, codes, scaling):
-    K = proj_down.shape[0]
-    return (
-        torch.empty_like(prompt), torch.empty_like(lora_a), torch.empty_like(lora_b), torch.empty_like(fusion_scale),
-        torch.empty_like(proj_down), torch.empty_like(proj_up), torch.empty_like(gate_weight),
-        gate_weight.new_empty((K,)),
-    )
+def _(grad, prompt, lora_a, lora_b, fusion_scale, proj_down, proj_up, gate_weight, gate_bias, reduced, lse, fused,
+      coefficients, fusion, scaling):
+    return tuple(torch.empty_like(t) for t in (prompt, lora_a, lora_b, fusion_scale, proj_down, proj_up, gate_weight,
+                                               gate_bias))
 
 
 def _setup_context(ctx, inputs, output):
-    prompt, lora_a, lora_b, fusion_scale, proj_down, proj_up, gate_weight, gate_bias, scaling = inputs
-    _, fused, row_max, row_sum, gate, codes = output
-    ctx.save_for_backward(prompt, lora_a, lora_b, fusion_scale, proj_down, proj_up, gate_weight,
-                          fused, row_max, row_sum, gate, codes)
+    *params, scaling = inputs
+    ctx.save_for_backward(*params, *output[1:])
     ctx.scaling = scaling
+    ctx.set_materialize_grads(False)  # the saved outputs get no gradient: no zeros to build
 
 
 def _backward(ctx, grad, *_unused):
-    saved = ctx.saved_tensors
-    grads = ept_prompt_backward_op(grad.contiguous(), *saved, ctx.scaling)
+    if grad is None:
+        return (None,) * 9
+    grads = ept_prompt_backward_op(grad.contiguous(), *ctx.saved_tensors, ctx.scaling)
     return (*grads, None)
 
 
@@ -434,6 +633,6 @@ ept_prompt_op.register_autograd(_backward, setup_context=_setup_context)
 
 
 def fused_ept_prompt(prompt, lora_a, lora_b, fusion_scale, proj_down, proj_up, gate_weight, gate_bias, scaling):
-    """P* (m, d) from the fused kernel; differentiable in all eight tensors."""
+    """P* (m, d) from the fused kernels; differentiable in all eight tensors."""
     return ept_prompt_op(prompt, lora_a, lora_b, fusion_scale, proj_down, proj_up, gate_weight, gate_bias,
                          float(scaling))[0]

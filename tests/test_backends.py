@@ -8,10 +8,16 @@ from ept_fast.functional import use_triton
 from helpers import assert_close, padded_batch
 
 
-def test_auto_uses_the_reference_on_cpu_even_under_the_interpreter():
+@pytest.mark.parametrize("interpreter", ["1", "0"])
+def test_auto_uses_the_reference_on_cpu_even_under_the_interpreter(monkeypatch, interpreter):
+    monkeypatch.setenv("TRITON_INTERPRET", interpreter)
     assert not use_triton("auto", torch.device("cpu"))
-    assert use_triton("triton", torch.device("cpu"))  # TRITON_INTERPRET=1 in the CPU test run
     assert not use_triton("torch", torch.device("cpu"))
+
+
+def test_triton_on_cpu_runs_the_interpreter(monkeypatch):
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    assert use_triton("triton", torch.device("cpu"))
 
 
 def test_triton_on_cpu_without_the_interpreter_is_a_clear_error(monkeypatch):

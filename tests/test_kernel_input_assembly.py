@@ -7,8 +7,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from ept_fast import functional, reference
-from ept_fast.kernels import fused_assemble_inputs, input_assembly
-from helpers import assert_close, padded_batch, prompt_inputs, scaling_for, table
+from ept_fast.kernels import compile_check, fused_assemble_inputs, input_assembly
+from helpers import DEVICE, assert_close, padded_batch, prompt_inputs, scaling_for, table
 
 # (lengths per row, T, V, d, n, r, m, left padding)
 CASES = {
@@ -86,8 +86,8 @@ def test_mask_dtypes(mask_dtype, device):
 @pytest.fixture
 def small_blocks(monkeypatch):
     """Several row blocks, a prefix count over several chunks, several position splits."""
-    monkeypatch.setattr(input_assembly, "_forward_blocks", lambda d: dict(BT=16, BD=16, B_PREFIX=16, num_warps=4))
-    monkeypatch.setattr(input_assembly, "_backward_blocks", lambda d, n, dev: (dict(BP=16, BD=16, num_warps=4), 3))
+    monkeypatch.setattr(input_assembly, "_forward_blocks", lambda d, r: dict(BT=16, BD=16, B_PREFIX=16, num_warps=4))
+    monkeypatch.setattr(input_assembly, "_backward_blocks", lambda d, n, r, dev: (dict(BP=16, BD=16, num_warps=4), 3))
 
 
 @pytest.mark.parametrize("case", ["medium-left", "odd-right", "no-real-token", "r0"])
@@ -141,11 +141,11 @@ def test_frozen_table_is_required(device):
 )
 def test_random_small_shapes(lengths, extra, d, spare, r, m, left, seed):
     T = max(max(lengths), 1) + extra
-    ids, mask = padded_batch(lengths, T, 17, left=left, seed=seed)
-    x = prompt_inputs(m, d, max(lengths) + spare or 1, r, 1, 1, seed=seed)
-    E = table(17, d, seed=seed)
+    ids, mask = padded_batch(lengths, T, 17, left=left, device=DEVICE, seed=seed)
+    x = prompt_inputs(m, d, max(lengths) + spare or 1, r, 1, 1, device=DEVICE, seed=seed)
+    E = table(17, d, device=DEVICE, seed=seed)
     s = scaling_for(r)
-    grad_out = torch.randn(len(lengths), m + T, d, dtype=torch.float64)
+    grad_out = torch.randn(len(lengths), m + T, d, dtype=torch.float64, device=DEVICE)
     out, ext_mask, grads = _run(fused_assemble_inputs, ids, mask, E, x["prompt"], x["lora_a"], x["lora_b"], s, grad_out)
     ref, ref_mask, ref_grads = _run(reference.assemble_inputs, ids, mask, E, x["prompt"], x["lora_a"], x["lora_b"], s,
                                     grad_out)
@@ -153,3 +153,65 @@ def test_random_small_shapes(lengths, extra, d, spare, r, m, left, seed):
     assert_close(out, ref, 1e-12, 1e-12, "inputs_embeds")
     for grad, ref_grad in zip(grads, ref_grads):
         assert_close(grad, ref_grad, 1e-10, 1e-10, "grad")
+
+
+@pytest.mark.parametrize("left", [False, True], ids=["right", "left"])
+def test_a_direct_call_with_a_row_longer_than_n_stays_inside_a(left, device):
+    """functional refuses such rows; the op itself must still never index A past n: tokens
+    past the n-th attended one get no update, the first n get theirs."""
+    n = 4
+    ids, mask = padded_batch([7, 3], 8, 20, left=left, device=device)
+    x = prompt_inputs(2, 24, n, 3, 1, 1, device=device)
+    E = table(20, 24, device=device)
+    out, _ = fused_assemble_inputs(ids, mask, E, x["prompt"], x["lora_a"], x["lora_b"], 1.5)
+    tokens = out[:, 2:]
+    plain = E[ids]
+    position = mask.cumsum(dim=1) - 1
+    low_rank = 1.5 * x["lora_a"][position.clamp(0, n - 1)] @ x["lora_b"]
+    expected = torch.where(((mask == 1) & (position < n)).unsqueeze(-1), plain + low_rank, plain)
+    assert_close(tokens, expected, 1e-12, 1e-12, "tokens")
+    with pytest.raises(ValueError, match=r"input_ids: row 0 has 7 attended tokens, but the low-rank update covers "
+                                         r"max_length=4 positions"):
+        functional.assemble_inputs(ids, mask, E, x["prompt"], x["lora_a"], x["lora_b"], 1.5, backend="triton")
+
+
+def test_ranks_past_the_kernels_are_refused_or_run_on_the_reference(monkeypatch, device):
+    ids, mask = padded_batch([3, 2], 3, 10, left=False, device=device)
+    x = prompt_inputs(2, 16, 4, 257, 1, 1, dtype=torch.float32, device=device)
+    E = table(10, 16, dtype=torch.float32, device=device)
+    args = (ids, mask, E, x["prompt"], x["lora_a"], x["lora_b"], 0.5)
+    with pytest.raises(ValueError, match=r"assemble_inputs: the fused kernels cannot take these sizes: r=257 is over 256"):
+        fused_assemble_inputs(*args)
+    with pytest.raises(ValueError, match=r"backend: 'triton' cannot run assemble_inputs at these sizes \(r=257"):
+        functional.assemble_inputs(*args, backend="triton")
+    monkeypatch.setattr(functional, "use_triton", lambda backend, device: True)  # as on a GPU
+    with pytest.warns(UserWarning, match=r"assemble_inputs runs the PyTorch reference"):
+        out, _ = functional.assemble_inputs(*args, backend="auto")
+    assert torch.equal(out, reference.assemble_inputs(*args)[0])
+
+
+REAL_SHAPES = sorted({case.shape for case in compile_check.CASES if case.op == "assemble_inputs"}, key=str)
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("left", [False, True], ids=["right", "left"])
+@pytest.mark.parametrize("table_dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+@pytest.mark.parametrize("shape", REAL_SHAPES, ids=str)
+def test_parity_at_real_shapes_on_gpu(shape, table_dtype, left):
+    """Forward, extended mask and the gradients of P*, A and B against the float64 reference
+    at the sizes the compile check compiles, with padding of every length."""
+    b, T, d, n, r, m = shape
+    lengths = torch.linspace(0, T, b).round().long().tolist()
+    ids, mask = padded_batch(lengths, T, 1000, left=left, device="cuda")
+    x = prompt_inputs(m, d, n, r, 1, 1, dtype=torch.float32, device="cuda")
+    E = table(1000, d, dtype=table_dtype, device="cuda")
+    grad_out = torch.randn(b, m + T, d, device="cuda").to(table_dtype)
+    P, A, B = x["prompt"], x["lora_a"], x["lora_b"]
+    out, ext_mask, grads = _run(fused_assemble_inputs, ids, mask, E, P, A, B, scaling_for(r), grad_out)
+    ref, ref_mask, ref_grads = _run(reference.assemble_inputs, ids, mask, E.double(), P.double(), A.double(),
+                                    B.double(), scaling_for(r), grad_out.double())
+    rtol, atol = TOLERANCE[table_dtype]
+    assert torch.equal(ext_mask, ref_mask)
+    assert_close(out, ref, rtol, atol * ref.abs().max().item(), "inputs_embeds")
+    for name, grad, ref_grad in zip(("prompt_out", "lora_a", "lora_b"), grads, ref_grads):
+        assert_close(grad, ref_grad, rtol, atol * max(ref_grad.abs().max().item(), 1.0), f"d {name}")

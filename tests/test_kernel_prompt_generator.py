@@ -7,8 +7,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from ept_fast import functional, reference
-from ept_fast.kernels import fused_ept_prompt, prompt_generator
-from helpers import PROMPT_ARGS, PROMPT_SHAPES, assert_close, prompt_inputs, scaling_for
+from ept_fast.kernels import compile_check, fused_ept_prompt, prompt_generator
+from helpers import DEVICE, PROMPT_ARGS, PROMPT_SHAPES, assert_close, prompt_inputs, scaling_for
 
 TOLERANCE = {torch.float64: (1e-10, 1e-12), torch.float32: (1e-4, 1e-5)}
 
@@ -43,8 +43,11 @@ def test_parity_with_reference(shape, dtype, device):
 
 @pytest.fixture
 def small_blocks(monkeypatch):
-    """Several programs per launch, so the partial sums and cross-row terms are exercised."""
-    monkeypatch.setattr(prompt_generator, "blocks", lambda *shape: dict(BM=16, BD=16, BN=16, num_warps=4))
+    """Several programs per launch and several splits of d, so the partial sums and the
+    cross-row terms are exercised."""
+    small = dict(BX=16, BY=16, BD=16, splits=3, BM=16, BN=16, BF=16, BQ=16, BC=16, BV=16, BK=16, num_warps=4,
+                 num_stages=1, mix={"num_warps": 4})
+    monkeypatch.setattr(prompt_generator, "launch_config", lambda *args: small)
 
 
 @pytest.mark.parametrize("shape", [(60, 100, 37, 30, 4, 8), (33, 20, 5, 0, 2, 2), (17, 40, 13, 3, 0, 5)], ids=str)
@@ -96,11 +99,59 @@ def test_torch_compile_traces_without_graph_breaks(device):
     K=st.integers(0, 4), h=st.integers(1, 5), seed=st.integers(0, 2**16),
 )
 def test_random_small_shapes(m, d, n, r, K, h, seed):
-    x = prompt_inputs(m, d, n, r, K, h, seed=seed)
+    x = prompt_inputs(m, d, n, r, K, h, device=DEVICE, seed=seed)
     s = scaling_for(r)
-    grad_out = torch.randn(m, d, dtype=torch.float64)
+    grad_out = torch.randn(m, d, dtype=torch.float64, device=DEVICE)
     out, grads = _run(fused_ept_prompt, x, s, grad_out)
     ref, ref_grads = _run(reference.ept_prompt, x, s, grad_out)
     assert_close(out, ref, 1e-10, 1e-12, "P*")
     for name in PROMPT_ARGS:
         assert_close(grads[name], ref_grads[name], 1e-10, 1e-10, f"d {name}")
+
+
+def test_sizes_past_the_kernels_are_refused_or_run_on_the_reference(monkeypatch, device):
+    x = prompt_inputs(513, 16, 4, 2, 1, 1, dtype=torch.float32, device=device)
+    args = [x[k] for k in PROMPT_ARGS]
+    with pytest.raises(ValueError, match=r"ept_prompt: the fused kernels cannot take these sizes: "
+                                         r"num_virtual_tokens=513 is over 512"):
+        fused_ept_prompt(*args, 2.0)
+    with pytest.raises(ValueError, match=r"backend: 'triton' cannot run ept_prompt at these sizes "
+                                         r"\(num_virtual_tokens=513 is over 512\); use backend='auto'"):
+        functional.ept_prompt(*args, 2.0, backend="triton")
+    monkeypatch.setattr(functional, "use_triton", lambda backend, device: True)  # as on a GPU
+    with pytest.warns(UserWarning, match=r"ept_prompt runs the PyTorch reference, not the fused kernels"):
+        out = functional.ept_prompt(*args, 2.0, backend="auto")
+    assert torch.equal(out, reference.ept_prompt(*args, 2.0))
+
+
+@pytest.mark.parametrize("m, r, dtype, reason", [
+    (512, 256, torch.float32, None),
+    (60, 257, torch.float32, "r=257 is over 256"),
+    (512, 128, torch.float64, None),
+    (257, 129, torch.float64, "in float64, num_virtual_tokens=257 over 256 together with r=129 over 128"),
+])
+def test_the_kernels_domain(m, r, dtype, reason):
+    assert prompt_generator.unsupported(m, r, dtype) == reason
+
+
+REAL_SHAPES = sorted({case.shape for case in compile_check.CASES if case.op == "ept_prompt"
+                      and case.shape[0] <= 100}, key=str)  # the compile check's shapes, but its largest corners
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+@pytest.mark.parametrize("shape", REAL_SHAPES, ids=str)
+def test_parity_at_real_shapes_on_gpu(shape, dtype):
+    """Forward and all eight gradients against the float64 reference, at the sizes the
+    compile check compiles (several programs in every launch)."""
+    m, d, n, r, K, h = shape
+    x = prompt_inputs(m, d, n, r, K, h, dtype=torch.float64, device="cuda")
+    grad_out = torch.randn(m, d, dtype=torch.float64, device="cuda")
+    low = {k: v.to(dtype) for k, v in x.items()}
+    out, grads = _run(fused_ept_prompt, low, scaling_for(r), grad_out.to(dtype))
+    ref, ref_grads = _run(reference.ept_prompt, {k: v.double() for k, v in low.items()}, scaling_for(r), grad_out)
+    rtol, atol = (1e-4, 1e-5) if dtype == torch.float32 else (2e-2, 2e-2)
+    assert_close(out, ref, rtol, atol * ref.abs().max().item(), "P*")
+    for name in PROMPT_ARGS:
+        scale = max(ref_grads[name].abs().max().item(), 1.0)
+        assert_close(grads[name], ref_grads[name], rtol, atol * scale, f"d {name}")

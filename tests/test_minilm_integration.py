@@ -7,6 +7,9 @@ import torch
 
 from ept_fast import EPTConfig, get_ept_model
 from ept_fast.offline import bbc_news, minilm_path
+from helpers import needs_offline_data
+
+pytestmark = needs_offline_data
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 

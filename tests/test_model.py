@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from ept_fast import EPTConfig, EPTModel, get_ept_model, reference
-from helpers import padded_batch
+from helpers import needs_modules, padded_batch
 from tiny_models import BUILDERS, HIDDEN, VOCAB, tiny_bert_classifier, tiny_gpt2, tiny_t5
 
 TASKS = list(BUILDERS)
@@ -277,6 +277,7 @@ def test_text_init_uses_the_given_tokenizer():
     assert torch.equal(model.prompt_encoder.prompt.detach(), table[[5, 6, 7, 5]])
 
 
+@needs_modules("datasets")
 def test_works_as_the_model_of_a_transformers_trainer(tmp_path):
     from datasets import Dataset
     from transformers import Trainer, TrainingArguments

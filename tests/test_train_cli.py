@@ -14,6 +14,9 @@ from ept_fast.cli import main as cli_main
 from ept_fast.offline import minilm_path
 from ept_fast.train import main, parse_args
 from ept_fast.training import TrainArguments, train
+from helpers import needs_offline_data
+
+pytestmark = needs_offline_data  # the tiny models use the packaged MiniLM tokenizer; the default run, BBC News
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 WORDS = ["good", "great", "fine", "bad", "awful", "poor", "movie", "plot", "actors", "the", "was"]

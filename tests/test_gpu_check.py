@@ -1,0 +1,30 @@
+"""``benchmarks/gpu_check.sh`` in its dry-run mode (CPU, tiny shapes, kernels in the
+interpreter): the GPU machine's one command runs every phase here too, so it cannot rot."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_the_dry_run_runs_every_phase_and_writes_its_report(tmp_path):
+    done = subprocess.run(["bash", "benchmarks/gpu_check.sh", "--dry-run", str(tmp_path)], cwd=ROOT,
+                          env={**os.environ, "PYTHON": sys.executable}, capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    report = json.loads((tmp_path / "gpu_check.json").read_text())
+    phases = report["phases"]
+    assert report["dry_run"] and list(phases) == ["cuda_tests", "kernels", "compile_stats", "training_step"]
+    assert not [name for name, phase in phases.items() if "error" in phase]
+    assert phases["cuda_tests"]["returncode"] == 0 and "skipped" in phases["cuda_tests"]["summary"]
+    (prompt,) = phases["kernels"]["prompt_generator"]
+    assert all(prompt[f"{name}_ms"] > 0 for name in ("fused", "eager", "compile"))
+    assert [row["dtype"] for row in phases["kernels"]["input_assembly"]] == ["float32", "bfloat16"]
+    assert phases["compile_stats"]["returncode"] == 0
+    assert {row["kernel"] for row in phases["compile_stats"]["rows"]} >= {"_mix_kernel", "_assemble_bwd_kernel"}
+    steps = {(row["method"], row["prompt"]) for row in phases["training_step"]["rows"]}
+    assert steps == {(method, prompt) for method in ("ept", "dept", "pt") for prompt in ("fused", "eager")}
+    assert (tmp_path / "gpu_check.png").stat().st_size > 10_000
+    assert "T5 step ept" in done.stdout  # the summary table comes last
