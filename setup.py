@@ -1,13 +1,13 @@
+import re
 from pathlib import Path
 
 from setuptools import setup
 
-about = {}
-exec(Path("ept_fast/__init__.py").read_text().split("from . import")[0], about)
+VERSION = re.search(r'__version__ = "([^"]+)"', Path("ept_fast/_version.py").read_text(encoding="utf-8")).group(1)
 
 setup(
     name="ept_fast",
-    version=about["__version__"],
+    version=VERSION,
     description="Efficient Prompt Tuning (EPT) with fused Triton kernels for Hugging Face models",
     long_description=Path("README.md").read_text(encoding="utf-8"),
     long_description_content_type="text/markdown",

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import importlib.util
 import json
 import os
@@ -155,7 +156,7 @@ def kernel_timings(dry_run: bool) -> dict:
     device = "cpu" if dry_run else "cuda"
     measure = _timer(dry_run)
     compile_backend = "aot_eager" if dry_run else "inductor"
-    results = {"prompt_generator": [], "input_assembly": []}
+    results = {"ept_prompt": [], "assemble_inputs": []}
     recording = contextlib.nullcontext() if dry_run else compile_check.record_compiles(stand_in=False)
     with recording as recorder:
         m, d, n, r, K, h = (8, 32, 16, 4, 2, 4) if dry_run else (60, 768, 256, 30, 4, 8)
@@ -163,17 +164,19 @@ def kernel_timings(dry_run: bool) -> dict:
         leaves = [(0.1 * torch.randn(size, generator=g)).to(device).requires_grad_()
                   for size in ((m, d), (n, r), (r, d), (), (K, d, h), (K, h, d), (d, K), (K,))]
         scaling = 8 / r ** 0.5
-        compiled = torch.compile(reference.compute_ept_prompt, backend=compile_backend)
+        eager = functools.partial(reference.ept_prompt, validate=False)
+        compiled = torch.compile(eager, backend=compile_backend)
         row = {"shape": [m, d, n, r, K, h]}
-        for name, fn in (("fused", fused_ept_prompt), ("eager", reference.compute_ept_prompt), ("compile", compiled)):
+        for name, fn in (("fused", fused_ept_prompt), ("eager", eager), ("compile", compiled)):
             row[f"{name}_ms"] = measure(_forward_backward(lambda fn=fn: fn(*leaves, scaling), leaves))
-        results["prompt_generator"].append(row)
+        results["ept_prompt"].append(row)
 
         # (b, T, d): the targets' shapes, with m = 60, r = 30 and n covering T; torch.compile of
         # the reference only for the first (each new shape or dtype is another compile).
         shapes = [(2, 8, 32)] if dry_run else [(32, 256, 768), (16, 1024, 4096)]
         m, r, vocab = (8, 4, 100) if dry_run else (60, 30, 32000)
-        compiled = torch.compile(reference.compute_assembly, backend=compile_backend)
+        eager = functools.partial(reference.assemble_inputs, validate=False)
+        compiled = torch.compile(eager, backend=compile_backend)
         for (b, T, d), dtype in [(shape, dtype) for shape in shapes for dtype in (torch.float32, torch.bfloat16)]:
             n = T if dry_run else max(256, T)
             ids = torch.randint(vocab, (b, T), generator=g).to(device)
@@ -183,7 +186,7 @@ def kernel_timings(dry_run: bool) -> dict:
             table = torch.randn(vocab, d, generator=g).to(device=device, dtype=dtype)
             params = [(0.1 * torch.randn(size, generator=g)).to(device).requires_grad_()
                       for size in ((m, d), (n, r), (r, d))]
-            providers = [("fused", fused_assemble_inputs), ("eager", reference.compute_assembly)]
+            providers = [("fused", fused_assemble_inputs), ("eager", eager)]
             if (b, T, d) == shapes[0] and dtype == torch.float32:
                 providers.append(("compile", compiled))
             row = {"shape": [b, T, d], "dtype": str(dtype).split(".")[-1]}
@@ -199,7 +202,7 @@ def kernel_timings(dry_run: bool) -> dict:
             row.update(copy_ms=copy_ms, copy_gb_s=moved / copy_ms / 1e6,
                        fused_forward_gb_s=moved / row["fused_forward_ms"] / 1e6)
             row["fraction_of_copy"] = row["fused_forward_gb_s"] / row["copy_gb_s"]
-            results["input_assembly"].append(row)
+            results["assemble_inputs"].append(row)
     if recorder is not None:
         results["compile_stats"] = [dataclasses.asdict(stats) for stats in recorder.stats.values()]
     return results
@@ -264,8 +267,8 @@ def summary(report) -> str:
     tests = phases.get("cuda_tests", {})
     lines.append(f"cuda tests: {tests.get('summary', tests.get('error'))}")
     kernels = phases.get("kernels", {})
-    for row in kernels.get("prompt_generator", []) + kernels.get("input_assembly", []):
-        name = "prompt generator" if "dtype" not in row else f"assembly {row['dtype']}"
+    for row in kernels.get("ept_prompt", []) + kernels.get("assemble_inputs", []):
+        name = "ept_prompt" if "dtype" not in row else f"assemble_inputs {row['dtype']}"
         ratios = ", ".join(f"{provider}/fused {row[f'{provider}_ms'] / row['fused_ms']:.2f}x"
                            for provider in ("eager", "compile") if f"{provider}_ms" in row)
         line = f"{name} {row['shape']} fwd+bwd: fused {row['fused_ms']:.3f} ms, {ratios}"
@@ -296,7 +299,7 @@ def plot(report, path: Path) -> None:
     figure, (left, right) = plt.subplots(1, 2, figsize=(12, 4.5))
     kernels = report["phases"].get("kernels", {})
     labels, eager, compiled = [], [], []
-    for row in kernels.get("prompt_generator", []) + kernels.get("input_assembly", []):
+    for row in kernels.get("ept_prompt", []) + kernels.get("assemble_inputs", []):
         labels.append(" ".join(map(str, row["shape"])) + (f" {row['dtype']}" if "dtype" in row else ""))
         eager.append(row["eager_ms"] / row["fused_ms"])
         compiled.append(row["compile_ms"] / row["fused_ms"] if "compile_ms" in row else 0.0)

@@ -18,9 +18,9 @@ def _milliseconds(bench) -> float:
 
 
 def _key(info):
-    if info["op"] == "prompt_generator":
-        return ("prompt_generator", f"m={info['m']} d={info['d']}", info["mode"])
-    return ("input_assembly", f"b={info['b']} T={info['T']} d={info['d']} {info['dtype']}", info["mode"])
+    if info["op"] == "ept_prompt":
+        return ("ept_prompt", f"m={info['m']} d={info['d']}", info["mode"])
+    return ("assemble_inputs", f"b={info['b']} T={info['T']} d={info['d']} {info['dtype']}", info["mode"])
 
 
 def summarise(data) -> str:
@@ -52,7 +52,7 @@ def summarise(data) -> str:
 
         peak = by_provider.get("triton", (0, {}))[1].get("peak_memory_mb")
         bandwidth = "-"
-        if op == "input_assembly" and "triton" in by_provider and shape in copies:
+        if op == "assemble_inputs" and "triton" in by_provider and shape in copies:
             ms, info = by_provider["triton"]
             bandwidth = f"{(info['bytes'] / ms) / copies[shape]:.0%}"
         lines.append(

@@ -75,10 +75,10 @@ def check_scaling(scaling) -> None:
         raise ValueError(f"scaling: expected a finite number, got {scaling}")
 
 
-def check_prompt_inputs(
+def check_ept_prompt_args(
     prompt, lora_a, lora_b, fusion_scale, proj_down, proj_up, gate_weight, gate_bias, scaling
 ) -> Dims:
-    """Validate the inputs of ``ept_prompt``; returns the sizes m, d, n, r, K, h."""
+    """Validate the arguments of ``ept_prompt``; returns the sizes m, d, n, r, K, h."""
     named = [
         ("prompt", prompt, ("m", "d")),
         ("lora_a", lora_a, ("n", "r")),
@@ -103,16 +103,11 @@ def check_prompt_inputs(
     return dims
 
 
-def check_assembly_inputs(
+def check_assemble_inputs_layout(
     input_ids, attention_mask, word_embeddings, prompt_out, lora_a, lora_b, scaling
 ) -> Dims:
-    """Validate the inputs of ``assemble_inputs``; returns the sizes b, T, V, d, m, n, r.
-
-    Besides shapes, dtypes and devices this reads two values from the tensors (one
-    device synchronisation): every id must index a row of ``word_embeddings``, and with
-    a non-empty low-rank update (r > 0) no row may hold more than n attended tokens.
-    Under ``torch.compile`` they become device-side asserts (``torch._assert_async``).
-    """
+    """The kinds, shapes, dtypes and devices of ``assemble_inputs``' arguments (no values read);
+    returns the sizes b, T, V, d, m, n, r."""
     _require_tensor("input_ids", input_ids)
     if input_ids.is_floating_point() or input_ids.is_complex() or input_ids.dtype == torch.bool:
         raise TypeError(f"input_ids: expected an integer tensor, got dtype {input_ids.dtype}")
@@ -140,32 +135,32 @@ def check_assembly_inputs(
     _require_same_dtype([("lora_a", lora_a), ("lora_b", lora_b)])
     _require_same_device(named)
     check_scaling(scaling)
-    lengths = attended_mask(input_ids, attention_mask).sum(dim=1)
-    vocab, max_length, has_update = dims["V"], dims["n"], dims["r"] > 0
+    return dims
+
+
+def check_token_values(input_ids: torch.Tensor, lengths: torch.Tensor, vocab: int, max_length: Optional[int]) -> None:
+    """Every id indexes a row of the word-embedding table, and no row holds more than
+    ``max_length`` attended tokens (``lengths``, per row; ``max_length`` None: no limit).
+
+    Reads values from the tensors (one device synchronisation); under ``torch.compile``
+    these become device-side asserts (``torch._assert_async``) instead.
+    """
     if torch.compiler.is_compiling():  # reading values would break the graph: assert on the device instead
         torch._assert_async((input_ids.min() >= 0) & (input_ids.max() < vocab),
                             f"input_ids: expected ids in [0, {vocab}) (the rows of word_embeddings)")
-        if has_update:
+        if max_length is not None:
             torch._assert_async(lengths.max() <= max_length,
                                 f"input_ids: a row has more attended tokens than max_length={max_length}")
-        return dims
+        return
     lowest, highest, longest, longest_row = torch.stack(
         [input_ids.min(), input_ids.max(), lengths.max(), lengths.argmax()]
     ).tolist()
     if lowest < 0 or highest >= vocab:
         bad = lowest if lowest < 0 else highest
         raise ValueError(f"input_ids: expected ids in [0, {vocab}) (the rows of word_embeddings), got id {bad}")
-    if has_update and longest > max_length:
+    if max_length is not None and longest > max_length:
         raise ValueError(
             f"input_ids: row {longest_row} has {longest} attended tokens, but the low-rank update "
             f"covers max_length={max_length} positions; shorten or split the input (it is never "
             f"truncated silently), or build the adapter with a larger max_length"
         )
-    return dims
-
-
-def attended_mask(input_ids: torch.Tensor, attention_mask: Optional[torch.Tensor]) -> torch.Tensor:
-    """(b, T) bool: which tokens are attended (all of them when ``attention_mask`` is None)."""
-    if attention_mask is None:
-        return torch.ones_like(input_ids, dtype=torch.bool)
-    return attention_mask != 0

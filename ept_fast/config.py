@@ -42,6 +42,28 @@ _DEFAULT_RANK = {Method.EPT: 30, Method.DEPT: 30, Method.PT: 0}
 _DEFAULT_SPACES = {Method.EPT: 4, Method.DEPT: 0, Method.PT: 0}
 
 
+def infer_task_type(backbone, default: Optional[TaskType] = None) -> TaskType:
+    """The task type a backbone implies, from a model (its class name) or a ``transformers``
+    config (its ``architectures``): SEQ_CLS for ``*ForSequenceClassification``, SEQ_2_SEQ_LM
+    for an encoder-decoder, CAUSAL_LM for ``*ForCausalLM`` / ``*LMHeadModel``. Anything else
+    (an encoder without a head, say) is ``default``, or an error when there is none."""
+    is_config = hasattr(backbone, "architectures") and hasattr(backbone, "is_encoder_decoder")
+    names = list(backbone.architectures or []) if is_config else [type(backbone).__name__]
+    config = backbone if is_config else getattr(backbone, "config", None)
+    if any(name.endswith("ForSequenceClassification") for name in names):
+        return TaskType.SEQ_CLS
+    if getattr(config, "is_encoder_decoder", False):
+        return TaskType.SEQ_2_SEQ_LM
+    if any(name.endswith(("ForCausalLM", "LMHeadModel")) for name in names):
+        return TaskType.CAUSAL_LM
+    if default is not None:
+        return default
+    raise ValueError(
+        f"task_type: cannot infer it from {', '.join(names) or type(backbone).__name__}; set "
+        f"EPTConfig(task_type=...) to one of {[t.value for t in TaskType]}"
+    )
+
+
 def parse_enum(enum_cls, field: str, value):
     try:
         return enum_cls(value.value if isinstance(value, enum.Enum) else value)
@@ -57,6 +79,11 @@ def _check_int(field: str, value, minimum: int) -> None:
         raise ValueError(f"{field}: expected an int >= {minimum}, got {value}")
 
 
+def _field(default, help: str):
+    """A config field with its help text (PEFT's convention: ``metadata={"help": ...}``)."""
+    return dataclasses.field(default=default, metadata={"help": help})
+
+
 @dataclasses.dataclass
 class EPTConfig:
     """Configuration of an EPT prompt encoder.
@@ -66,21 +93,21 @@ class EPTConfig:
     frozen at 0), so a conflicting explicit value is an error.
     """
 
-    num_virtual_tokens: int = 60
-    token_dim: Optional[int] = None
-    max_length: int = 256
-    r: Optional[int] = None
-    lora_alpha: float = 8.0
-    num_spaces: Optional[int] = None
-    space_rank: int = 8
-    prompt_init: PromptInit = PromptInit.TEXT
-    prompt_init_text: str = "Classify the following text:"
-    method: Method = Method.EPT
-    backend: Backend = Backend.AUTO
-    task_type: Optional[TaskType] = None
-    base_model_name_or_path: Optional[str] = None
-    tokenizer_name_or_path: Optional[str] = None
-    modules_to_save: Optional[List[str]] = None
+    num_virtual_tokens: int = _field(60, "m: length of the short soft prompt P")
+    token_dim: Optional[int] = _field(None, "d: hidden size of the backbone's input embeddings (taken from it)")
+    max_length: int = _field(256, "n: positions the low-rank update A·B covers (longer inputs are an error)")
+    r: Optional[int] = _field(None, "rank of the low-rank pair A (n, r) · B (r, d) (default by method)")
+    lora_alpha: float = _field(8.0, "α: the low-rank update is scaled by α / √r, as in DePT")
+    num_spaces: Optional[int] = _field(None, "K: subspaces of the multi-space projection (default by method)")
+    space_rank: int = _field(8, "h: rank of each subspace projection")
+    prompt_init: PromptInit = _field(PromptInit.TEXT, "how P starts: TEXT, RANDOM_VOCAB or RANDOM")
+    prompt_init_text: str = _field("Classify the following text:", "the text whose tokens' embeddings start P (TEXT)")
+    method: Method = _field(Method.EPT, "ept, or one of the baselines it reduces to: dept, pt")
+    backend: Backend = _field(Backend.AUTO, "auto (fused kernels on CUDA, else PyTorch), triton or torch")
+    task_type: Optional[TaskType] = _field(None, "SEQ_CLS, SEQ_2_SEQ_LM or CAUSAL_LM (default: from the model)")
+    base_model_name_or_path: Optional[str] = _field(None, "the backbone the adapter was trained on")
+    tokenizer_name_or_path: Optional[str] = _field(None, "tokenizer for prompt_init TEXT (default: the backbone's)")
+    modules_to_save: Optional[List[str]] = _field(None, "backbone modules trained and saved with the adapter")
 
     def __post_init__(self) -> None:
         self.method = parse_enum(Method, "method", self.method)
@@ -137,10 +164,10 @@ class EPTConfig:
         }
 
     @classmethod
-    def from_dict(cls, values: dict, ignore=()) -> "EPTConfig":
-        """Inverse of ``to_dict``; keys in ``ignore`` are skipped, any other unknown key is an error."""
+    def from_dict(cls, values: dict) -> "EPTConfig":
+        """Inverse of ``to_dict``; an unknown key is an error."""
         names = {field.name for field in dataclasses.fields(cls)}
-        unknown = sorted(set(values) - names - set(ignore))
+        unknown = sorted(set(values) - names)
         if unknown:
             raise ValueError(f"config: unknown field(s) {unknown}; known fields are {sorted(names)}")
-        return cls(**{key: value for key, value in values.items() if key in names})
+        return cls(**values)

@@ -15,8 +15,8 @@ from typing import Optional, Tuple
 import torch
 
 from . import reference
-from ._validation import check_assembly_inputs, check_prompt_inputs
 from .config import Backend, parse_enum
+from .reference import check_assemble_inputs_args, check_ept_prompt_args
 
 __all__ = ["ept_prompt", "assemble_inputs", "triton_available", "use_triton"]
 
@@ -72,15 +72,15 @@ def ept_prompt(
 ) -> torch.Tensor:
     """The prompt generator P -> P* (m, d); see ``ept_fast.reference.ept_prompt`` for shapes."""
     args = (prompt, lora_a, lora_b, fusion_scale, proj_down, proj_up, gate_weight, gate_bias, scaling)
-    dims = check_prompt_inputs(*args)
+    dims = check_ept_prompt_args(*args)
     if use_triton(backend, prompt.device):
-        from .kernels import prompt_generator
+        from .kernels import ept_prompt as kernels
 
-        reason = prompt_generator.unsupported(dims["m"], dims["r"], prompt.dtype)
+        reason = kernels.unsupported(dims["m"], dims["r"], prompt.dtype)
         if reason is None:
-            return prompt_generator.fused_ept_prompt(*args)
+            return kernels.fused_ept_prompt(*args)
         _reference_instead(backend, "ept_prompt", reason)
-    return reference.compute_ept_prompt(*args)
+    return reference.ept_prompt(*args, validate=False)
 
 
 def assemble_inputs(
@@ -96,17 +96,17 @@ def assemble_inputs(
     """``(inputs_embeds (b, m+T, d), attention_mask (b, m+T))``; see
     ``ept_fast.reference.assemble_inputs`` for the rule and shapes."""
     args = (input_ids, attention_mask, word_embeddings, prompt_out, lora_a, lora_b, scaling)
-    dims = check_assembly_inputs(*args)
+    dims = check_assemble_inputs_args(*args)
     if use_triton(backend, word_embeddings.device):
-        from .kernels import input_assembly
+        from .kernels import assemble_inputs as kernels
 
-        reason = input_assembly.unsupported(dims["r"])
+        reason = kernels.unsupported(dims["r"])
         if reason is None:
             if word_embeddings.requires_grad and torch.is_grad_enabled():
                 raise ValueError(
                     "word_embeddings: the fused assembly treats the table as frozen, but it requires grad; "
                     "freeze it (requires_grad_(False)) or use backend='torch'"
                 )
-            return input_assembly.fused_assemble_inputs(*args)
+            return kernels.fused_assemble_inputs(*args)
         _reference_instead(backend, "assemble_inputs", reason)
-    return reference.compute_assembly(*args)
+    return reference.assemble_inputs(*args, validate=False)

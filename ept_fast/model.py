@@ -11,30 +11,14 @@ from typing import Dict, List, Optional, Tuple, Union
 import torch
 from torch import nn
 
-from .config import EPTConfig, PromptInit, TaskType
+from .config import EPTConfig, PromptInit, TaskType, infer_task_type
 from .prompt_encoder import EPTPromptEncoder
-from .serialization import METADATA_KEYS, load_adapter, save_adapter
+from .serialization import load_adapter, save_adapter
 
 logger = logging.getLogger(__name__)
 
 _DEFAULT_HEADS = ("classifier", "score")  # PEFT's automatic modules_to_save for SEQ_CLS
 _LOW_RANK = ("lora_a", "lora_b")
-
-
-def infer_task_type(model: nn.Module) -> TaskType:
-    """SEQ_2_SEQ_LM for encoder-decoders, SEQ_CLS for ``*ForSequenceClassification``, CAUSAL_LM for
-    ``*ForCausalLM`` / ``*LMHeadModel``; anything else must be named in the config."""
-    name = type(model).__name__
-    if name.endswith("ForSequenceClassification"):
-        return TaskType.SEQ_CLS
-    if getattr(getattr(model, "config", None), "is_encoder_decoder", False):
-        return TaskType.SEQ_2_SEQ_LM
-    if name.endswith("ForCausalLM") or name.endswith("LMHeadModel"):
-        return TaskType.CAUSAL_LM
-    raise ValueError(
-        f"task_type: cannot infer it from {name}; set EPTConfig(task_type=...) to one of "
-        f"{[t.value for t in TaskType]}"
-    )
 
 
 def _input_embeddings(model: nn.Module) -> nn.Embedding:
@@ -64,35 +48,29 @@ class EPTModel(nn.Module):
     def __init__(self, model: nn.Module, config: EPTConfig, tokenizer=None, initialize_prompt: bool = True) -> None:
         super().__init__()
         embeddings = _input_embeddings(model)
-        task_type = config.task_type or infer_task_type(model)
-        name = getattr(getattr(model, "config", None), "name_or_path", None) or None
-        config = dataclasses.replace(
-            config, task_type=task_type, base_model_name_or_path=config.base_model_name_or_path or name
-        )
-        if config.token_dim not in (None, embeddings.embedding_dim):
-            raise ValueError(
-                f"token_dim: the config says {config.token_dim}, but the backbone's input embeddings have hidden "
-                f"size {embeddings.embedding_dim}"
-            )
-        config = dataclasses.replace(config, token_dim=embeddings.embedding_dim)
-        if initialize_prompt and config.prompt_init is PromptInit.TEXT and tokenizer is None:
-            tokenizer = _load_tokenizer(config)
-
         self.base_model = model
         for parameter in model.parameters():
             parameter.requires_grad_(False)
-        self.heads: List[str] = self._find_heads(config) if task_type is TaskType.SEQ_CLS else []
-        config = dataclasses.replace(config, modules_to_save=self.heads or config.modules_to_save)
+        task_type = config.task_type or infer_task_type(model)
+        self.heads: List[str] = self._find_heads(config.modules_to_save) if task_type is TaskType.SEQ_CLS else []
         for head in self.heads:
             model.get_submodule(head).requires_grad_(True)
+        name = getattr(getattr(model, "config", None), "name_or_path", None) or None
+        config = dataclasses.replace(config, task_type=task_type, modules_to_save=self.heads or config.modules_to_save,
+                                     base_model_name_or_path=config.base_model_name_or_path or name)
+        if initialize_prompt and config.prompt_init is PromptInit.TEXT and tokenizer is None:
+            tokenizer = _load_tokenizer(config)
+        # The encoder completes token_dim from the table (and checks a given one against it).
         self.prompt_encoder = EPTPromptEncoder(config, embeddings, tokenizer, initialize_prompt).to(
             embeddings.weight.device
         )
-        self.config = config
+        self.config = self.prompt_encoder.config
+        # The data the adapter is for (name, label names, metrics), saved with it when known.
+        self.task_metadata: Optional[dict] = None
         self._merged_prompt: Optional[torch.Tensor] = None
 
-    def _find_heads(self, config: EPTConfig) -> List[str]:
-        names = config.modules_to_save or [n for n in _DEFAULT_HEADS if hasattr(self.base_model, n)]
+    def _find_heads(self, modules_to_save: Optional[List[str]]) -> List[str]:
+        names = modules_to_save or [n for n in _DEFAULT_HEADS if hasattr(self.base_model, n)]
         missing = [n for n in names if not isinstance(getattr(self.base_model, n, None), nn.Module)]
         if not names or missing:
             raise ValueError(
@@ -114,15 +92,16 @@ class EPTModel(nn.Module):
     def word_embeddings(self) -> nn.Embedding:
         return self.base_model.get_input_embeddings()
 
-    def prompt(self) -> torch.Tensor:
+    def ept_prompt(self) -> torch.Tensor:
         """P* (m, d): the cached copy after ``merge_prompt()``, else computed now."""
         return self._merged_prompt if self._merged_prompt is not None else self.prompt_encoder()
 
-    def build_inputs(
+    def assemble_inputs(
         self, input_ids: torch.Tensor, attention_mask: Optional[torch.Tensor] = None
     ) -> Tuple[torch.Tensor, torch.Tensor]:
         """The backbone's ``inputs_embeds`` (b, m+T, d) and ``attention_mask`` (b, m+T)."""
-        return self.prompt_encoder.assemble(input_ids, attention_mask, self.word_embeddings, prompt_out=self.prompt())
+        return self.prompt_encoder.assemble_inputs(input_ids, attention_mask, self.word_embeddings,
+                                                   prompt_out=self.ept_prompt())
 
     def _check_inputs(self, input_ids, inputs_embeds) -> None:
         if inputs_embeds is not None:
@@ -150,7 +129,7 @@ class EPTModel(nn.Module):
     ):
         self._check_inputs(input_ids, inputs_embeds)
         self._drop_unsupported(kwargs)
-        embeds, mask = self.build_inputs(input_ids, attention_mask)
+        embeds, mask = self.assemble_inputs(input_ids, attention_mask)
         m = self.config.num_virtual_tokens
         task = self.config.task_type
         if task is TaskType.CAUSAL_LM and labels is not None:
@@ -176,7 +155,7 @@ class EPTModel(nn.Module):
         self._drop_unsupported(kwargs)
         if kwargs.pop("encoder_outputs", None) is not None:
             logger.warning("encoder_outputs: ignored; the encoder runs on the prompted input")
-        embeds, mask = self.build_inputs(input_ids, kwargs.pop("attention_mask", None))
+        embeds, mask = self.assemble_inputs(input_ids, kwargs.pop("attention_mask", None))
         output = self.base_model.generate(inputs_embeds=embeds, attention_mask=mask, **kwargs)
         if task is TaskType.CAUSAL_LM:
             sequences = output.sequences if hasattr(output, "sequences") else output
@@ -234,17 +213,17 @@ class EPTModel(nn.Module):
 
     def save_pretrained(self, save_directory: Union[str, os.PathLike]) -> None:
         """Write ``adapter_config.json`` and ``adapter_model.safetensors`` (each written, then renamed)."""
-        save_adapter(save_directory, self.config.to_dict(), self.adapter_state_dict())
+        save_adapter(save_directory, self.config.to_dict(), self.adapter_state_dict(), task=self.task_metadata)
 
     @classmethod
     def from_pretrained(
         cls, model: nn.Module, model_id: Union[str, os.PathLike], is_trainable: bool = False
     ) -> "EPTModel":
         """Load an adapter saved by ``save_pretrained`` onto ``model`` (a local folder)."""
-        fields, tensors = load_adapter(model_id)
-        config = EPTConfig.from_dict(fields, ignore=METADATA_KEYS)
-        wrapper = cls(model, config, initialize_prompt=False)  # the saved tensors replace the initial prompt
-        wrapper.load_adapter_state_dict(tensors, str(model_id))
+        files = load_adapter(model_id)
+        wrapper = cls(model, EPTConfig.from_dict(files.config), initialize_prompt=False)  # the saved tensors replace
+        wrapper.load_adapter_state_dict(files.tensors, str(model_id))  # the initial prompt
+        wrapper.task_metadata = files.task
         if not is_trainable:
             for parameter in wrapper.parameters():
                 parameter.requires_grad_(False)

@@ -68,8 +68,8 @@ class EPTPromptEncoder(nn.Module):
             config = dataclasses.replace(config, token_dim=table.shape[1])
         elif table is not None and table.shape[1] != config.token_dim:
             raise ValueError(
-                f"word_embeddings: expected hidden size token_dim={config.token_dim}, got a table of shape "
-                f"{tuple(table.shape)}"
+                f"token_dim: the config says {config.token_dim}, but word_embeddings (the backbone's input "
+                f"embeddings) have hidden size {table.shape[1]} (shape {tuple(table.shape)})"
             )
         self.config = config
         m, d, n, r = config.num_virtual_tokens, config.token_dim, config.max_length, config.r
@@ -119,7 +119,7 @@ class EPTPromptEncoder(nn.Module):
             self.gate_weight, self.gate_bias, self.scaling, backend=self.config.backend,
         )
 
-    def assemble(
+    def assemble_inputs(
         self,
         input_ids: torch.Tensor,
         attention_mask: Optional[torch.Tensor],

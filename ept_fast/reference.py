@@ -3,6 +3,10 @@
 Written to read like the equations of ``docs/ept.md``. The low-rank rows
 ``L = s · A · B`` are never materialised as an (n, d) matrix: every use factors
 through A and B.
+
+Both ops validate their arguments (``validate=False`` skips it, for a caller that already
+ran the same check: ``check_ept_prompt_args`` and ``check_assemble_inputs_args`` here are
+the checks of every public entry point).
 """
 
 from __future__ import annotations
@@ -12,9 +16,9 @@ from typing import Optional, Tuple
 
 import torch
 
-from ._validation import attended_mask, check_assembly_inputs, check_prompt_inputs
+from ._validation import Dims, check_assemble_inputs_layout, check_ept_prompt_args, check_token_values
 
-__all__ = ["ept_prompt", "assemble_inputs"]
+__all__ = ["ept_prompt", "assemble_inputs", "attended_mask", "check_ept_prompt_args", "check_assemble_inputs_args"]
 
 
 def ept_prompt(
@@ -27,6 +31,8 @@ def ept_prompt(
     gate_weight: torch.Tensor,
     gate_bias: torch.Tensor,
     scaling: float,
+    *,
+    validate: bool = True,
 ) -> torch.Tensor:
     """The prompt generator P -> P*.
 
@@ -34,12 +40,8 @@ def ept_prompt(
     proj_down D (K, d, h), proj_up U (K, h, d), gate_weight W_g (d, K), gate_bias b_g (K,);
     ``scaling`` is s = lora_alpha / sqrt(r). Returns P* (m, d) in the parameters' dtype.
     """
-    check_prompt_inputs(prompt, lora_a, lora_b, fusion_scale, proj_down, proj_up, gate_weight, gate_bias, scaling)
-    return compute_ept_prompt(prompt, lora_a, lora_b, fusion_scale, proj_down, proj_up, gate_weight, gate_bias, scaling)
-
-
-def compute_ept_prompt(prompt, lora_a, lora_b, fusion_scale, proj_down, proj_up, gate_weight, gate_bias, scaling):
-    """``ept_prompt`` without the argument checks (for callers that ran them)."""
+    if validate:
+        check_ept_prompt_args(prompt, lora_a, lora_b, fusion_scale, proj_down, proj_up, gate_weight, gate_bias, scaling)
     P, A, B, s = prompt, lora_a, lora_b, scaling
     m, d = P.shape
 
@@ -58,6 +60,29 @@ def compute_ept_prompt(prompt, lora_a, lora_b, fusion_scale, proj_down, proj_up,
     return F + M
 
 
+def attended_mask(input_ids: torch.Tensor, attention_mask: Optional[torch.Tensor]) -> torch.Tensor:
+    """(b, T) bool: which tokens are attended (all of them when ``attention_mask`` is None)."""
+    if attention_mask is None:
+        return torch.ones_like(input_ids, dtype=torch.bool)
+    return attention_mask != 0
+
+
+def check_assemble_inputs_args(
+    input_ids, attention_mask, word_embeddings, prompt_out, lora_a, lora_b, scaling
+) -> Dims:
+    """Validate the arguments of ``assemble_inputs``; returns the sizes b, T, V, d, m, n, r.
+
+    Besides kinds, shapes, dtypes and devices this reads two values from the tensors:
+    every id must index a row of ``word_embeddings``, and with a low-rank update (r > 0)
+    no row may hold more than n attended tokens.
+    """
+    dims = check_assemble_inputs_layout(input_ids, attention_mask, word_embeddings, prompt_out, lora_a, lora_b,
+                                        scaling)
+    lengths = attended_mask(input_ids, attention_mask).sum(dim=1)
+    check_token_values(input_ids, lengths, vocab=dims["V"], max_length=dims["n"] if dims["r"] > 0 else None)
+    return dims
+
+
 def assemble_inputs(
     input_ids: torch.Tensor,
     attention_mask: Optional[torch.Tensor],
@@ -66,6 +91,8 @@ def assemble_inputs(
     lora_a: torch.Tensor,
     lora_b: torch.Tensor,
     scaling: float,
+    *,
+    validate: bool = True,
 ) -> Tuple[torch.Tensor, torch.Tensor]:
     """Build the backbone's input: prompt prefix, then word embeddings plus the low-rank update.
 
@@ -76,12 +103,8 @@ def assemble_inputs(
     the table's dtype and the extended mask (b, m+T): m ones, then ``attention_mask``
     (in its dtype; int64 ones when it was None).
     """
-    check_assembly_inputs(input_ids, attention_mask, word_embeddings, prompt_out, lora_a, lora_b, scaling)
-    return compute_assembly(input_ids, attention_mask, word_embeddings, prompt_out, lora_a, lora_b, scaling)
-
-
-def compute_assembly(input_ids, attention_mask, word_embeddings, prompt_out, lora_a, lora_b, scaling):
-    """``assemble_inputs`` without the argument checks (for callers that ran them)."""
+    if validate:
+        check_assemble_inputs_args(input_ids, attention_mask, word_embeddings, prompt_out, lora_a, lora_b, scaling)
     b, T = input_ids.shape
     m = prompt_out.shape[0]
     E = word_embeddings[input_ids]  # (b, T, d)

@@ -7,17 +7,20 @@ import json
 import os
 import tempfile
 from pathlib import Path
-from typing import Callable, Dict, Tuple, Union
+from typing import Callable, Dict, NamedTuple, Optional, Union
 
 import torch
 from safetensors.torch import load_file, save_file
+
+from ._version import __version__
 
 CONFIG_NAME = "adapter_config.json"
 WEIGHTS_NAME = "adapter_model.safetensors"
 PEFT_TYPE = "EPT"
 FORMAT_VERSION = 1
-# Keys written next to the config fields; not config fields themselves.
-METADATA_KEYS = ("peft_type", "format_version", "ept_fast_version", "inference_mode")
+# Keys written next to the config fields; not config fields themselves. "task" describes the
+# data the adapter was trained on (name, labels, metrics), when the trainer knows it.
+METADATA_KEYS = ("peft_type", "format_version", "ept_fast_version", "inference_mode", "task")
 
 PathLike = Union[str, os.PathLike]
 
@@ -39,21 +42,26 @@ def atomic_write(path: PathLike, write: Callable[[str], None]) -> None:
         raise
 
 
-def save_adapter(directory: PathLike, config: dict, tensors: Dict[str, torch.Tensor]) -> None:
-    """Write the two adapter files into ``directory`` (created if needed)."""
-    from . import __version__
+class AdapterFiles(NamedTuple):
+    config: dict  # the EPTConfig fields
+    tensors: Dict[str, torch.Tensor]  # on the CPU
+    task: Optional[dict]  # the "task" metadata, when written
 
+
+def save_adapter(directory: PathLike, config: dict, tensors: Dict[str, torch.Tensor],
+                 task: Optional[dict] = None) -> None:
+    """Write the two adapter files into ``directory`` (created if needed)."""
     directory = Path(directory)
     document = {"peft_type": PEFT_TYPE, "format_version": FORMAT_VERSION, "ept_fast_version": __version__,
-                "inference_mode": True, **config}
+                "inference_mode": True, **config, **({"task": task} if task else {})}
     contiguous = {name: tensor.detach().contiguous().cpu() for name, tensor in tensors.items()}
     atomic_write(directory / WEIGHTS_NAME, lambda tmp: save_file(contiguous, tmp, metadata={"format": "pt"}))
     text = json.dumps(document, indent=2, sort_keys=True) + "\n"
     atomic_write(directory / CONFIG_NAME, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
 
 
-def load_adapter(directory: PathLike) -> Tuple[dict, Dict[str, torch.Tensor]]:
-    """Read and check the two adapter files; returns (config fields, tensors on the CPU)."""
+def load_adapter(directory: PathLike) -> AdapterFiles:
+    """Read and check the two adapter files."""
     directory = Path(directory)
     if not directory.is_dir():
         raise FileNotFoundError(f"adapter directory: expected a folder holding {CONFIG_NAME} and {WEIGHTS_NAME}, "
@@ -74,4 +82,4 @@ def load_adapter(directory: PathLike) -> Tuple[dict, Dict[str, torch.Tensor]]:
             f"upgrade ept_fast to read it"
         )
     config = {key: value for key, value in document.items() if key not in METADATA_KEYS}
-    return config, load_file(str(directory / WEIGHTS_NAME))
+    return AdapterFiles(config, load_file(str(directory / WEIGHTS_NAME)), document.get("task"))

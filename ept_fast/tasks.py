@@ -27,11 +27,12 @@ class Task:
     name: str
     fields: Tuple[str, ...]  # input columns, in the order of the text-to-text source
     num_labels: int  # 1 for regression (STS-B)
-    metrics: Tuple[str, ...]  # the first is the one that selects the best checkpoint
+    metrics: Tuple[str, ...]  # the first selects the best checkpoint unless --metric-for-best-model says otherwise
     hub: Optional[Tuple[str, str]] = None  # (dataset id, config) for datasets.load_dataset
     validation_split: str = "validation"
     test_split: Optional[str] = None  # a second held-out split (MNLI's matched set); else DePT's split rule
-    label_names: Optional[Tuple[str, ...]] = None
+    label_names: Optional[Tuple[str, ...]] = None  # label id -> name (files may give either)
+    init_text: Optional[str] = None  # the default prompt_init_text for this task
 
     @property
     def is_regression(self) -> bool:
@@ -39,25 +40,43 @@ class Task:
 
 
 GLUE, SUPER_GLUE = "nyu-mll/glue", "aps/super_glue"
+ENTAILMENT = ("entailment", "not_entailment")
+BOOLEAN = ("False", "True")
 TASKS: Dict[str, Task] = {
     task.name: task
     for task in [
         Task("mnli", ("premise", "hypothesis"), 3, ("accuracy",), (GLUE, "mnli"),
-             validation_split="validation_mismatched", test_split="validation_matched"),
-        Task("qqp", ("question1", "question2"), 2, ("accuracy", "f1"), (GLUE, "qqp")),
-        Task("qnli", ("question", "sentence"), 2, ("accuracy",), (GLUE, "qnli")),
-        Task("sst2", ("sentence",), 2, ("accuracy",), (GLUE, "sst2")),
-        Task("stsb", ("sentence1", "sentence2"), 1, ("pearson", "spearman"), (GLUE, "stsb")),
-        Task("mrpc", ("sentence1", "sentence2"), 2, ("accuracy", "f1"), (GLUE, "mrpc")),
-        Task("rte", ("sentence1", "sentence2"), 2, ("accuracy",), (GLUE, "rte")),
-        Task("cola", ("sentence",), 2, ("matthews_correlation",), (GLUE, "cola")),
-        Task("multirc", ("question", "answer", "paragraph"), 2, ("f1", "accuracy"), (SUPER_GLUE, "multirc")),
-        Task("boolq", ("question", "passage"), 2, ("accuracy",), (SUPER_GLUE, "boolq")),
-        Task("wic", ("sentence1", "sentence2", "word"), 2, ("accuracy",), (SUPER_GLUE, "wic")),
-        Task("wsc", ("text", "span1_text", "span2_text"), 2, ("accuracy",), (SUPER_GLUE, "wsc.fixed")),
-        Task("cb", ("premise", "hypothesis"), 3, ("accuracy", "f1_macro"), (SUPER_GLUE, "cb")),
+             validation_split="validation_mismatched", test_split="validation_matched",
+             label_names=("entailment", "neutral", "contradiction"),
+             init_text="Does the premise entail the hypothesis, contradict it, or neither?"),
+        Task("qqp", ("question1", "question2"), 2, ("accuracy", "f1"), (GLUE, "qqp"),
+             label_names=("not_duplicate", "duplicate"), init_text="Do the two questions ask the same thing?"),
+        Task("qnli", ("question", "sentence"), 2, ("accuracy",), (GLUE, "qnli"), label_names=ENTAILMENT,
+             init_text="Does the sentence answer the question?"),
+        Task("sst2", ("sentence",), 2, ("accuracy",), (GLUE, "sst2"), label_names=("negative", "positive"),
+             init_text="Classify the sentiment of this sentence:"),
+        Task("stsb", ("sentence1", "sentence2"), 1, ("pearson", "spearman"), (GLUE, "stsb"),
+             init_text="How similar in meaning are the two sentences?"),
+        Task("mrpc", ("sentence1", "sentence2"), 2, ("accuracy", "f1"), (GLUE, "mrpc"),
+             label_names=("not_equivalent", "equivalent"), init_text="Do the two sentences say the same thing?"),
+        Task("rte", ("sentence1", "sentence2"), 2, ("accuracy",), (GLUE, "rte"), label_names=ENTAILMENT,
+             init_text="Does the first sentence entail the second?"),
+        Task("cola", ("sentence",), 2, ("matthews_correlation",), (GLUE, "cola"),
+             label_names=("unacceptable", "acceptable"), init_text="Is this sentence grammatical?"),
+        Task("multirc", ("question", "answer", "paragraph"), 2, ("f1", "accuracy"), (SUPER_GLUE, "multirc"),
+             label_names=BOOLEAN, init_text="Is the answer to the question correct, given the paragraph?"),
+        Task("boolq", ("question", "passage"), 2, ("accuracy",), (SUPER_GLUE, "boolq"), label_names=BOOLEAN,
+             init_text="Answer the yes or no question about the passage:"),
+        Task("wic", ("sentence1", "sentence2", "word"), 2, ("accuracy",), (SUPER_GLUE, "wic"), label_names=BOOLEAN,
+             init_text="Is the word used with the same meaning in both sentences?"),
+        Task("wsc", ("text", "span1_text", "span2_text"), 2, ("accuracy",), (SUPER_GLUE, "wsc.fixed"),
+             label_names=BOOLEAN, init_text="Does the pronoun refer to the noun phrase?"),
+        Task("cb", ("premise", "hypothesis"), 3, ("accuracy", "f1_macro"), (SUPER_GLUE, "cb"),
+             label_names=("entailment", "contradiction", "neutral"),
+             init_text="Does the premise entail the hypothesis, contradict it, or neither?"),
         Task("bbc_news", ("text",), 5, ("accuracy", "f1_macro"),
-             label_names=("business", "entertainment", "politics", "sports", "tech")),
+             label_names=("business", "entertainment", "politics", "sports", "tech"),
+             init_text="Classify the topic of this news article:"),
     ]
 }
 DEFAULT_TASK = "bbc_news"
@@ -70,10 +89,47 @@ def get_task(name: str) -> Task:
         raise ValueError(f"task: unknown task {name!r}; known tasks are {sorted(TASKS)}") from None
 
 
-def custom_task(num_labels: int, text_columns: Sequence[str]) -> Task:
-    """A task for user files: accuracy and macro-F1 (Pearson/Spearman when num_labels is 1)."""
+def custom_task(rows: List[dict], label_column: str, text_columns: Sequence[str], source: str,
+                label_names: Optional[Sequence[str]] = None) -> Task:
+    """The task of user files, from the labels of their training ``rows``: class names (when a
+    label is not a number, or ``label_names`` gives them: ids follow that order, else sorted
+    names), class ids 0 … k-1 (integers), or a regression target (any other number). Scored
+    with accuracy and macro-F1, or Pearson and Spearman for regression."""
+    labels = []
+    for number, row in enumerate(rows, start=1):
+        if row.get(label_column) is None:
+            raise ValueError(f"{source}, row {number}: label column {label_column!r} is absent "
+                             f"(the row has {sorted(row)})")
+        labels.append(row[label_column])
+    if not labels:
+        raise ValueError(f"{source}: no rows")
+    if label_names:
+        names = tuple(str(name) for name in label_names)
+        if len(set(names)) != len(names):
+            raise ValueError(f"--label-names: expected distinct names, got {list(names)}")
+        num_labels = len(names)
+    elif all(_is_integer(label) for label in labels):
+        names, num_labels = None, max(int(label) for label in labels) + 1
+    elif all(_is_number(label) for label in labels):
+        names, num_labels = None, 1
+    else:
+        names = tuple(sorted({str(label) for label in labels}))
+        num_labels = len(names)
     metrics = ("pearson", "spearman") if num_labels == 1 else ("accuracy", "f1_macro")
-    return Task("custom", tuple(text_columns), num_labels, metrics)
+    return Task("custom", tuple(text_columns), num_labels, metrics, label_names=names)
+
+
+def _is_integer(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) or isinstance(value, str) and value.strip().lstrip(
+        "-").isdigit()
+
+
+def _is_number(value) -> bool:
+    try:
+        float(value)
+    except (TypeError, ValueError):
+        return False
+    return not isinstance(value, bool)
 
 
 # ----------------------------------------------------------------- formatting
@@ -92,9 +148,7 @@ def format_example(task: Task, row: dict, label_column: str = "label") -> Exampl
     if missing:
         raise KeyError(f"columns {missing} are absent (the row has {sorted(row)})")
     values = [str(row[c]) for c in task.fields]
-    label = float(row[label_column]) if task.is_regression else int(row[label_column])
-    if not task.is_regression and not 0 <= label < task.num_labels:
-        raise ValueError(f"{label_column}: expected a label in [0, {task.num_labels}), got {row[label_column]!r}")
+    label = float(row[label_column]) if task.is_regression else label_id(task, row[label_column], label_column)
     return {
         "text": values[0],
         "text_pair": " ".join(values[1:]) if len(values) > 1 else None,
@@ -102,6 +156,16 @@ def format_example(task: Task, row: dict, label_column: str = "label") -> Exampl
         "source": " ".join(f"{name}: {value}" for name, value in zip(task.fields, values)),
         "target": label_text(task, label),
     }
+
+
+def label_id(task: Task, value, label_column: str = "label") -> int:
+    """A class label given as its id or as its name (``task.label_names``) -> its id."""
+    if task.label_names and str(value) in task.label_names:
+        return task.label_names.index(str(value))
+    if _is_integer(value) and 0 <= int(value) < task.num_labels:
+        return int(value)
+    names = f" or one of the names {list(task.label_names)}" if task.label_names else ""
+    raise ValueError(f"{label_column}: expected a label id in [0, {task.num_labels}){names}, got {value!r}")
 
 
 def parse_prediction(task: Task, text: str):

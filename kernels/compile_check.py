@@ -34,11 +34,11 @@ from triton import knobs
 from triton.backends.compiler import GPUTarget
 from triton.backends.driver import DriverBase
 
-from . import _launch, input_assembly, prompt_generator
+from . import _launch, assemble_inputs, ept_prompt
 
 SHARED_MEMORY_LIMIT = 232_448  # bytes a block may use on an H100 / H200
 HOPPER_MULTIPROCESSORS = 132  # H100 SXM and H200
-KERNEL_MODULES = (prompt_generator, input_assembly)
+KERNEL_MODULES = (ept_prompt, assemble_inputs)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -66,7 +66,7 @@ def _run_prompt(shape, dtype, device) -> None:
         (0.1 * torch.randn(size, generator=g, dtype=torch.float64)).to(dtype=dtype, device=device).requires_grad_()
         for size in ((m, d), (n, r), (r, d), (), (K, d, h), (K, h, d), (d, K), (K,))
     ]
-    out = prompt_generator.fused_ept_prompt(*leaves, 8.0 / math.sqrt(r) if r else 0.0)
+    out = ept_prompt.fused_ept_prompt(*leaves, 8.0 / math.sqrt(r) if r else 0.0)
     torch.autograd.grad(out, leaves, torch.ones_like(out))
 
 
@@ -79,7 +79,7 @@ def _run_assembly(shape, table_dtype, device) -> None:
     attention_mask[b // 2:, T - T // 4:] = 0  # right padding in half of the rows
     table = torch.randn(vocab, d, generator=g).to(dtype=table_dtype, device=device)
     leaves = [(0.1 * torch.randn(size, generator=g)).to(device).requires_grad_() for size in ((m, d), (n, r), (r, d))]
-    out, _ = input_assembly.fused_assemble_inputs(input_ids, attention_mask.to(device), table, *leaves,
+    out, _ = assemble_inputs.fused_assemble_inputs(input_ids, attention_mask.to(device), table, *leaves,
                                                   8.0 / math.sqrt(r) if r else 0.0)
     torch.autograd.grad(out, leaves, torch.ones_like(out))
 
@@ -95,7 +95,7 @@ def _cases() -> List[Case]:
         Case(prompt, (60, 4096, 256, 30, 4, 8), "float32", "d=4096"),
         Case(prompt, (100, 1024, 512, 128, 4, 8), "float32", "large"),
         Case(prompt, (60, 768, 256, 30, 16, 64), "float32", "K*h=1024"),
-        # the corners of the sizes the fused prompt generator takes (prompt_generator.unsupported)
+        # the corners of the sizes the fused prompt generator takes (kernels/ept_prompt.py: unsupported)
         Case(prompt, (512, 768, 256, 256, 4, 8), "float32", "largest m, r"),
         Case(prompt, (512, 768, 256, 128, 4, 8), "float64", "largest m, r"),
         Case(prompt, (256, 768, 256, 256, 4, 8), "float64", "largest m, r"),

@@ -42,7 +42,7 @@ def test_encoder_gives_the_same_values_and_gradients_on_both_backends(device):
         with torch.no_grad():
             for p in enc.parameters():
                 p.add_(0.1 * torch.randn_like(p))
-        embeds, ext_mask = enc.assemble(ids, mask, E)
+        embeds, ext_mask = enc.assemble_inputs(ids, mask, E)
         (embeds.square().sum() + ext_mask.sum()).backward()
         results[backend] = (embeds.detach(), {n: p.grad for n, p in enc.named_parameters()})
     assert_close(results["triton"][0], results["torch"][0], 1e-5, 1e-5, "inputs_embeds")

@@ -46,7 +46,7 @@ def test_at_init_forward_returns_the_prompt_and_assembly_adds_nothing():
     assert torch.equal(enc(), enc.prompt)
     E = torch.randn(20, 16)
     ids, mask = padded_batch([5, 2], 5, 20, left=True)
-    embeds, ext = enc.assemble(ids, mask, nn.Embedding.from_pretrained(E))
+    embeds, ext = enc.assemble_inputs(ids, mask, nn.Embedding.from_pretrained(E))
     assert torch.equal(embeds, torch.cat([enc.prompt.detach().expand(2, -1, -1), E[ids]], dim=1))
     assert ext.shape == (2, 9)
 
@@ -119,7 +119,8 @@ def test_config_errors(kwargs, error, message):
 def test_encoder_errors():
     with pytest.raises(ValueError, match=r"config.token_dim: expected the hidden size"):
         EPTPromptEncoder(EPTConfig(prompt_init="RANDOM"))
-    with pytest.raises(ValueError, match=r"word_embeddings: expected hidden size token_dim=8, got a table of shape \(5, 16\)"):
+    with pytest.raises(ValueError, match=r"token_dim: the config says 8, but word_embeddings \(the backbone's input "
+                                         r"embeddings\) have hidden size 16 \(shape \(5, 16\)\)"):
         EPTPromptEncoder(EPTConfig(token_dim=8), word_embeddings=torch.zeros(5, 16))
     with pytest.raises(ValueError, match=r"tokenizer: prompt_init='TEXT' tokenizes prompt_init_text; pass a tokenizer"):
         EPTPromptEncoder(EPTConfig(), word_embeddings=torch.zeros(5, 16))

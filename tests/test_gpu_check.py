@@ -19,9 +19,9 @@ def test_the_dry_run_runs_every_phase_and_writes_its_report(tmp_path):
     assert report["dry_run"] and list(phases) == ["cuda_tests", "kernels", "compile_check", "training_step"]
     assert not [name for name, phase in phases.items() if "error" in phase]
     assert phases["cuda_tests"]["returncode"] == 0 and "skipped" in phases["cuda_tests"]["summary"]
-    (prompt,) = phases["kernels"]["prompt_generator"]
+    (prompt,) = phases["kernels"]["ept_prompt"]
     assert all(prompt[f"{name}_ms"] > 0 for name in ("fused", "eager", "compile"))
-    assert [row["dtype"] for row in phases["kernels"]["input_assembly"]] == ["float32", "bfloat16"]
+    assert [row["dtype"] for row in phases["kernels"]["assemble_inputs"]] == ["float32", "bfloat16"]
     assert phases["compile_check"]["returncode"] == 0 and phases["compile_check"]["violations"] == []
     assert {row["kernel"] for row in phases["compile_check"]["rows"]} >= {"_mix_kernel", "_assemble_bwd_kernel"}
     steps = {(row["method"], row["prompt"]) for row in phases["training_step"]["rows"]}

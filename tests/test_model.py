@@ -160,7 +160,8 @@ def test_loading_errors(tmp_path):
 
     model.save_pretrained(tmp_path / "b")
     wider = tiny_t5().__class__(tiny_t5().config.__class__(**{**tiny_t5().config.to_dict(), "d_model": 48}))
-    with pytest.raises(ValueError, match=r"token_dim: the config says 40, but the backbone's input embeddings have hidden size 48"):
+    with pytest.raises(ValueError, match=r"token_dim: the config says 40, but word_embeddings \(the backbone's input "
+                                         r"embeddings\) have hidden size 48"):
         EPTModel.from_pretrained(wider, tmp_path / "b")
 
     config_file = tmp_path / "b" / "adapter_config.json"
@@ -217,7 +218,7 @@ def test_pt_method_builds_what_peft_prompt_tuning_builds():
     """method='pt': inputs_embeds = [P ; E(input_ids)], mask = [1 … ; mask], as PEFT's concatenation."""
     model = get_ept_model(tiny_gpt2(), _config("CAUSAL_LM", method="pt", r=None, num_spaces=None))
     ids, mask, labels = _batch("CAUSAL_LM")
-    embeds, ext_mask = model.build_inputs(ids, mask)
+    embeds, ext_mask = model.assemble_inputs(ids, mask)
     prompt = model.prompt_encoder.prompt
     peft_embeds = torch.cat([prompt.unsqueeze(0).expand(3, -1, -1), model.word_embeddings(ids)], dim=1)
     peft_mask = torch.cat([torch.ones(3, 4, dtype=mask.dtype), mask], dim=1)
@@ -231,7 +232,7 @@ def test_pt_method_builds_what_peft_prompt_tuning_builds():
 def test_dept_method_adds_the_low_rank_update_only():
     model = _moved(get_ept_model(tiny_t5(), _config("SEQ_2_SEQ_LM", method="dept", num_spaces=None)))
     ids, mask, _ = _batch("SEQ_2_SEQ_LM")
-    embeds, _ = model.build_inputs(ids, mask)
+    embeds, _ = model.assemble_inputs(ids, mask)
     enc = model.prompt_encoder
     assert torch.equal(embeds[:, :4], enc.prompt.detach().expand(3, -1, -1))  # P* = P: no fusion, no subspaces
     L = enc.scaling * enc.lora_a @ enc.lora_b

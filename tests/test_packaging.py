@@ -13,4 +13,4 @@ def test_top_level_kernels_import_registers_nothing(monkeypatch):
     stray = importlib.import_module("kernels")  # what transformers does when probing for the hub "kernels"
     assert stray is not ept_fast.kernels
     assert not hasattr(stray, "fused_ept_prompt")
-    assert "kernels.prompt_generator" not in sys.modules and "kernels.input_assembly" not in sys.modules
+    assert "kernels.ept_prompt" not in sys.modules and "kernels.assemble_inputs" not in sys.modules

@@ -12,6 +12,7 @@ from safetensors.torch import load_file
 
 from ept_fast.cli import main as cli_main
 from ept_fast.offline import minilm_path
+from ept_fast.tasks import get_task
 from ept_fast.train import main, parse_args
 from ept_fast.training import TrainArguments, train
 from helpers import needs_offline_data
@@ -140,15 +141,17 @@ def test_config_file_and_flags(tmp_path):
     config.write_text("lr: 0.1\nmethod: dept\nbatch_size: 4\n")
     args = parse_args(["--config", str(config), "--batch-size", "2"])
     assert (args.lr, args.method, args.batch_size, args.num_spaces) == (0.1, "dept", 2, None)
-    config.write_text("learning_rate: 0.1\n")
-    with pytest.raises(ValueError, match=r"--config: .* unknown option\(s\) \['learning_rate'\]"):
+    config.write_text("learning_rate: 0.1\nper_device_train_batch_size: 3\n")  # Hugging Face's keys too
+    assert (parse_args(["--config", str(config)]).lr, parse_args(["--config", str(config)]).batch_size) == (0.1, 3)
+    config.write_text("learning_rates: 0.1\n")
+    with pytest.raises(ValueError, match=r"--config: .* unknown option\(s\) \['learning_rates'\]"):
         parse_args(["--config", str(config)])
     assert TrainArguments().model is None and TrainArguments().task is None  # the embedded default
 
 
 def test_console_script_dispatches(capsys):
     assert cli_main([]) == 2 and "usage: ept-fast train" in capsys.readouterr().out
-    assert cli_main(["fit"]) == 2 and "unknown command 'fit'" in capsys.readouterr().err
+    assert cli_main(["fit"]) == 2 and "unknown command 'fit'; the commands are train, eval" in capsys.readouterr().err
 
 
 def test_two_processes_end_with_identical_adapters(tiny_models, sst2_files, tmp_path):
@@ -177,3 +180,133 @@ def test_the_embedded_default_runs_offline(tmp_path):
     assert set(metrics["test"]) == {"accuracy", "f1_macro"}
     saved = json.loads((out / "adapter_config.json").read_text())
     assert saved["method"] == "ept" and saved["token_dim"] == 384 and saved["modules_to_save"] == ["classifier"]
+
+
+def _named_label_files(root, names=("negative", "positive")):
+    """CSV files whose labels are names, not ids."""
+    paths = []
+    for split, count in (("train", 24), ("validation", 8), ("test", 8)):
+        lines = ["text,label\n"] + [f"the movie was {WORDS[i % 3 + (0 if i % 2 else 3)]},{names[i % 2]}\n"
+                                    for i in range(count)]
+        path = root / f"{split}.csv"
+        path.write_text("".join(lines))
+        paths.append(str(path))
+    return paths
+
+
+def test_labels_given_by_name_train_and_are_saved_with_the_adapter(tiny_models, tmp_path):
+    files = _named_label_files(tmp_path)
+    assert main(_args(tiny_models, files, tmp_path / "sorted", "--max-steps", "2", "--eval-steps", "2")) == 0
+    task = json.loads((tmp_path / "sorted" / "adapter_config.json").read_text())["task"]
+    assert task["label_names"] == ["negative", "positive"] and task["num_labels"] == 2
+    assert main(_args(tiny_models, files, tmp_path / "ordered", "--max-steps", "2", "--eval-steps", "2",
+                      "--label-names", "positive", "negative")) == 0
+    assert json.loads((tmp_path / "ordered" / "adapter_config.json").read_text())["task"]["label_names"] == [
+        "positive", "negative"]
+
+
+def test_a_label_outside_the_names_names_the_file_and_row(tiny_models, tmp_path, capsys):
+    files = _named_label_files(tmp_path)
+    assert main(_args(tiny_models, files, tmp_path / "x", "--label-names", "positive", "neutral")) == 2
+    assert (f"{files[0]}, row 1: label: expected a label id in [0, 2) or one of the names ['positive', 'neutral'], "
+            f"got 'negative'") in capsys.readouterr().err
+
+
+def test_metric_for_best_model_and_the_default_output_folder(tiny_models, sst2_files, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    args = _args(tiny_models, sst2_files, tmp_path / "unused", "--metric-for-best-model", "f1_macro",
+                 "--max-steps", "2", "--eval-steps", "1", "--text-column", "sentence")
+    args.remove("--output-dir")
+    args.remove(str(tmp_path / "unused"))
+    assert main(args) == 0
+    folder = Path(sst2_files[0]).parent.name  # train.jsonl: named after its folder
+    metrics = json.loads((tmp_path / "runs" / f"ept-{folder}" / "metrics.json").read_text())
+    assert metrics["metric_for_best_model"] == "f1_macro" and metrics["task"] == "custom"
+    assert main(_args(tiny_models, sst2_files, tmp_path / "z", "--task", "sst2", "--metric-for-best-model",
+                      "f1_macro")) == 2
+    assert "--metric-for-best-model: task sst2 reports ['accuracy'], got 'f1_macro'" in capsys.readouterr().err
+
+
+def test_outputs_for_users_tools_are_written_during_and_after_the_run(tiny_models, sst2_files, tmp_path):
+    out = tmp_path / "run"
+    interrupted = parse_args(_args(tiny_models, sst2_files, out, "--task", "sst2"))
+    train(interrupted, stop_after_steps=4)
+    state = json.loads((out / "trainer_state.json").read_text())  # already there, mid-run
+    assert state["global_step"] == 3 and state["metric_for_best_model"] == "eval_accuracy"
+    assert [e["step"] for e in state["log_history"] if "loss" in e] == [1, 2, 3]
+    assert [e["step"] for e in state["log_history"] if "eval_accuracy" in e] == [3]
+    assert all(e["learning_rate"] > 0 for e in state["log_history"] if "loss" in e)
+    train(parse_args(_args(tiny_models, sst2_files, out, "--task", "sst2", "--resume")))
+    results = json.loads((out / "all_results.json").read_text())
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert results["eval_accuracy"] == metrics["validation"]["accuracy"]
+    assert results["test_accuracy"] == metrics["test"]["accuracy"]
+    assert (results["test_samples"], results["train_steps"], results["train_samples"]) == (16, 6, 48)
+    assert results["train_runtime"] > 0 and results["train_samples_per_second"] > 0 and results["epoch"] == 1.0
+    state = json.loads((out / "trainer_state.json").read_text())
+    assert state["global_step"] == 6 and [e["step"] for e in state["log_history"] if "eval_accuracy" in e] == [3, 6]
+
+
+def test_eval_scores_a_saved_adapter_as_training_did(tiny_models, tmp_path, capsys):
+    files = _named_label_files(tmp_path)
+    out = tmp_path / "run"
+    assert main(_args(tiny_models, files, out, "--max-steps", "3", "--eval-steps", "3")) == 0
+    trained = json.loads((out / "metrics.json").read_text())
+    capsys.readouterr()
+    assert cli_main(["eval", "--adapter", str(out), "--model", str(tiny_models / "bert"), "--test-file", files[2],
+                     "--validation-file", files[1], "--device", "cpu"]) == 0
+    scored = json.loads((out / "eval" / "metrics.json").read_text())
+    assert scored["test"] == trained["test"] and scored["validation"] == trained["validation"]
+    assert json.loads((out / "eval" / "all_results.json").read_text())["test_accuracy"] == trained["test"]["accuracy"]
+    assert "test accuracy" in capsys.readouterr().out
+    assert cli_main(["eval", "--adapter", str(tmp_path / "nowhere")]) == 2
+    assert "adapter directory: expected a folder holding adapter_config.json" in capsys.readouterr().err
+
+
+def test_a_non_finite_loss_stops_with_a_clear_error(tiny_models, sst2_files, tmp_path, capsys):
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    broken = AutoModelForSequenceClassification.from_pretrained(tiny_models / "bert")
+    with torch.no_grad():
+        broken.classifier.weight.fill_(float("nan"))
+    broken.save_pretrained(tmp_path / "nan-bert")
+    AutoTokenizer.from_pretrained(tiny_models / "bert").save_pretrained(tmp_path / "nan-bert")
+    args = _args(tiny_models, sst2_files, tmp_path / "run", "--task", "sst2")
+    args[1] = str(tmp_path / "nan-bert")
+    assert main(args) == 2
+    assert "the training loss is nan at step 1; try lower learning rates" in capsys.readouterr().err
+
+
+def test_evaluation_is_split_across_processes_and_gathered(tiny_models):
+    """Each of two ranks predicts every other example; gather_for_metrics puts them back in order."""
+    from transformers import AutoTokenizer, BertForSequenceClassification
+
+    from ept_fast import EPTConfig, get_ept_model
+    from ept_fast.config import TaskType
+    from ept_fast.training.data import Collator
+    from ept_fast.training.evaluation import predict
+
+    task = get_task("sst2")
+    tokenizer = AutoTokenizer.from_pretrained(tiny_models / "bert")
+    model = get_ept_model(BertForSequenceClassification.from_pretrained(tiny_models / "bert"),
+                          EPTConfig(num_virtual_tokens=2, max_length=16, r=2, prompt_init="RANDOM"))
+    collate = Collator(tokenizer, TaskType.SEQ_CLS, task, 16, 4)
+    examples = [{"text": f"the movie was {WORDS[i % len(WORDS)]}", "text_pair": None, "label": i % 2}
+                for i in range(7)]
+    alone = predict(model, examples, collate, 3, "cpu", 4)
+    shards = {}
+
+    class Rank:
+        num_processes = 2
+
+        def __init__(self, index):
+            self.process_index = index
+
+        def gather_for_metrics(self, data, use_gather_object):
+            shards[self.process_index] = data
+            return shards.get(0, []) + shards.get(1, [])
+
+    predict(model, examples, collate, 3, "cpu", 4, accelerator=Rank(1))
+    together = predict(model, examples, collate, 3, "cpu", 4, accelerator=Rank(0))
+    assert [index for index, _ in shards[0]] == [0, 2, 4, 6] and [index for index, _ in shards[1]] == [1, 3, 5]
+    assert together == alone

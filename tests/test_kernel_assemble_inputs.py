@@ -7,7 +7,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from ept_fast import functional, reference
-from ept_fast.kernels import compile_check, fused_assemble_inputs, input_assembly
+from ept_fast.kernels import assemble_inputs, compile_check, fused_assemble_inputs
 from helpers import DEVICE, assert_close, padded_batch, prompt_inputs, scaling_for, table
 
 # (lengths per row, T, V, d, n, r, m, left padding)
@@ -86,8 +86,8 @@ def test_mask_dtypes(mask_dtype, device):
 @pytest.fixture
 def small_blocks(monkeypatch):
     """Several row blocks, a prefix count over several chunks, several position splits."""
-    monkeypatch.setattr(input_assembly, "_forward_blocks", lambda d, r: dict(BT=16, BD=16, B_PREFIX=16, num_warps=4))
-    monkeypatch.setattr(input_assembly, "_backward_blocks", lambda d, n, r, dev: (dict(BP=16, BD=16, num_warps=4), 3))
+    monkeypatch.setattr(assemble_inputs, "_forward_blocks", lambda d, r: dict(BT=16, BD=16, B_PREFIX=16, num_warps=4))
+    monkeypatch.setattr(assemble_inputs, "_backward_blocks", lambda d, n, r, dev: (dict(BP=16, BD=16, num_warps=4), 3))
 
 
 @pytest.mark.parametrize("case", ["medium-left", "odd-right", "no-real-token", "r0"])

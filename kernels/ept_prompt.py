@@ -108,6 +108,14 @@ def _low_rank_weights(A, n0, pb, rows_ok, rk, n, r, lse, low_scale,
 
 
 @triton.jit
+def _scales(scaling_hi, scaling_lo, inv_sqrt_d_hi, inv_sqrt_d_lo, ACC: tl.constexpr):
+    """s, 1/√d and the low-rank scores' factor s/√d, rebuilt in the accumulator dtype."""
+    scaling = widen(scaling_hi, scaling_lo, ACC)
+    inv_sqrt_d = widen(inv_sqrt_d_hi, inv_sqrt_d_lo, ACC)
+    return scaling, inv_sqrt_d, scaling * inv_sqrt_d
+
+
+@triton.jit
 def _expansion(kk, c, h, KH, ACC: tl.constexpr):
     """(K_PAD, BF) 0/1 matrix: subspace code c belongs to subspace c // h."""
     return ((kk[:, None] == c[None, :] // h) & (c[None, :] < KH)).to(ACC)
@@ -194,9 +202,7 @@ def _mix_kernel(
     Q = m + r + K + KH
     NC = m + r + KH
     part_stride = (m + r) * Q
-    scaling = widen(scaling_hi, scaling_lo, ACC)
-    inv_sqrt_d = widen(inv_sqrt_d_hi, inv_sqrt_d_lo, ACC)
-    low_scale = scaling * inv_sqrt_d
+    scaling, inv_sqrt_d, low_scale = _scales(scaling_hi, scaling_lo, inv_sqrt_d_hi, inv_sqrt_d_lo, ACC)
 
     # R itself, saved for the backward: this block's rows, and B's rows in program 0.
     for q0 in range(0, Q, BQ):
@@ -316,9 +322,7 @@ def _mix_backward_kernel(
     Q = m + r + K + KH
     NC = m + r + KH
     part_stride = m * NC
-    scaling = widen(scaling_hi, scaling_lo, ACC)
-    inv_sqrt_d = widen(inv_sqrt_d_hi, inv_sqrt_d_lo, ACC)
-    low_scale = scaling * inv_sqrt_d
+    scaling, inv_sqrt_d, low_scale = _scales(scaling_hi, scaling_lo, inv_sqrt_d_hi, inv_sqrt_d_lo, ACC)
     lam = tl.load(LAM).to(ACC)
 
     # The softmax weights again, from the saved R and log-sum-exp.

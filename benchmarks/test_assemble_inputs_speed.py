@@ -1,5 +1,7 @@
-"""Input assembly: fused Triton vs the eager reference vs torch.compile of it, and a
+"""assemble_inputs (the input assembly): fused Triton vs the eager reference vs torch.compile of it, and a
 device-to-device copy of the output's size (the bandwidth yardstick)."""
+
+import functools
 
 import pytest
 import torch
@@ -9,8 +11,9 @@ from ept_fast import reference
 from ept_fast.kernels import fused_assemble_inputs
 
 M, R, VOCAB = 60, 30, 32000
-_compiled = torch.compile(reference.compute_assembly)
-IMPLEMENTATIONS = {"triton": fused_assemble_inputs, "eager": reference.compute_assembly, "compile": _compiled}
+EAGER = functools.partial(reference.assemble_inputs, validate=False)
+_compiled = torch.compile(EAGER)
+IMPLEMENTATIONS = {"triton": fused_assemble_inputs, "eager": EAGER, "compile": _compiled}
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 SHAPES = [(8, 128), (32, 256), (16, 1024)]
 
@@ -40,8 +43,8 @@ def _moved_bytes(b, T, d, dtype, mode):
 @pytest.mark.parametrize("provider", PROVIDERS)
 @pytest.mark.parametrize("d", [384, 768, 1024, 4096])
 @pytest.mark.parametrize("b,T", SHAPES)
-def test_input_assembly(measure, benchmark, b, T, d, provider, mode, dtype):
-    benchmark.group = f"input_assembly b={b} T={T} d={d} {dtype} {mode}"
+def test_assemble_inputs(measure, benchmark, b, T, d, provider, mode, dtype):
+    benchmark.group = f"assemble_inputs b={b} T={T} d={d} {dtype} {mode}"
     ids, mask, table, prompt, lora_a, lora_b = _inputs(b, T, d, DTYPES[dtype])
     impl = IMPLEMENTATIONS[provider]
     leaves = [prompt, lora_a, lora_b]
@@ -50,7 +53,7 @@ def test_input_assembly(measure, benchmark, b, T, d, provider, mode, dtype):
     def forward():
         return impl(ids, mask, table, prompt, lora_a, lora_b, scaling)[0]
 
-    measure(step(forward, leaves, mode), op="input_assembly", provider=provider, mode=mode, b=b, T=T, d=d,
+    measure(step(forward, leaves, mode), op="assemble_inputs", provider=provider, mode=mode, b=b, T=T, d=d,
             dtype=dtype, bytes=_moved_bytes(b, T, d, DTYPES[dtype], mode))
 
 
@@ -60,7 +63,7 @@ def test_input_assembly(measure, benchmark, b, T, d, provider, mode, dtype):
 @pytest.mark.parametrize("b,T", SHAPES)
 def test_device_copy(measure, benchmark, b, T, d, dtype):
     """A device-to-device copy moving the same bytes as the assembly forward."""
-    benchmark.group = f"input_assembly b={b} T={T} d={d} {dtype} copy"
+    benchmark.group = f"assemble_inputs b={b} T={T} d={d} {dtype} copy"
     src = torch.randn(b, M + T, d, device=DEVICE, dtype=DTYPES[dtype])
     dst = torch.empty_like(src)
     measure(lambda: dst.copy_(src), op="device_copy", provider="copy", mode="forward", b=b, T=T, d=d, dtype=dtype,

@@ -7,7 +7,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from ept_fast import functional, reference
-from ept_fast.kernels import compile_check, fused_ept_prompt, prompt_generator
+from ept_fast.kernels import compile_check, ept_prompt, fused_ept_prompt
 from helpers import DEVICE, PROMPT_ARGS, PROMPT_SHAPES, assert_close, prompt_inputs, scaling_for
 
 TOLERANCE = {torch.float64: (1e-10, 1e-12), torch.float32: (1e-4, 1e-5)}
@@ -47,7 +47,7 @@ def small_blocks(monkeypatch):
     cross-row terms are exercised."""
     small = dict(BX=16, BY=16, BD=16, splits=3, BM=16, BN=16, BF=16, BQ=16, BC=16, BV=16, BK=16, num_warps=4,
                  num_stages=1, mix={"num_warps": 4})
-    monkeypatch.setattr(prompt_generator, "launch_config", lambda *args: small)
+    monkeypatch.setattr(ept_prompt, "launch_config", lambda *args: small)
 
 
 @pytest.mark.parametrize("shape", [(60, 100, 37, 30, 4, 8), (33, 20, 5, 0, 2, 2), (17, 40, 13, 3, 0, 5)], ids=str)
@@ -131,7 +131,7 @@ def test_sizes_past_the_kernels_are_refused_or_run_on_the_reference(monkeypatch,
     (257, 129, torch.float64, "in float64, num_virtual_tokens=257 over 256 together with r=129 over 128"),
 ])
 def test_the_kernels_domain(m, r, dtype, reason):
-    assert prompt_generator.unsupported(m, r, dtype) == reason
+    assert ept_prompt.unsupported(m, r, dtype) == reason
 
 
 REAL_SHAPES = sorted({case.shape for case in compile_check.CASES if case.op == "ept_prompt"

@@ -1,0 +1,65 @@
+"""Checkpoints of a run: adapter + optimizer + scheduler + the loop's state, written into a
+fresh folder and swapped in by renames, so a crash never leaves no checkpoint; and the
+exact resume from one."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import shutil
+from pathlib import Path
+from typing import List, Optional
+
+import torch
+
+from ..model import EPTModel
+from ..serialization import load_adapter
+
+CHECKPOINT = "checkpoint"
+BEST = "best"
+STATE_FILE = "training_state.pt"
+
+
+@dataclasses.dataclass
+class TrainState:
+    """What the loop carries from step to step (and a checkpoint saves)."""
+
+    step: int = 0
+    best_metric: Optional[float] = None
+    best_step: Optional[int] = None
+    evaluations_without_improvement: int = 0
+    history: List[dict] = dataclasses.field(default_factory=list)
+    train_seconds: float = 0.0
+    examples_seen: int = 0
+
+
+def save_checkpoint(directory: Path, model: EPTModel, optimizer, scheduler, state: TrainState, options: dict) -> None:
+    """Write ``directory/checkpoint``: the adapter files and ``training_state.pt``."""
+    final = directory / CHECKPOINT
+    staging, previous = directory / f".{CHECKPOINT}.tmp", directory / f".{CHECKPOINT}.old"
+    shutil.rmtree(staging, ignore_errors=True)
+    model.save_pretrained(staging)
+    torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                "state": dataclasses.asdict(state), "args": options}, staging / STATE_FILE)
+    if final.exists():
+        shutil.rmtree(previous, ignore_errors=True)
+        os.replace(final, previous)
+    os.replace(staging, final)
+    shutil.rmtree(previous, ignore_errors=True)
+
+
+def checkpoint_folder(output_dir: Path, resume) -> Path:
+    """The checkpoint ``--resume`` names: the one in ``output_dir``, or the folder given."""
+    folder = output_dir / CHECKPOINT if resume is True else Path(resume)
+    if not (folder / STATE_FILE).is_file():
+        raise FileNotFoundError(f"--resume: no checkpoint in {folder} (expected {folder / STATE_FILE})")
+    return folder
+
+
+def load_checkpoint(folder: Path, model: EPTModel, optimizer, scheduler) -> TrainState:
+    """Put the adapter, optimizer and scheduler of ``folder`` back; returns the loop's state."""
+    model.load_adapter_state_dict(load_adapter(folder).tensors, str(folder))
+    saved = torch.load(folder / STATE_FILE, map_location="cpu", weights_only=False)
+    optimizer.load_state_dict(saved["optimizer"])
+    scheduler.load_state_dict(saved["scheduler"])
+    return TrainState(**saved["state"])

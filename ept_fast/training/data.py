@@ -1,0 +1,129 @@
+"""The examples and the backbone of a run: task splits from the registry, the embedded BBC
+News or the user's files; the backbone with the head the task needs; the collator."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Dict, List, Optional, Tuple
+
+import torch
+
+from ..config import TaskType, infer_task_type
+from ..tasks import (
+    DEFAULT_TASK, Example, Task, custom_task, format_rows, get_task, load_bbc_news, load_from_hub, read_rows,
+)
+from .options import DataArguments, RunArguments
+
+Splits = Tuple[Task, List[Example], List[Example], List[Example]]
+
+
+def load_data(args: DataArguments, task: Optional[Task] = None, files_needed=("train", "validation", "test")) -> Splits:
+    """(task, train, validation, test). Files (``--train-file`` …) follow the registry task's
+    format when ``--task`` names one, else a task is made from the training file's labels;
+    ``task`` (a saved adapter's) fixes it instead. A split not in ``files_needed`` may be
+    absent and comes back empty."""
+    paths = {"train": args.train_file, "validation": args.validation_file, "test": args.test_file}
+    if any(paths.values()):
+        missing = [f"--{split}-file" for split in files_needed if not paths[split]]
+        if missing:
+            raise ValueError(f"{', '.join(missing)}: needed with the other data files, but not given")
+        rows = {split: read_rows(path) if path else [] for split, path in paths.items()}
+        if task is None and args.task:
+            task = get_task(args.task)
+        elif task is None:
+            columns = [args.text_column] + ([args.text_pair_column] if args.text_pair_column else [])
+            task = custom_task(rows["train"], args.label_column, columns, args.train_file, args.label_names)
+        splits = [format_rows(task, rows[split], paths[split], args.label_column) for split in paths]
+    else:
+        task = task or get_task(args.task or DEFAULT_TASK)
+        splits = list(load_bbc_news(args.seed) if task.name == DEFAULT_TASK else load_from_hub(task, args.seed))
+    if args.limit_train_examples:
+        splits[0] = splits[0][: args.limit_train_examples]
+    if args.limit_eval_examples:
+        splits[1], splits[2] = splits[1][: args.limit_eval_examples], splits[2][: args.limit_eval_examples]
+    return (task, *splits)
+
+
+def data_name(args: DataArguments) -> str:
+    """What the data is called in a default output folder: the task, or the training file
+    (its folder when the file is called train…)."""
+    if args.train_file:
+        path = Path(args.train_file)
+        return path.parent.name if path.stem.lower().startswith("train") and path.parent.name else path.stem
+    return args.task or DEFAULT_TASK
+
+
+def load_backbone(args: RunArguments, task: Task, source: Optional[str] = None):
+    """(backbone, tokenizer, task type) for ``source`` (default: ``--model``, else the packaged
+    MiniLM). A checkpoint without a head of its own (an encoder) becomes a classifier."""
+    from transformers import (
+        AutoConfig, AutoModelForCausalLM, AutoModelForSeq2SeqLM, AutoModelForSequenceClassification, AutoTokenizer,
+    )
+
+    from ..offline import minilm_path
+
+    source = source or args.model or str(minilm_path())
+    config = AutoConfig.from_pretrained(source)
+    task_type = TaskType(args.task_type) if args.task_type else infer_task_type(config, default=TaskType.SEQ_CLS)
+    if task_type is TaskType.SEQ_CLS:
+        problem = "regression" if task.is_regression else "single_label_classification"
+        labels = {"id2label": dict(enumerate(task.label_names))} if task.label_names else {}
+        # The head is trained (and saved with the adapter), so one of another size is replaced.
+        model = AutoModelForSequenceClassification.from_pretrained(source, num_labels=task.num_labels,
+                                                                   problem_type=problem, ignore_mismatched_sizes=True,
+                                                                   **labels)
+    else:
+        loader = AutoModelForSeq2SeqLM if task_type is TaskType.SEQ_2_SEQ_LM else AutoModelForCausalLM
+        model = loader.from_pretrained(source)
+    tokenizer = AutoTokenizer.from_pretrained(source)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    if model.config.pad_token_id is None:
+        model.config.pad_token_id = tokenizer.pad_token_id
+    return model, tokenizer, task_type
+
+
+class Collator:
+    """Examples -> a tokenized batch for the task type (inputs cut to ``max_length`` tokens)."""
+
+    def __init__(self, tokenizer, task_type: TaskType, task: Task, max_length: int, max_new_tokens: int):
+        self.tokenizer, self.task_type, self.task = tokenizer, task_type, task
+        self.max_length, self.max_new_tokens = max_length, max_new_tokens
+
+    def __call__(self, examples: List[dict], for_generation: bool = False) -> Dict[str, torch.Tensor]:
+        tok = self.tokenizer
+        if self.task_type is TaskType.SEQ_CLS:
+            pairs = [e["text_pair"] for e in examples] if examples[0]["text_pair"] is not None else None
+            batch = tok([e["text"] for e in examples], pairs, truncation=True, max_length=self.max_length,
+                        padding=True, return_tensors="pt")
+            dtype = torch.float32 if self.task.is_regression else torch.long
+            batch["labels"] = torch.tensor([e["label"] for e in examples], dtype=dtype)
+            return dict(batch)
+        if self.task_type is TaskType.SEQ_2_SEQ_LM:
+            batch = tok([e["source"] for e in examples], truncation=True, max_length=self.max_length, padding=True,
+                        return_token_type_ids=False, return_tensors="pt")
+            targets = tok([e["target"] for e in examples], padding=True, return_tensors="pt")["input_ids"]
+            batch["labels"] = targets.masked_fill(targets == tok.pad_token_id, -100)
+            return dict(batch)
+        return self._causal(examples, for_generation)
+
+    def _causal(self, examples, for_generation):
+        tok = self.tokenizer
+        budget = self.max_length - self.max_new_tokens
+        sources = [tok(e["source"] + " answer:", truncation=True, max_length=budget)["input_ids"] for e in examples]
+        targets = [[] if for_generation else tok(" " + e["target"])["input_ids"] + [tok.eos_token_id] for e in examples]
+        width = max(len(s) + len(t) for s, t in zip(sources, targets))
+        ids = torch.full((len(examples), width), tok.pad_token_id)
+        mask = torch.zeros((len(examples), width), dtype=torch.long)
+        labels = torch.full((len(examples), width), -100)
+        for row, (s, t) in enumerate(zip(sources, targets)):
+            sequence = s + t
+            start = width - len(sequence)  # left padding, so generation continues each row
+            ids[row, start:] = torch.tensor(sequence)
+            mask[row, start:] = 1
+            if t:
+                labels[row, start + len(s):] = torch.tensor(t)
+        batch = {"input_ids": ids, "attention_mask": mask}
+        if not for_generation:
+            batch["labels"] = labels
+        return batch

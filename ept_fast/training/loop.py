@@ -1,0 +1,192 @@
+"""The training loop behind ``ept-fast train``: AdamW with DePT's two learning rates, linear
+warm-up and decay, clipping, accumulation, validation, best-checkpoint selection, early
+stopping, checkpoints with exact resume, and data parallelism through HF Accelerate.
+
+Determinism: the example order of epoch e is a permutation seeded by (seed, e), and the torch
+RNG (dropout) is reseeded from (seed, step, rank) before every optimizer step, so a run resumed
+from a checkpoint (adapter, optimizer, scheduler, step) continues exactly as an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import functools
+import math
+import os
+import time
+from pathlib import Path
+from typing import Optional, Tuple
+
+import torch
+
+from ..model import get_ept_model
+from ..serialization import load_adapter
+from .checkpoints import BEST, TrainState, checkpoint_folder, load_checkpoint, save_checkpoint
+from .data import Collator, data_name, load_backbone, load_data
+from .evaluation import evaluate, task_metadata
+from .options import TrainArguments
+from .report import (
+    peak_memory_mb, plot_history, summary_table, trainer_state, versions, write_json, write_results,
+)
+
+
+class NonFiniteLossError(RuntimeError):
+    """The training loss stopped being a finite number."""
+
+
+@functools.lru_cache(maxsize=2)
+def _epoch_order(n_examples: int, seed: int, epoch: int) -> Tuple[int, ...]:
+    return tuple(torch.randperm(n_examples, generator=torch.Generator().manual_seed(seed * 100_003 + epoch)).tolist())
+
+
+def _micro_batch_indices(j: int, n_examples: int, global_batch: int, rank: int, world: int, batch: int, seed: int):
+    """Example indices of this rank's part of global micro-batch j (epochs reshuffled by seed)."""
+    per_epoch = math.ceil(n_examples / global_batch)
+    epoch, position = divmod(j, per_epoch)
+    order = _epoch_order(n_examples, seed, epoch)
+    chunk = list(order[position * global_batch:(position + 1) * global_batch])
+    chunk += order[: global_batch - len(chunk)]  # the last batch of an epoch wraps, so all ranks get work
+    return chunk[rank * batch:(rank + 1) * batch]
+
+
+def output_dir(args: TrainArguments) -> Path:
+    """--output-dir, or runs/<method>-<task or data>."""
+    return Path(args.output_dir or Path("runs") / f"{args.method}-{data_name(args)}")
+
+
+def _prepare_output_dir(args: TrainArguments) -> Path:
+    out = output_dir(args)
+    if args.resume:
+        checkpoint_folder(out, args.resume)  # it must exist
+    elif out.exists() and any(out.iterdir()) and not args.overwrite:
+        raise FileExistsError(f"--output-dir: {out} already holds a run; pass --overwrite to replace it or "
+                              f"--resume to continue it")
+    out.mkdir(parents=True, exist_ok=True)
+    return out
+
+
+def train(args: TrainArguments, stop_after_steps: Optional[int] = None) -> dict:
+    """Run the whole job; returns the summary written to ``metrics.json``. ``stop_after_steps``
+    ends the loop early after a checkpoint (to simulate an interruption)."""
+    from accelerate import Accelerator
+    from tqdm.auto import tqdm
+    from transformers import get_linear_schedule_with_warmup
+
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    accelerator = Accelerator(cpu=args.device == "cpu", mixed_precision=args.mixed_precision)
+    out = _prepare_output_dir(args) if accelerator.is_main_process else output_dir(args)
+    accelerator.wait_for_everyone()
+    torch.manual_seed(args.seed)
+    task, train_set, validation_set, test_set = load_data(args)
+    metric = args.metric_for_best_model or task.metrics[0]
+    if metric not in task.metrics:
+        raise ValueError(f"--metric-for-best-model: task {task.name} reports {list(task.metrics)}, got {metric!r}")
+    backbone, tokenizer, task_type = load_backbone(args, task)
+    model = get_ept_model(backbone, args.adapter_config(task, task_type), tokenizer=tokenizer)
+    model.task_metadata = task_metadata(task)
+    model.to(accelerator.device)
+    collate = Collator(tokenizer, task_type, task, model.config.max_length, args.max_new_tokens)
+    device = accelerator.device
+    scoring = dict(batch_size=args.eval_batch_size, device=device, max_new_tokens=args.max_new_tokens,
+                   accelerator=accelerator)
+
+    world, rank = accelerator.num_processes, accelerator.process_index
+    global_batch = args.batch_size * world
+    per_epoch = math.ceil(len(train_set) / global_batch)
+    steps_per_epoch = per_epoch / args.gradient_accumulation_steps
+    total_steps = args.max_steps or max(1, math.ceil(args.num_epochs * per_epoch / args.gradient_accumulation_steps))
+    optimizer = torch.optim.AdamW(model.param_groups(args.lr, args.lr_lowrank), weight_decay=args.weight_decay)
+    scheduler = get_linear_schedule_with_warmup(optimizer, int(args.warmup_ratio * total_steps), total_steps)
+    state = load_checkpoint(checkpoint_folder(out, args.resume), model, optimizer, scheduler) if args.resume \
+        else TrainState()
+    wrapped, optimizer = accelerator.prepare(model, optimizer)
+    parameters = [p for p in model.parameters() if p.requires_grad]
+
+    def log_state():
+        write_json(out / "trainer_state.json", trainer_state(state.history, total_steps, steps_per_epoch, metric,
+                                                             state.best_metric, state.best_step, str(out / BEST)))
+
+    progress = tqdm(total=total_steps, initial=state.step, disable=not accelerator.is_main_process, desc="train")
+    while state.step < total_steps:
+        started = time.perf_counter()
+        torch.manual_seed(args.seed * 1_000_003 + state.step * 101 + rank)  # dropout: a function of the step
+        wrapped.train()
+        loss_sum = 0.0
+        for k in range(args.gradient_accumulation_steps):
+            j = state.step * args.gradient_accumulation_steps + k
+            indices = _micro_batch_indices(j, len(train_set), global_batch, rank, world, args.batch_size, args.seed)
+            batch = {key: v.to(device) for key, v in collate([train_set[i] for i in indices]).items()}
+            last = k == args.gradient_accumulation_steps - 1
+            with contextlib.nullcontext() if last else accelerator.no_sync(wrapped):
+                with accelerator.autocast():
+                    loss = wrapped(**batch).loss / args.gradient_accumulation_steps
+                if not torch.isfinite(loss):
+                    raise NonFiniteLossError(
+                        f"the training loss is {loss.item()} at step {state.step + 1}; try lower learning rates "
+                        f"(--lr {args.lr}, --lr-lowrank {args.lr_lowrank}), a smaller --max-grad-norm, or "
+                        f"--mixed-precision no; the last checkpoint in {out} is kept")
+                accelerator.backward(loss)
+            loss_sum += loss.item()
+        accelerator.clip_grad_norm_(parameters, args.max_grad_norm)
+        learning_rate = optimizer.param_groups[0]["lr"]
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        state.step += 1
+        state.train_seconds += time.perf_counter() - started
+        state.examples_seen += global_batch * args.gradient_accumulation_steps
+        record = {"step": state.step, "loss": loss_sum, "learning_rate": learning_rate}
+        progress.update(1)
+        progress.set_postfix(loss=f"{loss_sum:.4f}", ex_per_s=f"{state.examples_seen / state.train_seconds:.1f}")
+
+        if state.step % args.eval_steps == 0 or state.step == total_steps:
+            metrics = evaluate(model, validation_set, collate, **scoring)
+            record["validation"] = metrics
+            if state.best_metric is None or metrics[metric] > state.best_metric:
+                state.best_metric, state.best_step, state.evaluations_without_improvement = metrics[metric], state.step, 0
+                if accelerator.is_main_process:
+                    model.save_pretrained(out / BEST)
+            else:
+                state.evaluations_without_improvement += 1
+        state.history.append(record)
+        if accelerator.is_main_process and "validation" in record:
+            log_state()
+        stopping = (args.early_stopping_patience is not None
+                    and state.evaluations_without_improvement >= args.early_stopping_patience)
+        if accelerator.is_main_process and (state.step % args.save_steps == 0 or stopping or state.step == total_steps
+                                            or state.step == stop_after_steps):
+            save_checkpoint(out, model, optimizer.optimizer if hasattr(optimizer, "optimizer") else optimizer,
+                            scheduler, state, dataclasses.asdict(args))
+        accelerator.wait_for_everyone()
+        if stopping or state.step == stop_after_steps:
+            break
+    progress.close()
+    if stop_after_steps is not None and state.step == stop_after_steps and state.step < total_steps:
+        return {"stopped_at_step": state.step}
+
+    model.load_adapter_state_dict(load_adapter(out / BEST).tensors, str(out / BEST))
+    results = {"validation": evaluate(model, validation_set, collate, **scoring),
+               "test": evaluate(model, test_set, collate, **scoring)}
+    checksum = torch.stack([p.detach().double().sum() for p in model.prompt_encoder.parameters()]).sum()
+    checksums = accelerator.gather(checksum.reshape(1).to(device)).tolist()
+    summary = {
+        **results,
+        "task": task.name, "task_type": task_type.value, "metric_for_best_model": metric,
+        "best_step": state.best_step, "steps": state.step, "epoch": state.step / steps_per_epoch,
+        "train_examples": len(train_set), "validation_examples": len(validation_set), "test_examples": len(test_set),
+        "train_loss": sum(h["loss"] for h in state.history) / max(len(state.history), 1),
+        "train_time_s": state.train_seconds,
+        "train_examples_per_s": state.examples_seen / max(state.train_seconds, 1e-9),
+        "peak_memory_mb": peak_memory_mb(), "trainable_parameters": model.get_nb_trainable_parameters()[0],
+        "replica_adapter_checksums": checksums, "processes": world,
+        "config": dataclasses.asdict(args), "versions": versions(), "history": state.history,
+    }
+    if accelerator.is_main_process:
+        model.save_pretrained(out)
+        write_results(out, summary)
+        log_state()
+        plot_history(state.history, metric, out / "training.png")
+        print(summary_table(summary, task))
+    accelerator.wait_for_everyone()
+    return summary

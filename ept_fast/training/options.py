@@ -1,0 +1,255 @@
+"""The options of ``ept-fast train`` and ``ept-fast eval``.
+
+Each command's options are one dataclass; its flags, its config-file keys and its ``--help``
+come from the fields. The adapter's options are ``EPTConfig``'s own fields (declared once,
+there), and what the command line uses where the user gives none is one table by method,
+``ADAPTER_DEFAULTS``: the adapter config is built from that row plus the values given, so
+a value that contradicts the method is the same error as in ``EPTConfig``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import typing
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence, Union
+
+import torch
+
+from ..config import EPTConfig, Method, TaskType, parse_enum
+from ..tasks import TASKS, Task
+
+# EPTConfig's fields that are command-line options.
+ADAPTER_OPTIONS = ("num_virtual_tokens", "max_length", "r", "lora_alpha", "num_spaces", "space_rank", "prompt_init",
+                   "prompt_init_text", "backend")
+# The command line's adapter defaults, by method, where the user gives none (EPTConfig's own
+# defaults are the spec's for T5-base; these suit the packaged MiniLM on BBC News). A task
+# also gives its prompt_init_text.
+ADAPTER_DEFAULTS: Dict[str, Dict[str, int]] = {
+    "ept": dict(num_virtual_tokens=20, max_length=128, r=8, num_spaces=4),
+    "dept": dict(num_virtual_tokens=20, max_length=128, r=8),
+    "pt": dict(num_virtual_tokens=20, max_length=128),
+}
+
+
+def option(default=None, help: str = "", aliases: Sequence[str] = ()):
+    """A command-line option: its help, and other spellings it accepts (Hugging Face's)."""
+    return dataclasses.field(default=default, metadata={"help": help, "aliases": tuple(aliases)})
+
+
+@dataclasses.dataclass
+class DataArguments:
+    """Where the examples come from (both commands)."""
+
+    task: Optional[str] = option(help=f"registry task: {', '.join(sorted(TASKS))} (default: bbc_news, or your "
+                                      f"files)")
+    train_file: Optional[str] = option(help="CSV or JSON-lines training file (with --validation-file and "
+                                            "--test-file)")
+    validation_file: Optional[str] = option(help="CSV or JSON-lines validation file")
+    test_file: Optional[str] = option(help="CSV or JSON-lines test file")
+    text_column: str = option("text", "the input column of your files (no --task)")
+    text_pair_column: Optional[str] = option(help="a second input column of your files (no --task)")
+    label_column: str = option("label", "the label column of your files")
+    label_names: Optional[List[str]] = option(help="the class names, in id order, for files whose labels are names "
+                                                   "(default: the names sorted)")
+    limit_train_examples: Optional[int] = option(help="use only the first N training examples",
+                                                 aliases=("max_train_samples",))
+    limit_eval_examples: Optional[int] = option(help="use only the first N validation and test examples",
+                                                aliases=("max_eval_samples",))
+    seed: int = option(42, "seed of the splits, the initialisation, the example order and dropout")
+
+
+@dataclasses.dataclass
+class RunArguments:
+    """The backbone and the machine (both commands)."""
+
+    model: Optional[str] = option(help="Hugging Face model name or local path (default: the packaged "
+                                       "all-MiniLM-L6-v2)", aliases=("model_name_or_path",))
+    task_type: Optional[str] = option(help="SEQ_CLS, SEQ_2_SEQ_LM or CAUSAL_LM (default: from the model)")
+    eval_batch_size: int = option(64, "examples per evaluation batch", aliases=("per_device_eval_batch_size",))
+    max_new_tokens: int = option(8, "tokens generated per example when seq2seq or causal LMs are scored")
+    mixed_precision: str = option("no", "no, bf16 or fp16 autocast (CUDA only)")
+    device: str = option("auto", "auto, cpu or cuda")
+
+    def __post_init__(self):
+        if self.eval_batch_size < 1:
+            raise ValueError(f"--eval-batch-size: expected an integer >= 1, got {self.eval_batch_size}")
+        if self.task_type is not None:
+            self.task_type = parse_enum(TaskType, "--task-type", self.task_type).value
+        if self.mixed_precision not in ("no", "bf16", "fp16"):
+            raise ValueError(f"--mixed-precision: expected no, bf16 or fp16, got {self.mixed_precision!r}")
+        if self.device not in ("auto", "cpu", "cuda"):
+            raise ValueError(f"--device: expected auto, cpu or cuda, got {self.device!r}")
+        if self.device == "cuda" and not torch.cuda.is_available():
+            raise ValueError("--device: cuda was requested, but no CUDA device is available here")
+        if self.mixed_precision != "no" and not torch.cuda.is_available():
+            raise ValueError(f"--mixed-precision {self.mixed_precision}: needs a CUDA device; use 'no' on the CPU")
+
+
+def _adapter_options():
+    """EPTConfig's option fields, with None meaning "the method's default" (``method`` keeps
+    EPTConfig's default: it picks the row of ADAPTER_DEFAULTS)."""
+    fields = {field.name: field for field in dataclasses.fields(EPTConfig)}
+    hints = typing.get_type_hints(EPTConfig)
+    method = fields["method"]
+    specs = [("method", str, option(method.default.value, method.metadata["help"]))]
+    for name in ADAPTER_OPTIONS:
+        kind = typing.get_args(hints[name])[0] if typing.get_origin(hints[name]) is Union else hints[name]
+        if isinstance(kind, type) and issubclass(kind, str):  # the enums are given by their values
+            kind = str
+        specs.append((name, Optional[kind], option(help=fields[name].metadata["help"])))
+    return specs
+
+
+AdapterArguments = dataclasses.make_dataclass("AdapterArguments", _adapter_options())
+AdapterArguments.__doc__ = "The adapter (EPTConfig's options; where not given: the method's default)."
+
+
+@dataclasses.dataclass
+class TrainArguments(AdapterArguments, RunArguments, DataArguments):
+    """The training run.
+
+    Every option of ``ept-fast train`` (flags, and keys of a --config file)."""
+
+    output_dir: Optional[str] = option(help="where the adapter, checkpoints and reports go (default: "
+                                            "runs/<method>-<task or data>)")
+    overwrite: bool = option(False, "write into an --output-dir that already holds a run",
+                             aliases=("overwrite_output_dir",))
+    resume: Union[bool, str] = option(False, "continue from the last checkpoint in --output-dir, or from the "
+                                             "checkpoint folder given", aliases=("resume_from_checkpoint",))
+    lr: float = option(3e-2, "learning rate of the prompt, fusion, projections, gate and head",
+                       aliases=("learning_rate",))
+    lr_lowrank: float = option(3e-3, "learning rate of the low-rank pair A, B (DePT's second rate)")
+    weight_decay: float = option(1e-5, "AdamW weight decay")
+    warmup_ratio: float = option(0.06, "fraction of the steps with a linear warm-up (then a linear decay)")
+    num_epochs: float = option(1.0, "passes over the training set", aliases=("num_train_epochs",))
+    max_steps: Optional[int] = option(help="optimizer steps (overrides --num-epochs)")
+    batch_size: int = option(16, "training examples per step and process",
+                             aliases=("per_device_train_batch_size",))
+    gradient_accumulation_steps: int = option(1, "micro-batches added up per optimizer step")
+    max_grad_norm: float = option(1.0, "gradient clipping norm")
+    eval_steps: int = option(25, "validate every N steps (and at the end)")
+    save_steps: int = option(50, "checkpoint every N steps (and at the end)")
+    metric_for_best_model: Optional[str] = option(help="the validation metric that picks the best checkpoint "
+                                                       "(default: the task's first)")
+    early_stopping_patience: Optional[int] = option(help="stop after N validations without improvement")
+
+    def __post_init__(self):
+        super().__post_init__()
+        for name in ("batch_size", "gradient_accumulation_steps", "eval_steps", "save_steps"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"--{name.replace('_', '-')}: expected an integer >= 1, got {getattr(self, name)}")
+        self.adapter_config()  # a value that contradicts the method fails now, as EPTConfig says
+
+    def adapter_config(self, task: Optional[Task] = None, task_type: Optional[TaskType] = None) -> EPTConfig:
+        """The EPTConfig of this run: the method's row of ADAPTER_DEFAULTS, the task's init
+        text, then every adapter option given."""
+        method = parse_enum(Method, "--method", self.method).value
+        values = dict(ADAPTER_DEFAULTS[method])
+        if task is not None and task.init_text:
+            values["prompt_init_text"] = task.init_text
+        values.update({name: getattr(self, name) for name in ADAPTER_OPTIONS if getattr(self, name) is not None})
+        return EPTConfig(method=method, task_type=task_type, **values)
+
+
+@dataclasses.dataclass
+class EvalArguments(RunArguments, DataArguments):
+    """The adapter to score and where the results go.
+
+    Every option of ``ept-fast eval``."""
+
+    adapter: Optional[str] = option(help="the adapter folder to score (an --output-dir of ept-fast train, or its "
+                                         "best/ or checkpoint/ folder)")
+    output_dir: Optional[str] = option(help="where metrics.json and all_results.json go (default: <adapter>/eval)")
+
+    def __post_init__(self):
+        super().__post_init__()
+        if not self.adapter:
+            raise ValueError("--adapter: expected the folder of a saved adapter, got none")
+
+
+# ------------------------------------------------------------------- parsing
+def _base_type(annotation):
+    if typing.get_origin(annotation) is Union:
+        annotation = next(a for a in typing.get_args(annotation) if a is not type(None))
+    return typing.get_origin(annotation) or annotation
+
+
+def _own_fields(cls):
+    """The fields ``cls`` declares itself (not its dataclass bases)."""
+    inherited = {name for base in cls.__mro__[1:] for name in getattr(base, "__dataclass_fields__", {})}
+    return [field for field in dataclasses.fields(cls) if field.name not in inherited]
+
+
+def build_parser(cls, prog: str, description: str) -> argparse.ArgumentParser:
+    """One flag per field of ``cls`` (grouped by the dataclass that declares it), with dashes;
+    the underscore spelling and Hugging Face's names are accepted too; booleans also take
+    --no-…. Every help says what the option does and its default."""
+    parser = argparse.ArgumentParser(prog=prog, description=description, allow_abbrev=False)
+    parser.add_argument("--config", help="YAML or JSON file of options (flags override it; keys as the "
+                                         "flags, with underscores)")
+    hints = typing.get_type_hints(cls)
+    for owner in [base for base in reversed(cls.__mro__) if dataclasses.is_dataclass(base)]:
+        group = parser.add_argument_group((owner.__doc__ or owner.__name__).split("\n")[0].rstrip("."))
+        for field in _own_fields(owner):
+            _add_option(group, field, _base_type(hints[field.name]))
+    return parser
+
+
+def _add_option(group, field, kind) -> None:
+    default = field.default if field.default is not dataclasses.MISSING else None
+    aliases = field.metadata.get("aliases", ())
+    help_text = field.metadata.get("help", "")
+    if default not in (None, False):
+        help_text += f" (default: {default})"
+    if aliases:
+        help_text += f" (also --{', --'.join(aliases)})"
+    if field.name == "resume":
+        settings = dict(nargs="?", const=True, metavar="PATH")
+    elif kind is bool:
+        settings = dict(action=argparse.BooleanOptionalAction)
+    elif kind is list:
+        settings = dict(nargs="+", metavar="NAME")
+    else:
+        settings = dict(type=kind, metavar=field.name.upper())
+    canonical = f"--{field.name.replace('_', '-')}"
+    group.add_argument(canonical, dest=field.name, default=default, help=help_text, **settings)
+    others = [f"--{spelling}" for name in (field.name, *aliases) for spelling in (name, name.replace("_", "-"))]
+    others = [flag for flag in dict.fromkeys(others) if flag != canonical]
+    if others:  # accepted, not listed
+        group.add_argument(*others, dest=field.name, default=argparse.SUPPRESS, help=argparse.SUPPRESS, **settings)
+
+
+def _read_config(path: str, cls) -> dict:
+    file = Path(path)
+    if not file.is_file():
+        raise FileNotFoundError(f"--config: {file} not found")
+    text = file.read_text(encoding="utf-8")
+    if file.suffix.lower() in (".yaml", ".yml"):
+        import yaml
+
+        values = yaml.safe_load(text) or {}
+    else:
+        values = json.loads(text)
+    if not isinstance(values, dict):
+        raise ValueError(f"--config: {file} must hold a mapping of option names to values")
+    spellings = {spelling: field.name for field in dataclasses.fields(cls)
+                 for name in (field.name, *field.metadata.get("aliases", ()))
+                 for spelling in (name, name.replace("_", "-"))}
+    unknown = sorted(set(values) - set(spellings))
+    if unknown:
+        raise ValueError(f"--config: {file} has unknown option(s) {unknown}")
+    return {spellings[key]: value for key, value in values.items()}
+
+
+def parse_options(cls, argv: Optional[List[str]], prog: str, description: str):
+    """``cls`` from the command line: a --config file first, flags over it."""
+    parser = build_parser(cls, prog, description)
+    first = parser.parse_args(argv)
+    if first.config:
+        parser.set_defaults(**_read_config(first.config, cls))
+    values = vars(parser.parse_args(argv))
+    values.pop("config")
+    return cls(**values)

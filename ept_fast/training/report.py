@@ -1,0 +1,108 @@
+"""What a run leaves behind, in the forms users' tools read: ``metrics.json`` (the whole
+summary), ``all_results.json`` (flat ``eval_*`` / ``test_*`` / ``train_*`` keys, as Hugging
+Face's example scripts write them), ``trainer_state.json`` (a ``transformers.Trainer``-style
+log history, rewritten as the run goes), ``training.png``, and the table printed at the end."""
+
+from __future__ import annotations
+
+import json
+import platform
+import resource
+from pathlib import Path
+from typing import Dict, List, Optional
+
+import torch
+
+from .._version import __version__
+from ..serialization import atomic_write
+from ..tasks import Task
+
+SPLIT_PREFIX = {"validation": "eval", "test": "test"}
+
+
+def write_json(path: Path, document: dict) -> None:
+    text = json.dumps(document, indent=2) + "\n"
+    atomic_write(path, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
+
+
+def flat_results(summary: dict) -> Dict[str, float]:
+    """``all_results.json``: ``eval_<metric>`` (validation), ``test_<metric>``, the sizes, and
+    the training figures when the summary has them."""
+    flat = {}
+    for split, prefix in SPLIT_PREFIX.items():
+        for name, value in summary.get(split, {}).items():
+            flat[f"{prefix}_{name}"] = value
+        if f"{split}_examples" in summary:
+            flat[f"{prefix}_samples"] = summary[f"{split}_examples"]
+    if "steps" in summary:
+        flat.update(train_loss=summary["train_loss"], train_runtime=summary["train_time_s"],
+                    train_samples=summary["train_examples"], train_samples_per_second=summary["train_examples_per_s"],
+                    train_steps=summary["steps"], epoch=summary["epoch"])
+    return flat
+
+
+def write_results(directory: Path, summary: dict) -> None:
+    write_json(directory / "metrics.json", summary)
+    write_json(directory / "all_results.json", flat_results(summary))
+
+
+def trainer_state(history: List[dict], max_steps: int, steps_per_epoch: float, metric: str,
+                  best_metric: Optional[float], best_step: Optional[int], best_folder: Optional[str]) -> dict:
+    """The loop's history as ``transformers.Trainer`` logs it: a ``{"loss", "learning_rate",
+    "epoch", "step"}`` entry per step and an ``{"eval_<metric>", "epoch", "step"}`` entry per
+    validation."""
+    log = []
+    for record in history:
+        epoch = record["step"] / steps_per_epoch
+        log.append({"loss": record["loss"], "learning_rate": record["learning_rate"], "epoch": epoch,
+                    "step": record["step"]})
+        if "validation" in record:
+            log.append({**{f"eval_{k}": v for k, v in record["validation"].items()}, "epoch": epoch,
+                        "step": record["step"]})
+    step = history[-1]["step"] if history else 0
+    return {"global_step": step, "max_steps": max_steps, "epoch": step / steps_per_epoch,
+            "metric_for_best_model": f"eval_{metric}", "best_metric": best_metric, "best_global_step": best_step,
+            "best_model_checkpoint": best_folder, "log_history": log}
+
+
+def peak_memory_mb() -> float:
+    if torch.cuda.is_available():
+        return torch.cuda.max_memory_allocated() / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
+
+
+def versions() -> dict:
+    import transformers
+
+    return {"ept_fast": __version__, "torch": torch.__version__, "transformers": transformers.__version__,
+            "python": platform.python_version()}
+
+
+def plot_history(history: List[dict], metric: str, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, (loss_axis, metric_axis) = plt.subplots(1, 2, figsize=(10, 4))
+    loss_axis.plot([h["step"] for h in history], [h["loss"] for h in history], linewidth=0.8)
+    loss_axis.set(xlabel="step", ylabel="training loss", title="loss")
+    evaluated = [h for h in history if "validation" in h]
+    metric_axis.plot([h["step"] for h in evaluated], [h["validation"][metric] for h in evaluated], marker="o")
+    metric_axis.set(xlabel="step", ylabel=metric, title=f"validation {metric}")
+    figure.tight_layout()
+    atomic_write(path, lambda tmp: figure.savefig(tmp, format="png", dpi=100))
+    plt.close(figure)
+
+
+def summary_table(summary: dict, task: Task) -> str:
+    rows = [(f"{split} {name}", f"{summary[split][name]:.4f}") for split in ("validation", "test") if summary.get(split)
+            for name in task.metrics]
+    if "steps" in summary:
+        rows += [("best step", str(summary["best_step"])), ("train time", f"{summary['train_time_s']:.1f} s"),
+                 ("examples/s", f"{summary['train_examples_per_s']:.1f}")]
+    rows.append(("peak memory", f"{summary['peak_memory_mb']:.0f} MB"))
+    if "trainable_parameters" in summary:
+        rows.append(("trainable params", f"{summary['trainable_parameters']:,d}"))
+    width = max(len(k) for k, _ in rows)
+    return "\n".join([f"{'':-<{width + 16}}"] + [f"{k:<{width}}  {v:>12}" for k, v in rows] + [f"{'':-<{width + 16}}"])

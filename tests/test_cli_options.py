@@ -1,0 +1,79 @@
+"""The options of ``ept-fast train`` / ``eval``: help, spellings, config rules, defaults."""
+
+import dataclasses
+
+import pytest
+
+from ept_fast import EPTConfig
+from ept_fast.cli import parse_eval_args, parse_train_args
+from ept_fast.tasks import get_task
+from ept_fast.training import ADAPTER_DEFAULTS, EvalArguments, TrainArguments
+from ept_fast.training.options import ADAPTER_OPTIONS, build_parser
+
+
+@pytest.mark.parametrize("cls", [TrainArguments, EvalArguments], ids=["train", "eval"])
+def test_every_option_says_what_it_does(cls):
+    parser = build_parser(cls, "ept-fast", "")
+    shown = [action for action in parser._actions if action.help and action.help != "==SUPPRESS=="]
+    assert {action.dest for action in shown} == {field.name for field in dataclasses.fields(cls)} | {"help", "config"}
+    for action in shown:
+        assert len(action.help) > 15 and not action.help.startswith("default"), (action.dest, action.help)
+
+
+def test_hugging_face_spellings_underscores_and_negated_booleans():
+    args = parse_train_args([
+        "--model_name_or_path", "some/model", "--learning_rate", "0.1", "--per_device_train_batch_size", "4",
+        "--num_train_epochs", "2.5", "--max_train_samples", "10", "--max_eval_samples", "5", "--overwrite_output_dir",
+        "--per_device_eval_batch_size", "7", "--lr_lowrank", "0.01", "--num_virtual_tokens", "12",
+        "--resume_from_checkpoint",
+    ])
+    assert (args.model, args.lr, args.batch_size, args.num_epochs, args.limit_train_examples) == ("some/model", 0.1, 4,
+                                                                                                 2.5, 10)
+    assert (args.limit_eval_examples, args.overwrite, args.eval_batch_size, args.lr_lowrank) == (5, True, 7, 0.01)
+    assert args.num_virtual_tokens == 12 and args.resume is True
+    assert parse_train_args(["--resume_from_checkpoint", "runs/x/checkpoint"]).resume == "runs/x/checkpoint"
+    assert parse_train_args(["--resume"]).resume is True and parse_train_args([]).resume is False
+    assert parse_train_args(["--overwrite", "--no-overwrite"]).overwrite is False
+    assert parse_train_args(["--no-overwrite_output_dir"]).overwrite is False
+    with pytest.raises(SystemExit):  # no abbreviations: --lr-low is not --lr-lowrank
+        parse_train_args(["--lr-low", "0.1"])
+
+
+def test_adapter_options_are_eptconfig_fields_with_one_table_of_defaults():
+    fields = {field.name for field in dataclasses.fields(EPTConfig)}
+    assert set(ADAPTER_OPTIONS) <= fields
+    assert all(getattr(TrainArguments(), name) is None for name in ADAPTER_OPTIONS)  # none re-declared
+    for method, row in ADAPTER_DEFAULTS.items():
+        config = TrainArguments(method=method).adapter_config()
+        assert all(getattr(config, name) == value for name, value in row.items())
+    assert (TrainArguments(method="dept").adapter_config().r, TrainArguments(method="dept").adapter_config().num_spaces,
+            TrainArguments(method="pt").adapter_config().r) == (8, 0, 0)
+    assert TrainArguments(r=16, num_spaces=2).adapter_config().r == 16
+
+
+@pytest.mark.parametrize("values, message", [
+    (dict(method="dept", num_spaces=4), r"num_spaces: method='dept' has no multi-space projection, so num_spaces "
+                                        r"must be 0, got 4"),
+    (dict(method="dept", num_spaces=3), r"num_spaces: method='dept' has no multi-space projection"),
+    (dict(method="pt", r=8), r"r: method='pt' \(vanilla prompt tuning\) has no low-rank update, so r must be 0"),
+    (dict(method="lora"), r"--method: expected one of 'ept', 'dept', 'pt', got 'lora'"),
+])
+def test_a_value_that_contradicts_the_method_is_the_configs_error(values, message):
+    with pytest.raises(ValueError, match=message):
+        TrainArguments(**values)
+    with pytest.raises(ValueError, match=message.replace("--method", "method")):
+        EPTConfig(**values)
+
+
+def test_the_init_text_fits_the_task():
+    args = TrainArguments()
+    assert args.adapter_config(get_task("bbc_news")).prompt_init_text == "Classify the topic of this news article:"
+    assert args.adapter_config(get_task("sst2")).prompt_init_text == "Classify the sentiment of this sentence:"
+    assert args.adapter_config().prompt_init_text == EPTConfig().prompt_init_text  # user files: the generic one
+    assert TrainArguments(prompt_init_text="mine").adapter_config(get_task("sst2")).prompt_init_text == "mine"
+
+
+def test_eval_needs_an_adapter():
+    with pytest.raises(ValueError, match=r"--adapter: expected the folder of a saved adapter, got none"):
+        parse_eval_args([])
+    assert parse_eval_args(["--adapter", "runs/x", "--task", "sst2"]).adapter == "runs/x"
