@@ -151,13 +151,15 @@ def kernel_timings(dry_run: bool) -> dict:
     import torch
 
     from ept_fast import reference
-    from ept_fast.kernels import compile_check, fused_assemble_inputs, fused_ept_prompt
+    from ept_fast.kernels import fused_assemble_inputs, fused_ept_prompt
+    from ept_fast.kernels.recording import record_compiles
+    from performance_model import assemble_inputs_cells, copy_us, ept_prompt_cells
 
     device = "cpu" if dry_run else "cuda"
     measure = _timer(dry_run)
     compile_backend = "aot_eager" if dry_run else "inductor"
     results = {"ept_prompt": [], "assemble_inputs": []}
-    recording = contextlib.nullcontext() if dry_run else compile_check.record_compiles(stand_in=False)
+    recording = contextlib.nullcontext() if dry_run else record_compiles(stand_in=False)
     with recording as recorder:
         m, d, n, r, K, h = (8, 32, 16, 4, 2, 4) if dry_run else (60, 768, 256, 30, 4, 8)
         g = torch.Generator().manual_seed(0)
@@ -166,7 +168,9 @@ def kernel_timings(dry_run: bool) -> dict:
         scaling = 8 / r ** 0.5
         eager = functools.partial(reference.ept_prompt, validate=False)
         compiled = torch.compile(eager, backend=compile_backend)
-        row = {"shape": [m, d, n, r, K, h]}
+        model = ept_prompt_cells(m, d, n, r, K, h)
+        row = {"shape": [m, d, n, r, K, h], "predicted_fused_ms": sum(c.fused_us for c in model) / 1e3,
+               "predicted_eager_ms": sum(c.eager_us for c in model) / 1e3}
         for name, fn in (("fused", fused_ept_prompt), ("eager", eager), ("compile", compiled)):
             row[f"{name}_ms"] = measure(_forward_backward(lambda fn=fn: fn(*leaves, scaling), leaves))
         results["ept_prompt"].append(row)
@@ -189,7 +193,14 @@ def kernel_timings(dry_run: bool) -> dict:
             providers = [("fused", fused_assemble_inputs), ("eager", eager)]
             if (b, T, d) == shapes[0] and dtype == torch.float32:
                 providers.append(("compile", compiled))
-            row = {"shape": [b, T, d], "dtype": str(dtype).split(".")[-1]}
+            forward_cell, backward_cell = assemble_inputs_cells(b, T, d, n, r, m, table.element_size(),
+                                                                eager=(b, T, d) == shapes[0])
+            row = {"shape": [b, T, d], "dtype": str(dtype).split(".")[-1],
+                   "predicted_fused_ms": (forward_cell.fused_us + backward_cell.fused_us) / 1e3,
+                   "predicted_forward_ms": forward_cell.fused_us / 1e3,
+                   "predicted_fraction_of_copy": copy_us(forward_cell.bytes_min) / forward_cell.fused_us}
+            if forward_cell.eager_launches:
+                row["predicted_eager_ms"] = (forward_cell.eager_us + backward_cell.eager_us) / 1e3
             for name, fn in providers:
                 run = lambda fn=fn: fn(ids, mask, table, *params, 8 / r ** 0.5)  # noqa: E731
                 row[f"{name}_ms"] = measure(_forward_backward(run, params))
@@ -257,7 +268,14 @@ def training_step(dry_run: bool) -> dict:
 
             rows.append({"method": method, "m": m, "r": r, "prompt": "fused" if backend == "triton" else "eager",
                          "trainable": model.get_nb_trainable_parameters()[0], "step_ms": measure(step)})
-    return {"batch": batch, "length": length, "rows": rows}
+            if method == "ept" and backend == "triton":  # and the whole model under torch.compile
+                model = torch.compile(model, backend="aot_eager" if dry_run else "inductor")
+                rows.append({**rows[-1], "compiled": True, "step_ms": measure(step)})
+    steps = {(row["method"], row["prompt"], row.get("compiled", False)): row["step_ms"] for row in rows}
+    return {"batch": batch, "length": length, "rows": rows,
+            "pt_over_ept": steps[("pt", "fused", False)] / steps[("ept", "fused", False)],
+            # The model: the backbone dominates, and its work grows with the positions (m + T).
+            "predicted_pt_over_ept": (methods["pt"][0] + length) / (methods["ept"][0] + length)}
 
 
 def summary(report) -> str:
@@ -269,11 +287,14 @@ def summary(report) -> str:
     kernels = phases.get("kernels", {})
     for row in kernels.get("ept_prompt", []) + kernels.get("assemble_inputs", []):
         name = "ept_prompt" if "dtype" not in row else f"assemble_inputs {row['dtype']}"
-        ratios = ", ".join(f"{provider}/fused {row[f'{provider}_ms'] / row['fused_ms']:.2f}x"
-                           for provider in ("eager", "compile") if f"{provider}_ms" in row)
-        line = f"{name} {row['shape']} fwd+bwd: fused {row['fused_ms']:.3f} ms, {ratios}"
+        ratios = ", ".join(f"{provider}/fused {row[f'{provider}_ms'] / row['fused_ms']:.2f}x" + (
+            f" (model {row['predicted_eager_ms'] / row['predicted_fused_ms']:.2f}x)" if provider == "eager"
+            and "predicted_eager_ms" in row else "") for provider in ("eager", "compile") if f"{provider}_ms" in row)
+        line = (f"{name} {row['shape']} fwd+bwd: fused {row['fused_ms']:.3f} ms (model {row['predicted_fused_ms']:.3f}), "
+                f"{ratios}")
         if "fraction_of_copy" in row:
-            line += f"; forward {row['fused_forward_gb_s']:.0f} GB/s = {row['fraction_of_copy']:.0%} of a copy"
+            line += (f"; forward {row['fused_forward_gb_s']:.0f} GB/s = {row['fraction_of_copy']:.0%} of a copy "
+                     f"(model {row['predicted_fraction_of_copy']:.0%})")
         lines.append(line)
     for stats in kernels.get("compile_stats", []):
         lines.append(f"  {stats['kernel']}: {stats['shared']} B shared, {stats['registers']} registers, "
@@ -281,8 +302,13 @@ def summary(report) -> str:
     check = phases.get("compile_check", {})
     lines.append(f"compile check (stand-in, CLI default): {len(check.get('rows', []))} launches, "
                  f"violations {check.get('violations')}")
-    for row in phases.get("training_step", {}).get("rows", []):
-        lines.append(f"T5 step {row['method']} m={row['m']} r={row['r']} prompt {row['prompt']}: {row['step_ms']:.1f} ms")
+    step = phases.get("training_step", {})
+    for row in step.get("rows", []):
+        lines.append(f"T5 step {row['method']} m={row['m']} r={row['r']} prompt {row['prompt']}"
+                     f"{' (torch.compile of the model)' if row.get('compiled') else ''}: {row['step_ms']:.1f} ms")
+    if "predicted_pt_over_ept" in step:
+        lines.append(f"T5 step, prompt tuning over EPT (fused prompt): {step['pt_over_ept']:.2f}x "
+                     f"(model {step['predicted_pt_over_ept']:.2f}x)")
     for name, result in phases.items():
         if "error" in result:
             lines.append(f"{name}: ERROR {result['error']}")

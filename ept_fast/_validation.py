@@ -142,10 +142,11 @@ def check_token_values(input_ids: torch.Tensor, lengths: torch.Tensor, vocab: in
     """Every id indexes a row of the word-embedding table, and no row holds more than
     ``max_length`` attended tokens (``lengths``, per row; ``max_length`` None: no limit).
 
-    Reads values from the tensors (one device synchronisation); under ``torch.compile``
-    these become device-side asserts (``torch._assert_async``) instead.
+    Reads values from the tensors (one device synchronisation); under ``torch.compile`` and
+    while a CUDA graph is captured these become device-side asserts (``torch._assert_async``).
     """
-    if torch.compiler.is_compiling():  # reading values would break the graph: assert on the device instead
+    capturing = input_ids.is_cuda and torch.cuda.is_current_stream_capturing()
+    if torch.compiler.is_compiling() or capturing:  # reading values would break the graph: assert on the device
         torch._assert_async((input_ids.min() >= 0) & (input_ids.max() < vocab),
                             f"input_ids: expected ids in [0, {vocab}) (the rows of word_embeddings)")
         if max_length is not None:

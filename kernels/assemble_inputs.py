@@ -1,23 +1,27 @@
-"""Fused input assembly: prompt prefix + word embeddings + low-rank rows, in one launch.
+"""Fused input assembly: prompt prefix + word embeddings + low-rank rows; one launch forward,
+two backward.
 
-Forward: one program per (batch row, block of BT output rows, block of BD columns). Output
-row j < m copies P*[j]; row m + t gathers word_embeddings[input_ids[b, t]] and, when token
-t is attended, adds s·A[pos]·B (pos = attended tokens before t in the row: a prefix count
-over the earlier mask entries plus a cumulative sum inside the block), formed in float32
-and cast once. L = s·A·B is never materialised. The programs of the first column block
-also write the extended mask, the row lengths and, for each row b and position p, the
-token that holds it (``token_index[b, p]``; -1 for p >= length[b]).
+Forward (``_assemble_fwd_kernel``): one program per (batch row, block of d, segment of the
+row's tokens). It loads its block of B once, counts the attended tokens before its segment
+(a vectorised pass over the mask), then walks the segment in blocks of tokens with a running
+count: token t at position pos (attended tokens before it) gathers word_embeddings[id] and,
+when attended, adds s·A[pos]·B[:, block], formed in float32 and cast once. L = s·A·B is never
+materialised. The first segment's programs also write the m prompt rows; the programs of the
+first block of d write the extended mask, for each position p the token that holds it
+(``token_index[b, p]``) and, in the last segment, the row's length (-1 for positions no token
+holds).
 
-Backward: the incoming gradient is read once. Programs over (column block, position
-split) sum, for their positions p, the gradient rows of the tokens holding p in every
-batch row (dL[p], in registers), then add dL·Bᵀ to a per-column-block partial of dA and
-Aᵀ·dL to a per-split partial of dB; one more program per column block sums the prefix
-rows over the batch (dP*). Partials are added in a fixed order afterwards.
+Backward: the incoming gradient is read once. ``_assemble_bwd_kernel`` runs programs over
+(block of d, split of the positions) that sum, for their positions p, the gradient rows of the
+tokens holding p across the batch (dL[p], several batch rows per load), then write dL·Bᵀ to a
+per-block-of-d partial of dA and add Aᵀ·dL to a per-split partial of dB; more programs of the
+same launch sum the prompt rows over the batch (dP*, written whole). ``_assemble_bwd_finish_kernel``
+adds the partials in a fixed order (deterministic, no atomics).
 """
 
 from __future__ import annotations
 
-from typing import Optional, Tuple
+from typing import Dict, Optional, Tuple
 
 import torch
 import triton
@@ -33,71 +37,80 @@ Tensor = torch.Tensor
 def _assemble_fwd_kernel(
     IDS, MASK, TABLE, PROMPT, A, B,
     OUT, OUT_MASK, TOKEN_INDEX, LENGTHS,
-    T, m, d, n, r, scaling_hi, scaling_lo,
+    T, m, d, n, r, segment, scaling_hi, scaling_lo,
     BT: tl.constexpr, BD: tl.constexpr, R_PAD: tl.constexpr, B_PREFIX: tl.constexpr,
     HAS_MASK: tl.constexpr, HAS_LOW_RANK: tl.constexpr, ACC: tl.constexpr, PRECISION: tl.constexpr,
 ):
-    b = tl.program_id(0)
-    block = tl.program_id(1)
-    first_col_block = tl.program_id(2) == 0
-    rows = block * BT + tl.arange(0, BT)  # output rows: m prompt rows, then T tokens
-    cols = tl.program_id(2) * BD + tl.arange(0, BD)
+    row = tl.program_id(0)
+    cols = tl.program_id(1) * BD + tl.arange(0, BD)
     col_ok = cols < d
-    is_prompt = rows < m
-    t = rows - m
-    is_token = (t >= 0) & (t < T)
-    t = tl.where(is_token, t, 0)
+    first_col_block = tl.program_id(1) == 0
+    seg = tl.program_id(2)
+    seq = m + T
+    out_row = (row * seq).to(tl.int64)
+
+    if seg == 0:  # the prompt prefix
+        for j0 in range(0, m, BT):
+            rows = j0 + tl.arange(0, BT)
+            prefix = tl.load(PROMPT + rows[:, None] * d + cols[None, :], mask=(rows[:, None] < m) & col_ok[None, :],
+                             other=0.0)
+            tl.store(OUT + (out_row + rows[:, None]) * d + cols[None, :], prefix.to(ACC).to(OUT.dtype.element_ty),
+                     mask=(rows[:, None] < m) & col_ok[None, :])
+            if first_col_block:
+                tl.store(OUT_MASK + row * seq + rows, tl.full((BT,), 1, OUT_MASK.dtype.element_ty), mask=rows < m)
+
+    t_start = seg * segment
+    t_end = tl.minimum(t_start + segment, T)
+    count = t_start  # attended tokens before this segment (all, without a mask)
     if HAS_MASK:
-        mask_values = tl.load(MASK + b * T + t, mask=is_token, other=0)
-        attended = (mask_values != 0) & is_token
-    else:
-        attended = is_token
-
-    ids = tl.load(IDS + b * T + t, mask=is_token, other=0).to(tl.int64)
-    emb = tl.load(TABLE + ids[:, None] * d + cols[None, :], mask=is_token[:, None] & col_ok[None, :], other=0.0)
-    tokens = emb.to(ACC)
+        count = 0
+        for t0 in range(0, t_start, B_PREFIX):
+            earlier = t0 + tl.arange(0, B_PREFIX)
+            flags = tl.load(MASK + row * T + earlier, mask=earlier < t_start, other=0)
+            count += tl.sum((flags != 0).to(tl.int32), axis=0)
     if HAS_LOW_RANK:
-        first_t = tl.maximum(block * BT - m, 0)
-        if HAS_MASK:
-            before = tl.full((), 0, tl.int32)
-            for t0 in range(0, first_t, B_PREFIX):
-                earlier = t0 + tl.arange(0, B_PREFIX)
-                flags = tl.load(MASK + b * T + earlier, mask=earlier < first_t, other=0)
-                before += tl.sum((flags != 0).to(tl.int32), axis=0)
-        else:
-            before = first_t
-        pos = before + tl.cumsum(attended.to(tl.int32), axis=0) - 1
-        # Only positions < n have a row of A. The functional layer refuses longer rows; this
-        # guard keeps a direct call of the op inside A and TOKEN_INDEX (such tokens get no update).
-        updated = attended & (pos < n)
-        pos = tl.where(updated, pos, 0)
         rk = tl.arange(0, R_PAD)
-        a_rows = tl.load(A + pos[:, None] * r + rk[None, :], mask=updated[:, None] & (rk[None, :] < r), other=0.0)
-        b_cols = tl.load(B + rk[:, None] * d + cols[None, :], mask=(rk[:, None] < r) & col_ok[None, :], other=0.0)
-        low = tl.dot(a_rows.to(ACC), b_cols.to(ACC), input_precision=PRECISION) * widen(scaling_hi, scaling_lo, ACC)
-        tokens = tl.where(updated[:, None], tokens + low, tokens)
-        if first_col_block:
-            tl.store(TOKEN_INDEX + b * n + pos, t, mask=updated)
-            last = m + T - 1
-            if (block * BT <= last) & (last < block * BT + BT):
-                length = before + tl.sum(attended.to(tl.int32), axis=0)
-                tl.store(LENGTHS + b, length)
-                for p0 in range(length, n, BT):  # positions no token holds
-                    tail = p0 + tl.arange(0, BT)
-                    tl.store(TOKEN_INDEX + b * n + tail, tl.full((BT,), -1, tl.int32), mask=tail < n)
+        b_block = tl.load(B + rk[:, None] * d + cols[None, :], mask=(rk[:, None] < r) & col_ok[None, :], other=0.0)
+        b_block = b_block.to(ACC)
+        scaling = widen(scaling_hi, scaling_lo, ACC)
 
-    prefix = tl.load(PROMPT + rows[:, None] * d + cols[None, :], mask=is_prompt[:, None] & col_ok[None, :], other=0.0)
-    out = tl.where(is_prompt[:, None], prefix.to(ACC), tokens)
-    in_range = rows < m + T
-    out_rows = (b * (m + T) + rows).to(tl.int64)
-    tl.store(OUT + out_rows[:, None] * d + cols[None, :], out.to(OUT.dtype.element_ty),
-             mask=in_range[:, None] & col_ok[None, :])
-    if first_col_block:
+    for t0 in range(t_start, t_end, BT):
+        t = t0 + tl.arange(0, BT)
+        is_token = t < t_end
         if HAS_MASK:
-            flags = tl.where(is_prompt, 1, mask_values)
+            flags = tl.load(MASK + row * T + t, mask=is_token, other=0)
+            attended = (flags != 0) & is_token
         else:
-            flags = tl.full((BT,), 1, tl.int32)
-        tl.store(OUT_MASK + b * (m + T) + rows, flags.to(OUT_MASK.dtype.element_ty), mask=in_range)
+            attended = is_token
+        ids = tl.load(IDS + row * T + t, mask=is_token, other=0).to(tl.int64)
+        tokens = tl.load(TABLE + ids[:, None] * d + cols[None, :], mask=is_token[:, None] & col_ok[None, :],
+                         other=0.0).to(ACC)
+        if HAS_LOW_RANK:
+            pos = count + tl.cumsum(attended.to(tl.int32), axis=0) - 1
+            # Only positions < n have a row of A. The functional layer refuses longer rows; this
+            # guard keeps a direct call of the op inside A and TOKEN_INDEX (such tokens get no update).
+            updated = attended & (pos < n)
+            pos = tl.where(updated, pos, 0)
+            a_rows = tl.load(A + pos[:, None] * r + rk[None, :], mask=updated[:, None] & (rk[None, :] < r), other=0.0)
+            low = tl.dot(a_rows.to(ACC), b_block, input_precision=PRECISION) * scaling
+            tokens = tl.where(updated[:, None], tokens + low, tokens)
+            if first_col_block:
+                tl.store(TOKEN_INDEX + row * n + pos, t, mask=updated)
+            count += tl.sum(attended.to(tl.int32), axis=0)
+        tl.store(OUT + (out_row + m + t[:, None]) * d + cols[None, :], tokens.to(OUT.dtype.element_ty),
+                 mask=is_token[:, None] & col_ok[None, :])
+        if first_col_block:
+            if HAS_MASK:
+                tl.store(OUT_MASK + row * seq + m + t, flags.to(OUT_MASK.dtype.element_ty), mask=is_token)
+            else:
+                tl.store(OUT_MASK + row * seq + m + t, tl.full((BT,), 1, OUT_MASK.dtype.element_ty), mask=is_token)
+
+    if HAS_LOW_RANK:
+        if first_col_block & (t_end == T):  # the row's last segment: its length, and the positions no token holds
+            tl.store(LENGTHS + row, count)
+            for p0 in range(count, n, BT):
+                tail = p0 + tl.arange(0, BT)
+                tl.store(TOKEN_INDEX + row * n + tail, tl.full((BT,), -1, tl.int32), mask=tail < n)
 
 
 @triton.jit
@@ -105,69 +118,106 @@ def _assemble_bwd_kernel(
     GRAD, TOKEN_INDEX, LENGTHS, A, B,
     D_PROMPT, DA_PART, DB_PART,
     nb, T, m, d, n, r, splits, scaling_hi, scaling_lo,
-    BP: tl.constexpr, BD: tl.constexpr, R_PAD: tl.constexpr, NB_PAD: tl.constexpr,
-    HAS_LOW_RANK: tl.constexpr, ACC: tl.constexpr, PRECISION: tl.constexpr,
+    BP: tl.constexpr, BD: tl.constexpr, BB: tl.constexpr, R_PAD: tl.constexpr, NB_PAD: tl.constexpr,
+    ACC: tl.constexpr, PRECISION: tl.constexpr,
 ):
     col_block = tl.program_id(0)
-    split = tl.program_id(1)
+    task = tl.program_id(1)
     cols = col_block * BD + tl.arange(0, BD)
     col_ok = cols < d
     seq = m + T
-    if split == splits:  # the prefix rows: dP* = Σ_b grad[b, :m]
-        for j0 in range(0, m, BP):
-            rows = j0 + tl.arange(0, BP)
-            tile = (rows[:, None] < m) & col_ok[None, :]
-            acc = tl.zeros((BP, BD), dtype=ACC)
-            for bi in range(0, nb):
-                grad_rows = (bi * seq + rows).to(tl.int64)
-                acc += tl.load(GRAD + grad_rows[:, None] * d + cols[None, :], mask=tile, other=0.0).to(ACC)
-            tl.store(D_PROMPT + rows[:, None] * d + cols[None, :], acc, mask=tile)
-    else:  # positions, split among `splits` programs per column block
-        if HAS_LOW_RANK:
-            scaling = widen(scaling_hi, scaling_lo, ACC)
-            rk = tl.arange(0, R_PAD)
-            batch = tl.arange(0, NB_PAD)
-            longest = tl.max(tl.load(LENGTHS + batch, mask=batch < nb, other=0), axis=0)
-            db = tl.zeros((R_PAD, BD), dtype=ACC)
-            b_t = tl.trans(tl.load(B + rk[:, None] * d + cols[None, :], mask=(rk[:, None] < r) & col_ok[None, :],
-                                   other=0.0).to(ACC))
-            for p0 in range(split * BP, n, splits * BP):
-                positions = p0 + tl.arange(0, BP)
-                d_low = tl.zeros((BP, BD), dtype=ACC)
-                if p0 < longest:
-                    for bi in range(0, nb):
-                        held = positions < tl.load(LENGTHS + bi)
-                        tok = tl.load(TOKEN_INDEX + bi * n + positions, mask=held, other=0)
-                        grad_rows = (bi * seq + m + tok).to(tl.int64)
-                        d_low += tl.load(GRAD + grad_rows[:, None] * d + cols[None, :],
-                                         mask=held[:, None] & col_ok[None, :], other=0.0).to(ACC)
-                    a_rows = tl.load(A + positions[:, None] * r + rk[None, :],
-                                     mask=(positions[:, None] < n) & (rk[None, :] < r), other=0.0).to(ACC)
-                    db += tl.dot(tl.trans(a_rows), d_low, input_precision=PRECISION)
-                da = scaling * tl.dot(d_low, b_t, input_precision=PRECISION)
-                tl.store(DA_PART + (col_block * n + positions[:, None]) * r + rk[None, :], da,
-                         mask=(positions[:, None] < n) & (rk[None, :] < r))
-            tl.store(DB_PART + (split * r + rk[:, None]) * d + cols[None, :], scaling * db,
-                     mask=(rk[:, None] < r) & col_ok[None, :])
+    batch = tl.arange(0, BB)
+    if task >= splits:  # a block of prompt rows: dP* = Σ_b grad[b, :m]
+        rows = (task - splits) * BP + tl.arange(0, BP)
+        tile = (rows[:, None] < m) & col_ok[None, :]
+        total = tl.zeros((BP, BD), dtype=ACC)
+        for b0 in range(0, nb, BB):
+            bb = b0 + batch
+            grad_rows = (bb[:, None] * seq + rows[None, :]).to(tl.int64)
+            g = tl.load(GRAD + grad_rows[:, :, None] * d + cols[None, None, :],
+                        mask=(bb[:, None, None] < nb) & tile[None, :, :], other=0.0)
+            total += tl.sum(g.to(ACC), axis=0)
+        tl.store(D_PROMPT + rows[:, None] * d + cols[None, :], total, mask=tile)
+    else:  # positions p0, p0 + splits·BP, …: dL[p] = Σ_b grad[b, m + token holding p]
+        scaling = widen(scaling_hi, scaling_lo, ACC)
+        rk = tl.arange(0, R_PAD)
+        everyone = tl.arange(0, NB_PAD)
+        longest = tl.max(tl.load(LENGTHS + everyone, mask=everyone < nb, other=0), axis=0)
+        b_t = tl.trans(tl.load(B + rk[:, None] * d + cols[None, :], mask=(rk[:, None] < r) & col_ok[None, :],
+                               other=0.0).to(ACC))
+        db = tl.zeros((R_PAD, BD), dtype=ACC)
+        for p0 in range(task * BP, n, splits * BP):
+            positions = p0 + tl.arange(0, BP)
+            d_low = tl.zeros((BP, BD), dtype=ACC)
+            if p0 < longest:
+                for b0 in range(0, nb, BB):
+                    bb = b0 + batch
+                    lengths = tl.load(LENGTHS + bb, mask=bb < nb, other=0)
+                    held = positions[None, :] < lengths[:, None]  # (BB, BP)
+                    tok = tl.load(TOKEN_INDEX + bb[:, None] * n + positions[None, :], mask=held, other=0)
+                    grad_rows = (bb[:, None] * seq + m + tok).to(tl.int64)
+                    g = tl.load(GRAD + grad_rows[:, :, None] * d + cols[None, None, :],
+                                mask=held[:, :, None] & col_ok[None, None, :], other=0.0)
+                    d_low += tl.sum(g.to(ACC), axis=0)
+                a_rows = tl.load(A + positions[:, None] * r + rk[None, :],
+                                 mask=(positions[:, None] < n) & (rk[None, :] < r), other=0.0).to(ACC)
+                db += tl.dot(tl.trans(a_rows), d_low, input_precision=PRECISION)
+            da = scaling * tl.dot(d_low, b_t, input_precision=PRECISION)
+            tl.store(DA_PART + (col_block * n + positions[:, None]) * r + rk[None, :], da,
+                     mask=(positions[:, None] < n) & (rk[None, :] < r))
+        tl.store(DB_PART + (task * r + rk[:, None]) * d + cols[None, :], scaling * db,
+                 mask=(rk[:, None] < r) & col_ok[None, :])
 
 
-def _forward_blocks(d: int, r: int):
-    """Token rows and columns per program. The (BT, r) rows of A and the (r, BD) block of B
-    live in registers: past r = 64 the blocks shrink so that nothing spills (docs/kernels.md)."""
+@triton.jit
+def _assemble_bwd_finish_kernel(
+    DA_PART, DB_PART, DA, DB, d, n, r, col_blocks, splits, da_programs,
+    BN: tl.constexpr, BD: tl.constexpr, R_PAD: tl.constexpr, ACC: tl.constexpr,
+):
+    """dA = Σ over blocks of d of the dA partials, dB = Σ over splits of the dB partials, in order."""
+    pid = tl.program_id(0)
+    rk = tl.arange(0, R_PAD)
+    if pid < da_programs:
+        rows = pid * BN + tl.arange(0, BN)
+        da_tile = (rows[:, None] < n) & (rk[None, :] < r)
+        da_offsets = rows[:, None] * r + rk[None, :]
+        da = tl.zeros((BN, R_PAD), dtype=ACC)
+        for block in range(0, col_blocks):
+            da += tl.load(DA_PART + block * n * r + da_offsets, mask=da_tile, other=0.0).to(ACC)
+        tl.store(DA + da_offsets, da, mask=da_tile)
+    else:
+        cols = (pid - da_programs) * BD + tl.arange(0, BD)
+        db_tile = (rk[:, None] < r) & (cols[None, :] < d)
+        db_offsets = rk[:, None] * d + cols[None, :]
+        db = tl.zeros((R_PAD, BD), dtype=ACC)
+        for split in range(0, splits):
+            db += tl.load(DB_PART + split * r * d + db_offsets, mask=db_tile, other=0.0).to(ACC)
+        tl.store(DB + db_offsets, db, mask=db_tile)
+
+
+def _forward_config(nb: int, T: int, d: int, r: int, device: torch.device) -> Dict[str, int]:
+    """Token rows and columns per program, and the tokens per segment. The (BT, r) rows of A
+    and the (r, BD) block of B live in registers: past r = 64 the blocks shrink so that nothing
+    spills. Rows are cut into segments only when the batch rows × blocks of d would leave
+    multiprocessors idle (docs/kernels.md)."""
     if interpreting():
-        return dict(BT=64, BD=min(dot_pad(d), 1024), B_PREFIX=1024, num_warps=4, num_stages=1)
+        return dict(BT=64, BD=min(dot_pad(d), 1024), B_PREFIX=1024, segment=T, num_warps=4, num_stages=1)
     r_pad = dot_pad(r)
-    return dict(BT=32 if r_pad <= 64 else 16, BD=min(dot_pad(d), 128, max(32, 8192 // r_pad)), B_PREFIX=1024,
-                num_warps=4, num_stages=1, maxnreg=255)
+    bt, bd = (32 if r_pad <= 64 else 16), min(dot_pad(d), 128, max(32, 8192 // r_pad))
+    blocks = triton.cdiv(T, bt)
+    segments = max(1, min(blocks, triton.cdiv(2 * multiprocessors(device), nb * triton.cdiv(d, bd))))
+    return dict(BT=bt, BD=bd, B_PREFIX=1024, segment=bt * triton.cdiv(blocks, segments), num_warps=4,
+                num_stages=1, maxnreg=255)
 
 
-def _backward_blocks(d: int, n: int, r: int, device: torch.device):
+def _backward_config(d: int, n: int, r: int, device: torch.device) -> Dict[str, int]:
+    """Positions × columns per program, batch rows per load, and the position splits: about
+    two programs per multiprocessor sum the token rows (the prompt-row programs come on top)."""
     if interpreting():
-        return dict(BP=64, BD=min(dot_pad(d), 1024), num_warps=4, num_stages=1), 1
-    bd = min(dot_pad(d), 64 if dot_pad(r) <= 64 else 32)
-    col_blocks = triton.cdiv(d, bd)
-    splits = max(1, min(triton.cdiv(2 * multiprocessors(device), col_blocks), triton.cdiv(n, 32)))
-    return dict(BP=32, BD=bd, num_warps=4, num_stages=1, maxnreg=255), splits
+        return dict(BP=64, BD=min(dot_pad(d), 1024), BB=4, splits=1, BN=256, num_warps=4, num_stages=1)
+    bp, bd = 16, min(dot_pad(d), 64 if dot_pad(r) <= 64 else 32)
+    splits = max(1, min(triton.cdiv(n, bp), triton.cdiv(2 * multiprocessors(device), triton.cdiv(d, bd))))
+    return dict(BP=bp, BD=bd, BB=4, splits=splits, BN=64, num_warps=4, num_stages=1, maxnreg=255)
 
 
 def unsupported(r: int) -> Optional[str]:
@@ -175,8 +225,7 @@ def unsupported(r: int) -> Optional[str]:
     return f"r={r} is over {_launch.MAX_RANK}" if r > _launch.MAX_RANK else None
 
 
-@torch.library.custom_op("ept_fast::assemble_inputs", mutates_args=())
-def assemble_inputs_op(
+def assemble_inputs_forward(
     input_ids: Tensor, attention_mask: Optional[Tensor], word_embeddings: Tensor, prompt_out: Tensor,
     lora_a: Tensor, lora_b: Tensor, scaling: float,
 ) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
@@ -188,17 +237,15 @@ def assemble_inputs_op(
         raise ValueError(f"ept_fast::assemble_inputs: the fused kernels cannot take these sizes: {unsupported(r)}")
     out, out_mask, token_index, lengths = _allocate_outputs(input_ids, attention_mask, word_embeddings, prompt_out, lora_a)
     has_mask = attention_mask is not None
-    mask = attention_mask.contiguous() if has_mask else input_ids
-    cfg = _forward_blocks(d, r)
+    cfg = _forward_config(nb, T, d, r, word_embeddings.device)
     acc = accumulator(word_embeddings, prompt_out, lora_a)
-    grid = (nb, triton.cdiv(m + T, cfg["BT"]), triton.cdiv(d, cfg["BD"]))
+    grid = (nb, triton.cdiv(d, cfg["BD"]), triton.cdiv(T, cfg["segment"]))
     _assemble_fwd_kernel[grid](
-        input_ids.contiguous(), mask, word_embeddings.contiguous(), prompt_out.contiguous(),
-        lora_a.contiguous(), lora_b.contiguous(), out, out_mask, token_index, lengths,
-        T, m, d, n, r, *split_float(scaling),
+        input_ids.contiguous(), attention_mask.contiguous() if has_mask else input_ids, word_embeddings.contiguous(),
+        prompt_out.contiguous(), lora_a.contiguous(), lora_b.contiguous(), out, out_mask, token_index, lengths,
+        T, m, d, n, r, cfg["segment"], *split_float(scaling),
         BT=cfg["BT"], BD=cfg["BD"], R_PAD=dot_pad(r), B_PREFIX=cfg["B_PREFIX"], HAS_MASK=has_mask, HAS_LOW_RANK=r > 0,
-        ACC=acc, PRECISION=dot_precision(acc, word_embeddings.dtype),
-        **_launch.options(cfg),
+        ACC=acc, PRECISION=dot_precision(acc, word_embeddings.dtype), **_launch.options(cfg),
     )
     return out, out_mask, token_index, lengths
 
@@ -216,13 +263,16 @@ def _allocate_outputs(input_ids, attention_mask, word_embeddings, prompt_out, lo
     )
 
 
+assemble_inputs_op = torch.library.custom_op("ept_fast::assemble_inputs", mutates_args=())(
+    assemble_inputs_forward)
+
+
 @assemble_inputs_op.register_fake
 def _(input_ids, attention_mask, word_embeddings, prompt_out, lora_a, lora_b, scaling):
     return _allocate_outputs(input_ids, attention_mask, word_embeddings, prompt_out, lora_a)
 
 
-@torch.library.custom_op("ept_fast::assemble_inputs_backward", mutates_args=())
-def assemble_inputs_backward_op(
+def assemble_inputs_backward(
     grad: Tensor, token_index: Tensor, lengths: Tensor, prompt_out: Tensor, lora_a: Tensor, lora_b: Tensor,
     scaling: float,
 ) -> Tuple[Tensor, Tensor, Tensor]:
@@ -230,21 +280,32 @@ def assemble_inputs_backward_op(
     nb, seq, d = grad.shape
     m = prompt_out.shape[0]
     n, r = lora_a.shape
-    cfg, splits = _backward_blocks(d, n, r, grad.device)
-    splits = splits if r > 0 else 0  # without a low-rank pair only the prefix programs run
+    cfg = _backward_config(d, n, r, grad.device)
+    splits = cfg["splits"] if r > 0 else 0  # without a low-rank pair only the prompt-row programs run
     col_blocks = triton.cdiv(d, cfg["BD"])
     acc = accumulator(grad, prompt_out, lora_a)
     work = torch.float64 if acc == tl.float64 else torch.float32
-    d_prompt = _launch.new_buffer(grad, (m, d), work)
+    d_prompt, d_a, d_b = (_launch.new_buffer(t, t.shape) for t in (prompt_out, lora_a, lora_b))
     da_part = _launch.new_buffer(grad, (col_blocks, n, r), work)
     db_part = _launch.new_buffer(grad, (splits, r, d), work)
-    _assemble_bwd_kernel[(col_blocks, splits + 1)](
+    meta = dict(ACC=acc, **_launch.options(cfg))
+    _assemble_bwd_kernel[(col_blocks, splits + triton.cdiv(m, cfg["BP"]))](
         grad.contiguous(), token_index, lengths, lora_a.contiguous(), lora_b.contiguous(),
         d_prompt, da_part, db_part, nb, seq - m, m, d, n, r, splits, *split_float(scaling),
-        BP=cfg["BP"], BD=cfg["BD"], R_PAD=dot_pad(r), NB_PAD=triton.next_power_of_2(nb), HAS_LOW_RANK=r > 0,
-        ACC=acc, PRECISION=dot_precision(acc, grad.dtype), **_launch.options(cfg),
+        BP=cfg["BP"], BD=cfg["BD"], BB=cfg["BB"], R_PAD=dot_pad(r), NB_PAD=triton.next_power_of_2(nb),
+        PRECISION=dot_precision(acc, grad.dtype), **meta,
     )
-    return d_prompt.to(prompt_out.dtype), da_part.sum(dim=0).to(lora_a.dtype), db_part.sum(dim=0).to(lora_b.dtype)
+    if r > 0:
+        da_programs = triton.cdiv(n, cfg["BN"])
+        _assemble_bwd_finish_kernel[(da_programs + col_blocks,)](
+            da_part, db_part, d_a, d_b, d, n, r, col_blocks, splits, da_programs,
+            BN=cfg["BN"], BD=cfg["BD"], R_PAD=dot_pad(r), **meta,
+        )
+    return d_prompt, d_a, d_b
+
+
+assemble_inputs_backward_op = torch.library.custom_op("ept_fast::assemble_inputs_backward", mutates_args=())(
+    assemble_inputs_backward)
 
 
 @assemble_inputs_backward_op.register_fake
@@ -257,9 +318,12 @@ def _setup_context(ctx, inputs, output):
     _, _, token_index, lengths = output
     ctx.save_for_backward(token_index, lengths, prompt_out, lora_a, lora_b)
     ctx.scaling = scaling
+    ctx.set_materialize_grads(False)  # the mask, token_index and lengths get no gradient: no zeros to build
 
 
 def _backward(ctx, grad, *_unused):
+    if grad is None:
+        return (None,) * 7
     token_index, lengths, prompt_out, lora_a, lora_b = ctx.saved_tensors
     d_prompt, d_a, d_b = assemble_inputs_backward_op(grad.contiguous(), token_index, lengths, prompt_out, lora_a,
                                                      lora_b, ctx.scaling)

@@ -529,8 +529,7 @@ def _common_meta(prompt, cfg):
     return dict(ACC=acc, PRECISION=dot_precision(acc), **_launch.options(cfg))
 
 
-@torch.library.custom_op("ept_fast::ept_prompt", mutates_args=())
-def ept_prompt_op(
+def ept_prompt_forward(
     prompt: Tensor, lora_a: Tensor, lora_b: Tensor, fusion_scale: Tensor, proj_down: Tensor,
     proj_up: Tensor, gate_weight: Tensor, gate_bias: Tensor, scaling: float,
 ) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
@@ -562,13 +561,15 @@ def ept_prompt_op(
     return out, reduced, lse, fused, coefficients, fusion
 
 
+ept_prompt_op = torch.library.custom_op("ept_fast::ept_prompt", mutates_args=())(ept_prompt_forward)
+
+
 @ept_prompt_op.register_fake
 def _(prompt, lora_a, lora_b, fusion_scale, proj_down, proj_up, gate_weight, gate_bias, scaling):
     return _allocate_outputs(prompt, lora_a, proj_down)
 
 
-@torch.library.custom_op("ept_fast::ept_prompt_backward", mutates_args=())
-def ept_prompt_backward_op(
+def ept_prompt_backward(
     grad: Tensor, prompt: Tensor, lora_a: Tensor, lora_b: Tensor, fusion_scale: Tensor, proj_down: Tensor,
     proj_up: Tensor, gate_weight: Tensor, gate_bias: Tensor, reduced: Tensor, lse: Tensor, fused: Tensor,
     coefficients: Tensor, fusion: Tensor, scaling: float,
@@ -610,6 +611,10 @@ def ept_prompt_backward_op(
     )
     d_prompt, d_lora_b, d_gate_weight, d_proj_down, d_proj_up, d_lora_a, d_fusion_scale, d_gate_bias = grads
     return d_prompt, d_lora_a, d_lora_b, d_fusion_scale, d_proj_down, d_proj_up, d_gate_weight, d_gate_bias
+
+
+ept_prompt_backward_op = torch.library.custom_op("ept_fast::ept_prompt_backward", mutates_args=())(
+    ept_prompt_backward)
 
 
 @ept_prompt_backward_op.register_fake

@@ -20,11 +20,14 @@ def test_the_dry_run_runs_every_phase_and_writes_its_report(tmp_path):
     assert not [name for name, phase in phases.items() if "error" in phase]
     assert phases["cuda_tests"]["returncode"] == 0 and "skipped" in phases["cuda_tests"]["summary"]
     (prompt,) = phases["kernels"]["ept_prompt"]
-    assert all(prompt[f"{name}_ms"] > 0 for name in ("fused", "eager", "compile"))
+    assert all(prompt[f"{name}_ms"] > 0 for name in ("fused", "eager", "compile", "predicted_fused", "predicted_eager"))
+    assert all(0 < row["predicted_fraction_of_copy"] <= 1 for row in phases["kernels"]["assemble_inputs"])
     assert [row["dtype"] for row in phases["kernels"]["assemble_inputs"]] == ["float32", "bfloat16"]
     assert phases["compile_check"]["returncode"] == 0 and phases["compile_check"]["violations"] == []
     assert {row["kernel"] for row in phases["compile_check"]["rows"]} >= {"_mix_kernel", "_assemble_bwd_kernel"}
-    steps = {(row["method"], row["prompt"]) for row in phases["training_step"]["rows"]}
-    assert steps == {(method, prompt) for method in ("ept", "dept", "pt") for prompt in ("fused", "eager")}
+    steps = {(row["method"], row["prompt"], row.get("compiled", False)) for row in phases["training_step"]["rows"]}
+    assert steps == {(method, prompt, False) for method in ("ept", "dept", "pt") for prompt in ("fused", "eager")} | {
+        ("ept", "fused", True)}
+    assert phases["training_step"]["predicted_pt_over_ept"] > 1
     assert (tmp_path / "gpu_check.png").stat().st_size > 10_000
     assert "T5 step ept" in done.stdout  # the summary table comes last

@@ -85,9 +85,12 @@ def test_mask_dtypes(mask_dtype, device):
 
 @pytest.fixture
 def small_blocks(monkeypatch):
-    """Several row blocks, a prefix count over several chunks, several position splits."""
-    monkeypatch.setattr(assemble_inputs, "_forward_blocks", lambda d, r: dict(BT=16, BD=16, B_PREFIX=16, num_warps=4))
-    monkeypatch.setattr(assemble_inputs, "_backward_blocks", lambda d, n, r, dev: (dict(BP=16, BD=16, num_warps=4), 3))
+    """Several segments per row (a prefix count over several chunks), several blocks of d,
+    several position splits, batch rows loaded two at a time."""
+    monkeypatch.setattr(assemble_inputs, "_forward_config",
+                        lambda *sizes: dict(BT=16, BD=16, B_PREFIX=16, segment=16, num_warps=4))
+    monkeypatch.setattr(assemble_inputs, "_backward_config",
+                        lambda *sizes: dict(BP=16, BD=16, BB=2, splits=3, BN=16, num_warps=4))
 
 
 @pytest.mark.parametrize("case", ["medium-left", "odd-right", "no-real-token", "r0"])
@@ -215,3 +218,32 @@ def test_parity_at_real_shapes_on_gpu(shape, table_dtype, left):
     assert_close(out, ref, rtol, atol * ref.abs().max().item(), "inputs_embeds")
     for name, grad, ref_grad in zip(("prompt_out", "lora_a", "lora_b"), grads, ref_grads):
         assert_close(grad, ref_grad, rtol, atol * max(ref_grad.abs().max().item(), 1.0), f"d {name}")
+
+
+@pytest.mark.cuda
+def test_forward_and_backward_replay_from_a_cuda_graph():
+    """No host sync (the functional layer's value checks become device asserts while a graph
+    is captured): a captured forward + backward replays to the same values and gradients."""
+    ids, mask = padded_batch(list(range(200, 232)), 256, 1000, left=False, device="cuda")
+    x = prompt_inputs(60, 768, 256, 30, 1, 1, dtype=torch.float32, device="cuda")
+    E = table(1000, 768, dtype=torch.float32, device="cuda")
+    leaves = [x[k].requires_grad_() for k in ("prompt", "lora_a", "lora_b")]
+    grad_out = torch.randn(32, 60 + 256, 768, device="cuda")
+
+    def step():
+        out, _ = functional.assemble_inputs(ids, mask, E, *leaves, 1.46, backend="triton")
+        return (out, *torch.autograd.grad(out, leaves, grad_out))
+
+    expected = step()
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        step()
+    torch.cuda.current_stream().wait_stream(stream)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        captured = step()
+    graph.replay()
+    torch.cuda.synchronize()
+    for got, want in zip(captured, expected):
+        assert torch.equal(got, want)
