@@ -92,3 +92,20 @@ def assert_close(actual: torch.Tensor, expected: torch.Tensor, rtol: float, atol
 def table(vocab: int, d: int, dtype=torch.float64, device="cpu", seed=1) -> torch.Tensor:
     g = torch.Generator().manual_seed(seed)
     return torch.randn(vocab, d, generator=g, dtype=torch.float64).to(dtype=dtype, device=device)
+
+
+def run_directly_and_from_a_cuda_graph(step):
+    """``step()``'s tensors from a direct run, and from the replay of a CUDA graph that
+    captured it (after a warm-up on a side stream, as CUDA graphs need)."""
+    expected = step()
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        step()
+    torch.cuda.current_stream().wait_stream(stream)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        captured = step()
+    graph.replay()
+    torch.cuda.synchronize()
+    return captured, expected

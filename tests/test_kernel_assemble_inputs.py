@@ -8,7 +8,9 @@ from hypothesis import strategies as st
 
 from ept_fast import functional, reference
 from ept_fast.kernels import assemble_inputs, compile_check, fused_assemble_inputs
-from helpers import DEVICE, assert_close, padded_batch, prompt_inputs, scaling_for, table
+from helpers import (
+    DEVICE, assert_close, padded_batch, prompt_inputs, run_directly_and_from_a_cuda_graph, scaling_for, table,
+)
 
 # (lengths per row, T, V, d, n, r, m, left padding)
 CASES = {
@@ -234,16 +236,5 @@ def test_forward_and_backward_replay_from_a_cuda_graph():
         out, _ = functional.assemble_inputs(ids, mask, E, *leaves, 1.46, backend="triton")
         return (out, *torch.autograd.grad(out, leaves, grad_out))
 
-    expected = step()
-    stream = torch.cuda.Stream()
-    stream.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(stream):
-        step()
-    torch.cuda.current_stream().wait_stream(stream)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        captured = step()
-    graph.replay()
-    torch.cuda.synchronize()
-    for got, want in zip(captured, expected):
+    for got, want in zip(*run_directly_and_from_a_cuda_graph(step)):
         assert torch.equal(got, want)

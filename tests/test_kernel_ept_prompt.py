@@ -8,7 +8,9 @@ from hypothesis import strategies as st
 
 from ept_fast import functional, reference
 from ept_fast.kernels import compile_check, ept_prompt, fused_ept_prompt
-from helpers import DEVICE, PROMPT_ARGS, PROMPT_SHAPES, assert_close, prompt_inputs, scaling_for
+from helpers import (
+    DEVICE, PROMPT_ARGS, PROMPT_SHAPES, assert_close, prompt_inputs, run_directly_and_from_a_cuda_graph, scaling_for,
+)
 
 TOLERANCE = {torch.float64: (1e-10, 1e-12), torch.float32: (1e-4, 1e-5)}
 
@@ -169,16 +171,5 @@ def test_forward_and_backward_replay_from_a_cuda_graph():
         out = functional.ept_prompt(*leaves, 1.46, backend="triton")
         return (out, *torch.autograd.grad(out, leaves, grad_out))
 
-    expected = step()
-    stream = torch.cuda.Stream()
-    stream.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(stream):
-        step()
-    torch.cuda.current_stream().wait_stream(stream)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        captured = step()
-    graph.replay()
-    torch.cuda.synchronize()
-    for got, want in zip(captured, expected):
+    for got, want in zip(*run_directly_and_from_a_cuda_graph(step)):
         assert torch.equal(got, want)
