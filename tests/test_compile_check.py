@@ -10,7 +10,7 @@ import sys
 import pytest
 
 from ept_fast.kernels import compile_check
-from ept_fast.kernels.compile_check import KernelStats, Row
+from ept_fast.kernels.compile_check import KernelStats
 
 KERNELS = {  # per phase, in launch order
     "ept_prompt": {"forward": ["_reduce_over_d_kernel", "_mix_kernel", "_combine_kernel"],

@@ -92,7 +92,7 @@ def test_seq2seq_is_scored_on_generated_strings(tiny_models, sst2_files, tmp_pat
 
 
 def test_plain_text_label_files_without_a_task(tiny_models, tmp_path):
-    rows = [f"text,label\n"] + [f"sample {i},{i % 3}\n" for i in range(12)]
+    rows = ["text,label\n"] + [f"sample {i},{i % 3}\n" for i in range(12)]
     files = []
     for split in ("train", "validation", "test"):
         path = tmp_path / f"{split}.csv"
