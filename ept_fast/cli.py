@@ -6,7 +6,8 @@ import sys
 from typing import List, Optional
 
 USAGE = ("usage: ept-fast train [options]   train an adapter (ept-fast train --help lists the options)\n"
-         "       ept-fast eval --adapter DIR [options]   score a saved adapter (ept-fast eval --help)")
+         "       ept-fast eval --adapter DIR [options]   score a saved adapter (ept-fast eval --help)\n"
+         "       ept-fast compare [options]   methods at one parameter budget over seeds (ept-fast compare --help)")
 # What a user error looks like: a clear message and exit status 2, no traceback.
 USER_ERRORS = (ValueError, FileNotFoundError, FileExistsError, ImportError)
 
@@ -29,10 +30,26 @@ def parse_eval_args(argv: Optional[List[str]] = None):
                          "the output files of ept-fast train.")
 
 
+def parse_compare_args(argv: Optional[List[str]] = None):
+    from .training.compare import CompareArguments
+    from .training.options import parse_options
+
+    return parse_options(CompareArguments, argv, "ept-fast compare",
+                         "Train several methods at one parameter budget (by default EPT's) over several seeds, and "
+                         "compare their test metrics. With no options: ept, dept and pt on BBC News, three seeds.")
+
+
 def train_main(argv: Optional[List[str]] = None) -> int:
     from .training import NonFiniteLossError, train
 
     return _run("train", lambda: train(parse_train_args(argv)), extra_errors=(NonFiniteLossError,))
+
+
+def compare_main(argv: Optional[List[str]] = None) -> int:
+    from .training import NonFiniteLossError
+    from .training.compare import compare
+
+    return _run("compare", lambda: compare(parse_compare_args(argv)), extra_errors=(NonFiniteLossError,))
 
 
 def eval_main(argv: Optional[List[str]] = None) -> int:
@@ -55,7 +72,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     if not argv or argv[0] in ("-h", "--help"):
         print(USAGE)
         return 0 if argv else 2
-    commands = {"train": train_main, "eval": eval_main}
+    commands = {"train": train_main, "eval": eval_main, "compare": compare_main}
     if argv[0] not in commands:
         print(f"ept-fast: unknown command {argv[0]!r}; the commands are {', '.join(commands)}", file=sys.stderr)
         return 2

@@ -33,6 +33,7 @@ class Task:
     test_split: Optional[str] = None  # a second held-out split (MNLI's matched set); else DePT's split rule
     label_names: Optional[Tuple[str, ...]] = None  # label id -> name (files may give either)
     init_text: Optional[str] = None  # the default prompt_init_text for this task
+    group_column: Optional[str] = None  # what groups examples for exact match (MultiRC: the question)
 
     @property
     def is_regression(self) -> bool:
@@ -63,8 +64,9 @@ TASKS: Dict[str, Task] = {
              init_text="Does the first sentence entail the second?"),
         Task("cola", ("sentence",), 2, ("matthews_correlation",), (GLUE, "cola"),
              label_names=("unacceptable", "acceptable"), init_text="Is this sentence grammatical?"),
-        Task("multirc", ("question", "answer", "paragraph"), 2, ("f1", "accuracy"), (SUPER_GLUE, "multirc"),
-             label_names=BOOLEAN, init_text="Is the answer to the question correct, given the paragraph?"),
+        Task("multirc", ("question", "answer", "paragraph"), 2, ("f1", "exact_match"), (SUPER_GLUE, "multirc"),
+             label_names=BOOLEAN, init_text="Is the answer to the question correct, given the paragraph?",
+             group_column="idx"),
         Task("boolq", ("question", "passage"), 2, ("accuracy",), (SUPER_GLUE, "boolq"), label_names=BOOLEAN,
              init_text="Answer the yes or no question about the passage:"),
         Task("wic", ("sentence1", "sentence2", "word"), 2, ("accuracy",), (SUPER_GLUE, "wic"), label_names=BOOLEAN,
@@ -149,13 +151,25 @@ def format_example(task: Task, row: dict, label_column: str = "label") -> Exampl
         raise KeyError(f"columns {missing} are absent (the row has {sorted(row)})")
     values = [str(row[c]) for c in task.fields]
     label = float(row[label_column]) if task.is_regression else label_id(task, row[label_column], label_column)
-    return {
+    example = {
         "text": values[0],
         "text_pair": " ".join(values[1:]) if len(values) > 1 else None,
         "label": label,
         "source": " ".join(f"{name}: {value}" for name, value in zip(task.fields, values)),
         "target": label_text(task, label),
     }
+    if task.group_column:
+        example["group"] = _group(row, task.group_column)
+    return example
+
+
+def _group(row: dict, column: str) -> str:
+    """The group an example belongs to: MultiRC's ``idx`` names its paragraph and question."""
+    if column not in row:
+        raise KeyError(f"column {column!r} is absent (exact match groups the examples by it; the row has "
+                       f"{sorted(row)})")
+    value = row[column]
+    return f"{value['paragraph']}/{value['question']}" if isinstance(value, dict) else str(value)
 
 
 def label_id(task: Task, value, label_column: str = "label") -> int:
@@ -178,22 +192,47 @@ def parse_prediction(task: Task, text: str):
 
 
 # -------------------------------------------------------------------- metrics
-def compute_metrics(task: Task, predictions: Sequence, labels: Sequence) -> Dict[str, float]:
-    """The task's metrics (scikit-learn / scipy), scaled to [0, 1] (Matthews and Pearson to [-1, 1])."""
+def compute_metrics(task: Task, predictions: Sequence, labels: Sequence,
+                    groups: Optional[Sequence] = None) -> Dict[str, float]:
+    """The task's metrics (scikit-learn / scipy), scaled to [0, 1] (Matthews and Pearson to [-1, 1]).
+
+    Scored as DePT scores: a prediction that is not a label (a generated string that is none,
+    -1) is wrong everywhere. For the F1 scores it is replaced by a label other than the gold
+    one, the opposite one for binary tasks, as DePT's ``f1_score_with_invalid`` does (so an
+    invalid output on a negative example is a false positive, not a true negative).
+    ``exact_match`` (MultiRC) is the fraction of groups (``groups``: the question of each
+    example) whose every example is predicted right.
+    """
     from scipy.stats import pearsonr, spearmanr
     from sklearn.metrics import accuracy_score, f1_score, matthews_corrcoef
 
     y_pred, y_true = np.asarray(predictions), np.asarray(labels)
     functions: Dict[str, Callable[[], float]] = {
         "accuracy": lambda: accuracy_score(y_true, y_pred),
-        "f1": lambda: f1_score(y_true, y_pred, labels=[1], average="macro", zero_division=0.0),
-        "f1_macro": lambda: f1_score(y_true, y_pred, labels=list(range(task.num_labels)), average="macro",
-                                     zero_division=0.0),
+        "f1": lambda: f1_score(y_true, _wrong_if_invalid(task, y_pred, y_true), labels=[1], average="macro",
+                               zero_division=0.0),
+        "f1_macro": lambda: f1_score(y_true, _wrong_if_invalid(task, y_pred, y_true),
+                                     labels=list(range(task.num_labels)), average="macro", zero_division=0.0),
         "matthews_correlation": lambda: matthews_corrcoef(y_true, y_pred),
         "pearson": lambda: pearsonr(y_pred.astype(float), y_true.astype(float))[0],
         "spearman": lambda: spearmanr(y_pred.astype(float), y_true.astype(float))[0],
+        "exact_match": lambda: _exact_match(y_pred, y_true, groups),
     }
     return {name: float(np.nan_to_num(functions[name]())) for name in task.metrics}
+
+
+def _wrong_if_invalid(task: Task, y_pred: np.ndarray, y_true: np.ndarray) -> np.ndarray:
+    invalid = (y_pred < 0) | (y_pred >= task.num_labels)
+    return np.where(invalid, (y_true + 1) % task.num_labels, y_pred)
+
+
+def _exact_match(y_pred: np.ndarray, y_true: np.ndarray, groups: Optional[Sequence]) -> float:
+    if groups is None:
+        raise ValueError("exact_match: needs the group of every example (MultiRC: its question)")
+    right: Dict[object, bool] = {}
+    for group, correct in zip(groups, y_pred == y_true):
+        right[group] = right.get(group, True) and bool(correct)
+    return sum(right.values()) / max(len(right), 1)
 
 
 # --------------------------------------------------------------------- loading

@@ -23,7 +23,8 @@ ROWS = {
     "mrpc": ({"sentence1": "x", "sentence2": "y", "label": 0}, "sentence1: x sentence2: y"),
     "rte": ({"sentence1": "p", "sentence2": "h", "label": 1}, "sentence1: p sentence2: h"),
     "cola": ({"sentence": "Him went.", "label": 0}, "sentence: Him went."),
-    "multirc": ({"paragraph": "text", "question": "q?", "answer": "a", "label": 1}, "question: q? answer: a paragraph: text"),
+    "multirc": ({"paragraph": "text", "question": "q?", "answer": "a", "label": 1,
+                 "idx": {"paragraph": 0, "question": 3, "answer": 1}}, "question: q? answer: a paragraph: text"),
     "boolq": ({"question": "is it?", "passage": "it is", "label": 1}, "question: is it? passage: it is"),
     "wic": ({"word": "bank", "sentence1": "river bank", "sentence2": "bank loan", "label": 0},
             "sentence1: river bank sentence2: bank loan word: bank"),
@@ -50,23 +51,52 @@ def test_text_to_text_format_from_a_local_file(name, tmp_path):
 
 @pytest.mark.parametrize("name", sorted(ROWS))
 def test_metrics_are_the_library_ones(name):
+    """On valid predictions every metric is scikit-learn's or scipy's."""
     task = get_task(name)
     rng = np.random.default_rng(0)
+    groups = [i // 4 for i in range(40)]
     if task.is_regression:
         labels, predictions = rng.uniform(0, 5, 40), rng.uniform(0, 5, 40)
         expected = {"pearson": pearsonr(predictions, labels)[0], "spearman": spearmanr(predictions, labels)[0]}
     else:
-        labels, predictions = rng.integers(0, task.num_labels, 40), rng.integers(-1, task.num_labels, 40)
+        labels, predictions = rng.integers(0, task.num_labels, 40), rng.integers(0, task.num_labels, 40)
+        right = labels == predictions
         expected = {
             "accuracy": accuracy_score(labels, predictions),
             "f1": f1_score(labels, predictions, labels=[1], average="macro"),
             "f1_macro": f1_score(labels, predictions, labels=list(range(task.num_labels)), average="macro"),
             "matthews_correlation": matthews_corrcoef(labels, predictions),
+            "exact_match": np.mean([right[g * 4:(g + 1) * 4].all() for g in range(10)]),
         }
-    metrics = compute_metrics(task, predictions, labels)
+    metrics = compute_metrics(task, predictions, labels, groups)
     assert list(metrics) == list(task.metrics)
     for key, value in metrics.items():
         assert value == pytest.approx(expected[key])
+
+
+def test_an_invalid_output_is_wrong_in_every_metric_as_dept_scores_it():
+    """Hand-computed. F1: an invalid output on a negative example is a false positive (DePT's
+    f1_score_with_invalid sets it to the opposite label), on a positive one a false negative."""
+    mrpc = get_task("mrpc")  # accuracy, f1
+    metrics = compute_metrics(mrpc, [1, -1, -1, 0, 1], [1, 0, 1, 0, 1])
+    assert metrics["accuracy"] == pytest.approx(3 / 5)
+    assert metrics["f1"] == pytest.approx(2 / 3)  # TP 2, FP 1, FN 1 (it was 0.8 when -1 counted as negative)
+    cb = get_task("cb")  # three classes: the invalid output takes a label other than the gold one
+    assert compute_metrics(cb, [0, -1, 2, 1], [0, 1, 2, 2])["f1_macro"] == pytest.approx((1 + 0 + 0.5) / 3)
+    multirc = get_task("multirc")  # f1 over all answers, and exact match per question
+    metrics = compute_metrics(multirc, [1, 0, 1, 0, -1], [1, 0, 1, 1, 0], groups=["q1", "q1", "q2", "q2", "q3"])
+    assert metrics["exact_match"] == pytest.approx(1 / 3)
+    assert metrics["f1"] == pytest.approx(2 * 2 / (2 * 2 + 1 + 1))  # TP 2, FP 1 (the invalid), FN 1
+    with pytest.raises(ValueError, match=r"exact_match: needs the group of every example"):
+        compute_metrics(multirc, [1], [1])
+
+
+def test_multirc_rows_are_grouped_by_their_question(tmp_path):
+    rows = [{"paragraph": "p", "question": "q", "answer": "a", "label": 1, "idx": {"paragraph": 2, "question": 5}},
+            {"paragraph": "p", "question": "q", "answer": "b", "label": 0, "group": "x"}]
+    assert format_rows(get_task("multirc"), rows[:1], "f")[0]["group"] == "2/5"
+    with pytest.raises(ValueError, match=r"f, row 1: column 'idx' is absent \(exact match groups the examples"):
+        format_rows(get_task("multirc"), rows[1:], "f")
 
 
 def test_generated_strings_that_are_not_labels_count_as_wrong():

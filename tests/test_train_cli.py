@@ -151,7 +151,7 @@ def test_config_file_and_flags(tmp_path):
 
 def test_console_script_dispatches(capsys):
     assert cli_main([]) == 2 and "usage: ept-fast train" in capsys.readouterr().out
-    assert cli_main(["fit"]) == 2 and "unknown command 'fit'; the commands are train, eval" in capsys.readouterr().err
+    assert cli_main(["fit"]) == 2 and "unknown command 'fit'; the commands are train, eval, compare" in capsys.readouterr().err
 
 
 def test_two_processes_end_with_identical_adapters(tiny_models, sst2_files, tmp_path):
@@ -310,3 +310,41 @@ def test_evaluation_is_split_across_processes_and_gathered(tiny_models):
     together = predict(model, examples, collate, 3, "cpu", 4, accelerator=Rank(0))
     assert [index for index, _ in shards[0]] == [0, 2, 4, 6] and [index for index, _ in shards[1]] == [1, 3, 5]
     assert together == alone
+
+
+def test_compare_runs_methods_at_one_budget_over_seeds(tiny_models, sst2_files, tmp_path, capsys):
+    out = tmp_path / "cmp"
+    args = _args(tiny_models, sst2_files, out, "--task", "sst2", "--max-steps", "2", "--eval-steps", "2",
+                 "--methods", "ept,dept", "pt", "--seeds", "2", "--seed", "7")
+    assert cli_main(["compare", *args]) == 0
+    result = json.loads((out / "compare.json").read_text())
+    methods = result["methods"]
+    assert list(methods) == ["ept", "dept", "pt"] and methods["ept"]["seeds"] == [7, 8]
+    budget = result["budget"]
+    assert budget == methods["ept"]["adapter_parameters"]  # EPT's own size, with --r 2 --num-spaces 2 --space-rank 2
+    for name, m in methods.items():
+        assert budget - 32 - 16 < m["adapter_parameters"] <= budget, name  # d = 32: within one more r (n + d)
+        values = m["test"]["accuracy"]
+        assert len(values) == 2 and m["mean"]["accuracy"] == pytest.approx(sum(values) / 2)
+    assert methods["pt"]["sizes"]["r"] == 0 and methods["dept"]["sizes"]["K"] == 0
+    assert set(result["wins"]["ept"]) == {"dept", "pt"} and all(0 <= n <= 2 for n in result["wins"]["ept"].values())
+    assert (out / "compare.png").read_bytes()[:4] == b"\x89PNG" and (out / "dept-seed8" / "metrics.json").is_file()
+    printed = capsys.readouterr().out
+    assert "adapter budget" in printed and "wins on accuracy, paired by seed" in printed
+    assert cli_main(["compare", "--methods", "ept,lora"]) == 2
+    assert "--methods: expected ept, dept or pt, got 'lora'" in capsys.readouterr().err
+
+
+def test_param_budget_sizes_the_method(tiny_models, sst2_files, tmp_path, capsys):
+    assert main(_args(tiny_models, sst2_files, tmp_path / "b", "--task", "sst2", "--max-steps", "1", "--eval-steps",
+                      "1", "--method", "dept", "--param-budget", "1000", "--num-spaces", "0")) == 2
+    assert "--param-budget: it picks r for method 'dept'; do not also give --r" in capsys.readouterr().err
+    args = _args(tiny_models, sst2_files, tmp_path / "b", "--task", "sst2", "--max-steps", "1", "--eval-steps", "1",
+                 "--method", "dept", "--param-budget", "1000")
+    args.remove("--r")
+    args.remove("2")
+    args.remove("--num-spaces")
+    args.remove("2")
+    assert main(args) == 0
+    metrics = json.loads((tmp_path / "b" / "metrics.json").read_text())
+    assert metrics["adapter"]["r"] == (1000 - 4 * 32) // (16 + 32) and metrics["adapter_parameters"] <= 1000

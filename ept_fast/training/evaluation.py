@@ -54,7 +54,8 @@ def evaluate(model: EPTModel, examples: List[Example], collate: Collator, batch_
              max_new_tokens: int, accelerator=None) -> Dict[str, float]:
     """The task's metrics on ``examples``."""
     predictions = predict(model, examples, collate, batch_size, device, max_new_tokens, accelerator)
-    return compute_metrics(collate.task, predictions, [e["label"] for e in examples])
+    groups = [e["group"] for e in examples] if collate.task.group_column else None
+    return compute_metrics(collate.task, predictions, [e["label"] for e in examples], groups)
 
 
 def task_metadata(task: Task) -> dict:

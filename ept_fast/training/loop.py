@@ -20,6 +20,7 @@ from typing import Optional, Tuple
 
 import torch
 
+from ..budget import adapter_parameters
 from ..model import get_ept_model
 from ..serialization import load_adapter
 from .checkpoints import BEST, TrainState, checkpoint_folder, load_checkpoint, save_checkpoint
@@ -83,7 +84,8 @@ def train(args: TrainArguments, stop_after_steps: Optional[int] = None) -> dict:
     if metric not in task.metrics:
         raise ValueError(f"--metric-for-best-model: task {task.name} reports {list(task.metrics)}, got {metric!r}")
     backbone, tokenizer, task_type = load_backbone(args, task)
-    model = get_ept_model(backbone, args.adapter_config(task, task_type), tokenizer=tokenizer)
+    token_dim = backbone.get_input_embeddings().embedding_dim
+    model = get_ept_model(backbone, args.adapter_config(task, task_type, token_dim), tokenizer=tokenizer)
     model.task_metadata = task_metadata(task)
     model.to(accelerator.device)
     collate = Collator(tokenizer, task_type, task, model.config.max_length, args.max_new_tokens)
@@ -179,6 +181,10 @@ def train(args: TrainArguments, stop_after_steps: Optional[int] = None) -> dict:
         "train_time_s": state.train_seconds,
         "train_examples_per_s": state.examples_seen / max(state.train_seconds, 1e-9),
         "peak_memory_mb": peak_memory_mb(), "trainable_parameters": model.get_nb_trainable_parameters()[0],
+        "adapter_parameters": adapter_parameters(model.config, token_dim),
+        "adapter": {"method": model.config.method.value, "m": model.config.num_virtual_tokens,
+                    "n": model.config.max_length, "r": model.config.r, "K": model.config.num_spaces,
+                    "h": model.config.space_rank},
         "replica_adapter_checksums": checksums, "processes": world,
         "config": dataclasses.asdict(args), "versions": versions(), "history": state.history,
     }

@@ -18,6 +18,7 @@ from typing import Dict, List, Optional, Sequence, Union
 
 import torch
 
+from ..budget import fit_budget
 from ..config import EPTConfig, Method, TaskType, parse_enum
 from ..tasks import TASKS, Task
 
@@ -113,6 +114,8 @@ class TrainArguments(AdapterArguments, RunArguments, DataArguments):
 
     Every option of ``ept-fast train`` (flags, and keys of a --config file)."""
 
+    param_budget: Optional[int] = option(help="trainable adapter parameters to spend (the head excluded): sizes m "
+                                              "for pt, r for dept, r (and h if needed) for ept to match")
     output_dir: Optional[str] = option(help="where the adapter, checkpoints and reports go (default: "
                                             "runs/<method>-<task or data>)")
     overwrite: bool = option(False, "write into an --output-dir that already holds a run",
@@ -141,17 +144,27 @@ class TrainArguments(AdapterArguments, RunArguments, DataArguments):
         for name in ("batch_size", "gradient_accumulation_steps", "eval_steps", "save_steps"):
             if getattr(self, name) < 1:
                 raise ValueError(f"--{name.replace('_', '-')}: expected an integer >= 1, got {getattr(self, name)}")
-        self.adapter_config()  # a value that contradicts the method fails now, as EPTConfig says
+        config = self.adapter_config()  # a value that contradicts the method fails now, as EPTConfig says
+        if self.param_budget is not None:
+            fitted = "num_virtual_tokens" if config.method is Method.PT else "r"
+            if getattr(self, fitted) is not None:
+                raise ValueError(f"--param-budget: it picks {fitted} for method {config.method.value!r}; do not "
+                                 f"also give --{fitted.replace('_', '-')}")
 
-    def adapter_config(self, task: Optional[Task] = None, task_type: Optional[TaskType] = None) -> EPTConfig:
+    def adapter_config(self, task: Optional[Task] = None, task_type: Optional[TaskType] = None,
+                       token_dim: Optional[int] = None) -> EPTConfig:
         """The EPTConfig of this run: the method's row of ADAPTER_DEFAULTS, the task's init
-        text, then every adapter option given."""
+        text, then every adapter option given; sized to --param-budget on a backbone of hidden
+        size ``token_dim`` when both are known."""
         method = parse_enum(Method, "--method", self.method).value
         values = dict(ADAPTER_DEFAULTS[method])
         if task is not None and task.init_text:
             values["prompt_init_text"] = task.init_text
         values.update({name: getattr(self, name) for name in ADAPTER_OPTIONS if getattr(self, name) is not None})
-        return EPTConfig(method=method, task_type=task_type, **values)
+        config = EPTConfig(method=method, task_type=task_type, **values)
+        if self.param_budget is not None and token_dim is not None:
+            config = fit_budget(config, self.param_budget, token_dim)
+        return config
 
 
 @dataclasses.dataclass

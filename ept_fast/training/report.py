@@ -103,6 +103,7 @@ def summary_table(summary: dict, task: Task) -> str:
                  ("examples/s", f"{summary['train_examples_per_s']:.1f}")]
     rows.append(("peak memory", f"{summary['peak_memory_mb']:.0f} MB"))
     if "trainable_parameters" in summary:
-        rows.append(("trainable params", f"{summary['trainable_parameters']:,d}"))
+        rows += [("trainable params", f"{summary['trainable_parameters']:,d}"),
+                 ("  of the adapter", f"{summary['adapter_parameters']:,d}")]
     width = max(len(k) for k, _ in rows)
     return "\n".join([f"{'':-<{width + 16}}"] + [f"{k:<{width}}  {v:>12}" for k, v in rows] + [f"{'':-<{width + 16}}"])

@@ -1,0 +1,136 @@
+"""``ept-fast compare``: several methods at one parameter budget over several seeds, each run a
+full ``ept-fast train``, then one table: mean ± std of the test metrics, the value of every
+seed, how often each method beats each other one on the same seed, trainable parameters and
+training time; ``compare.json`` and ``compare.png`` beside the runs."""
+
+from __future__ import annotations
+
+import dataclasses
+import statistics
+from pathlib import Path
+from typing import Dict, List, Optional
+
+from .data import data_name
+from .loop import train
+from .options import TrainArguments, option
+from .report import write_json
+
+# What a method fixes itself: an option given for EPT is not passed on to the baselines.
+FIXED_BY = {"ept": (), "dept": ("num_spaces", "space_rank"), "pt": ("r", "lora_alpha", "num_spaces", "space_rank")}
+
+
+@dataclasses.dataclass
+class CompareArguments(TrainArguments):
+    """The comparison.
+
+    Every option of ``ept-fast train`` applies to every run, plus these."""
+
+    methods: List[str] = option(("ept", "dept", "pt"), "the methods to compare: ept, dept, pt (spaces or commas)")
+    seeds: int = option(3, "runs per method, with seeds --seed, --seed + 1, …")
+
+    def __post_init__(self):
+        super().__post_init__()
+        self.methods = [m for item in self.methods for m in str(item).split(",") if m]  # "ept,dept" or ept dept
+        for method in self.methods:
+            if method not in FIXED_BY:
+                raise ValueError(f"--methods: expected ept, dept or pt, got {method!r}")
+        if self.seeds < 1:
+            raise ValueError(f"--seeds: expected an integer >= 1, got {self.seeds}")
+
+
+def run_arguments(args: CompareArguments, method: str, seed: int, out: Path, budget: Optional[int]) -> TrainArguments:
+    """The ``ept-fast train`` options of one run: the method, the seed, its own output folder,
+    the shared budget, and only the adapter options the method takes."""
+    values = {field.name: getattr(args, field.name) for field in dataclasses.fields(TrainArguments)}
+    values.update(method=method, seed=seed, output_dir=str(out / f"{method}-seed{seed}"), overwrite=True, resume=False,
+                  param_budget=budget)
+    for name in FIXED_BY[method]:
+        values[name] = None
+    if budget is not None:
+        values["num_virtual_tokens" if method == "pt" else "r"] = None  # the budget picks it
+    return TrainArguments(**values)
+
+
+def compare(args: CompareArguments) -> dict:
+    out = Path(args.output_dir or Path("runs") / f"compare-{data_name(args)}")
+    runs: Dict[str, List[dict]] = {method: [] for method in args.methods}
+    budget = args.param_budget
+    for seed in range(args.seed, args.seed + args.seeds):
+        for method in args.methods:
+            summary = train(run_arguments(args, method, seed, out, budget))
+            if budget is None:  # every method gets the first method's budget (by default EPT's)
+                budget = summary["adapter_parameters"]
+            runs[method].append(summary)
+    result = summarise(runs, budget)
+    out.mkdir(parents=True, exist_ok=True)
+    write_json(out / "compare.json", result)
+    plot(result, out / "compare.png")
+    print(table(result))
+    return result
+
+
+def summarise(runs: Dict[str, List[dict]], budget: int) -> dict:
+    """Per method: the test metrics of each seed, their mean and standard deviation, the
+    parameters and the training time; per pair of methods, the seeds each one wins on the
+    model-selection metric."""
+    first = next(iter(runs.values()))[0]
+    metric = first["metric_for_best_model"]
+    methods = {}
+    for method, summaries in runs.items():
+        names = list(summaries[0]["test"])
+        per_seed = {name: [s["test"][name] for s in summaries] for name in names}
+        methods[method] = {
+            "seeds": [s["config"]["seed"] for s in summaries],
+            "test": per_seed,
+            "mean": {name: statistics.mean(values) for name, values in per_seed.items()},
+            "std": {name: statistics.stdev(values) if len(values) > 1 else 0.0 for name, values in per_seed.items()},
+            "adapter_parameters": summaries[0]["adapter_parameters"],
+            "trainable_parameters": summaries[0]["trainable_parameters"],
+            "sizes": summaries[0]["adapter"],
+            "train_time_s": statistics.mean(s["train_time_s"] for s in summaries),
+        }
+    wins = {a: {b: sum(x > y for x, y in zip(methods[a]["test"][metric], methods[b]["test"][metric]))
+                for b in methods if b != a} for a in methods}
+    return {"task": first["task"], "metric": metric, "budget": budget, "methods": methods, "wins": wins,
+            "note": "parameters: the adapter's, the classification head (the same for every method) excluded"}
+
+
+def table(result: dict) -> str:
+    methods = result["methods"]
+    names = list(next(iter(methods.values()))["test"])
+    lines = [f"{result['task']}: test metrics over seeds {next(iter(methods.values()))['seeds']}, adapter budget "
+             f"{result['budget']:,} parameters (the head excluded)",
+             "| method | adapter params | " + " | ".join(f"{n} mean ± std" for n in names) + " | per seed ("
+             + result["metric"] + ") | train s |", "|---" * (len(names) + 4) + "|"]
+    for method, m in methods.items():
+        cells = " | ".join(f"{m['mean'][n]:.4f} ± {m['std'][n]:.4f}" for n in names)
+        seeds = ", ".join(f"{v:.4f}" for v in m["test"][result["metric"]])
+        lines.append(f"| {method} | {m['adapter_parameters']:,} | {cells} | {seeds} | {m['train_time_s']:.0f} |")
+    lines.append("")
+    lines.append(f"wins on {result['metric']}, paired by seed (row beats column):")
+    for a, row in result["wins"].items():
+        lines.append(f"  {a}: " + ", ".join(f"{b} {n}/{len(methods[a]['seeds'])}" for b, n in row.items()))
+    return "\n".join(lines)
+
+
+def plot(result: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from ..serialization import atomic_write
+
+    metric, methods = result["metric"], result["methods"]
+    figure, axis = plt.subplots(figsize=(6, 4))
+    for x, (method, m) in enumerate(methods.items()):
+        axis.bar(x, m["mean"][metric], yerr=m["std"][metric], capsize=6, alpha=0.6)
+        axis.scatter([x] * len(m["test"][metric]), m["test"][metric], color="black", zorder=3, s=12)
+    axis.set_xticks(range(len(methods)), [f"{k}\n{m['adapter_parameters']:,} params" for k, m in methods.items()])
+    low = min(min(m["test"][metric]) for m in methods.values())
+    axis.set_ylim(max(0.0, low - 0.05), None)
+    axis.set(ylabel=f"test {metric}", title=f"{result['task']}: equal budget, {len(next(iter(methods.values()))['seeds'])} seeds")
+    figure.tight_layout()
+    atomic_write(path, lambda tmp: figure.savefig(tmp, format="png", dpi=100))
+    plt.close(figure)
+
