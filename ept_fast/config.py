@@ -88,9 +88,10 @@ def _field(default, help: str):
 class EPTConfig:
     """Configuration of an EPT prompt encoder.
 
-    ``r`` and ``num_spaces`` default by ``method``: 30 and 4 for ``"ept"``, 30 and 0 for
-    ``"dept"``, 0 and 0 for ``"pt"``. The baselines fix them (and keep ``fusion_scale``
-    frozen at 0), so a conflicting explicit value is an error.
+    ``r``, ``num_spaces`` and ``fusion`` default by ``method``: 30, 4 and True for ``"ept"``,
+    30, 0 and False for ``"dept"``, 0, 0 and False for ``"pt"``. The baselines fix K = 0 and
+    a frozen ``fusion_scale`` (and r = 0 for ``"pt"``), so a conflicting explicit value is an
+    error. EPT with ``num_spaces=0`` or ``fusion=False`` is EPT without one of its two parts.
     """
 
     num_virtual_tokens: int = _field(60, "m: length of the short soft prompt P")
@@ -99,6 +100,7 @@ class EPTConfig:
     r: Optional[int] = _field(None, "rank of the low-rank pair A (n, r) · B (r, d) (default by method)")
     lora_alpha: float = _field(8.0, "α: the low-rank update is scaled by α / √r, as in DePT")
     num_spaces: Optional[int] = _field(None, "K: subspaces of the multi-space projection (default by method)")
+    fusion: Optional[bool] = _field(None, "train the prompt fusion's scale λ (EPT; the baselines keep it at 0)")
     space_rank: int = _field(8, "h: rank of each subspace projection")
     prompt_init: PromptInit = _field(PromptInit.TEXT, "how P starts: TEXT, RANDOM_VOCAB or RANDOM")
     prompt_init_text: str = _field("Classify the following text:", "the text whose tokens' embeddings start P (TEXT)")
@@ -119,6 +121,8 @@ class EPTConfig:
             self.r = _DEFAULT_RANK[self.method]
         if self.num_spaces is None:
             self.num_spaces = _DEFAULT_SPACES[self.method]
+        if self.fusion is None:
+            self.fusion = self.method is Method.EPT
 
         _check_int("num_virtual_tokens", self.num_virtual_tokens, 1)
         if self.token_dim is not None:
@@ -138,6 +142,8 @@ class EPTConfig:
                 f"num_spaces: method={self.method.value!r} has no multi-space projection, so num_spaces must be 0, "
                 f"got {self.num_spaces}"
             )
+        if self.method is not Method.EPT and self.fusion:
+            raise ValueError(f"fusion: method={self.method.value!r} has no prompt fusion, so fusion must be False")
         if self.modules_to_save is not None and (
             isinstance(self.modules_to_save, str) or not all(isinstance(name, str) for name in self.modules_to_save)
         ):
@@ -152,8 +158,9 @@ class EPTConfig:
 
     @property
     def trains_fusion(self) -> bool:
-        """Whether ``fusion_scale`` is trained (EPT) or frozen at 0 (the baselines)."""
-        return self.method is Method.EPT
+        """Whether ``fusion_scale`` is trained (EPT) or frozen at 0 (the baselines, and EPT with
+        ``fusion=False``)."""
+        return bool(self.fusion)
 
     def to_dict(self) -> dict:
         """JSON-ready dict (enums as their values)."""

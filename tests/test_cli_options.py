@@ -8,10 +8,11 @@ from ept_fast import EPTConfig
 from ept_fast.cli import parse_eval_args, parse_train_args
 from ept_fast.tasks import get_task
 from ept_fast.training import ADAPTER_DEFAULTS, EvalArguments, TrainArguments
+from ept_fast.training.compare import CompareArguments
 from ept_fast.training.options import ADAPTER_OPTIONS, build_parser
 
 
-@pytest.mark.parametrize("cls", [TrainArguments, EvalArguments], ids=["train", "eval"])
+@pytest.mark.parametrize("cls", [TrainArguments, EvalArguments, CompareArguments], ids=["train", "eval", "compare"])
 def test_every_option_says_what_it_does(cls):
     parser = build_parser(cls, "ept-fast", "")
     shown = [action for action in parser._actions if action.help and action.help != "==SUPPRESS=="]

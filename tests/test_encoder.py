@@ -76,6 +76,13 @@ def test_random_vocab_init_takes_rows_of_the_table():
         assert (E == row).all(dim=1).any()
 
 
+def test_ept_without_one_of_its_parts():
+    no_fusion, no_spaces = _encoder(fusion=False), _encoder(num_spaces=0)
+    assert not no_fusion.fusion_scale.requires_grad and no_fusion.config.num_spaces == 4
+    assert no_spaces.fusion_scale.requires_grad and no_spaces.proj_down.shape[0] == 0
+    assert _encoder().num_trainable_parameters() - no_fusion.num_trainable_parameters() == 1
+
+
 def test_baselines_freeze_fusion_and_drop_parts():
     dept, pt, ept = _encoder(method="dept"), _encoder(method="pt"), _encoder()
     assert dept.config.num_spaces == 0 and dept.config.r == 30 and not dept.fusion_scale.requires_grad
@@ -108,6 +115,7 @@ def test_dept_prompt_stays_the_prompt_after_training_moves_the_low_rank_pair():
         (dict(lora_alpha="8"), TypeError, r"lora_alpha: expected a number, got str"),
         (dict(method="pt", r=4), ValueError, r"r: method='pt' .* r must be 0, got 4"),
         (dict(method="dept", num_spaces=2), ValueError, r"num_spaces: method='dept' .* must be 0, got 2"),
+        (dict(method="pt", fusion=True), ValueError, r"fusion: method='pt' has no prompt fusion, so fusion must be False"),
         (dict(prompt_init_text=""), ValueError, r"prompt_init_text: prompt_init='TEXT' needs a non-empty"),
     ],
 )

@@ -8,9 +8,10 @@ from scipy.stats import pearsonr, spearmanr
 from sklearn.metrics import accuracy_score, f1_score, matthews_corrcoef
 
 from ept_fast.tasks import (
-    TASKS, compute_metrics, format_rows, get_task, label_text, parse_prediction, read_rows, split_validation_test,
-    stratified_split,
+    TASKS, bbc_headlines, compute_metrics, format_rows, get_task, label_text, parse_prediction, read_rows,
+    split_validation_test, stratified_split,
 )
+from helpers import needs_offline_data
 
 # One row shaped like each task, and the T5 source DePT builds from it.
 ROWS = {
@@ -141,3 +142,13 @@ def test_file_errors(tmp_path):
         format_rows(get_task("sst2"), rows, "train.csv")
     with pytest.raises(ValueError, match=r"task: unknown task 'glue'; known tasks are"):
         get_task("glue")
+
+
+@needs_offline_data
+def test_bbc_headlines_split_the_distinct_headlines_by_topic_name():
+    train, validation, test = bbc_headlines(seed=3)
+    assert 2000 < len(train) + len(validation) + len(test) < 2225  # BBC News repeats some articles
+    heads = [{row["text"] for row in part} for part in (train, validation, test)]
+    assert not heads[0] & heads[1] and not heads[0] & heads[2] and not heads[1] & heads[2]
+    assert {row["label"] for row in test} == {"business", "entertainment", "politics", "sports", "tech"}
+    assert bbc_headlines(seed=3)[1] == validation and all(len(row["text"].split()) < 15 for row in train)

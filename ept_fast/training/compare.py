@@ -16,7 +16,8 @@ from .options import TrainArguments, option
 from .report import write_json
 
 # What a method fixes itself: an option given for EPT is not passed on to the baselines.
-FIXED_BY = {"ept": (), "dept": ("num_spaces", "space_rank"), "pt": ("r", "lora_alpha", "num_spaces", "space_rank")}
+FIXED_BY = {"ept": (), "dept": ("num_spaces", "space_rank", "fusion"),
+            "pt": ("r", "lora_alpha", "num_spaces", "space_rank", "fusion")}
 
 
 @dataclasses.dataclass

@@ -23,8 +23,8 @@ from ..config import EPTConfig, Method, TaskType, parse_enum
 from ..tasks import TASKS, Task
 
 # EPTConfig's fields that are command-line options.
-ADAPTER_OPTIONS = ("num_virtual_tokens", "max_length", "r", "lora_alpha", "num_spaces", "space_rank", "prompt_init",
-                   "prompt_init_text", "backend")
+ADAPTER_OPTIONS = ("num_virtual_tokens", "max_length", "r", "lora_alpha", "num_spaces", "space_rank", "fusion",
+                   "prompt_init", "prompt_init_text", "backend")
 # The command line's adapter defaults, by method, where the user gives none (EPTConfig's own
 # defaults are the spec's for T5-base; these suit the packaged MiniLM on BBC News). A task
 # also gives its prompt_init_text.
