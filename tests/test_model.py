@@ -203,15 +203,15 @@ def test_print_trainable_parameters_uses_peft_format(capsys):
     )
 
 
-def test_param_groups_split_the_low_rank_pair():
+def test_param_groups_put_the_prompt_and_head_apart_from_the_rest_of_the_encoder():
     model = get_ept_model(tiny_bert_classifier(), _config("SEQ_CLS"))
     groups = model.param_groups(lr_prompt=0.3, lr_lowrank=1e-4)
     enc = model.prompt_encoder
     assert [g["lr"] for g in groups] == [0.3, 1e-4]
-    assert {id(p) for p in groups[1]["params"]} == {id(enc.lora_a), id(enc.lora_b)}
-    assert {id(p) for p in groups[0]["params"]} == {
-        id(p) for p in model.parameters() if p.requires_grad and p is not enc.lora_a and p is not enc.lora_b
-    }
+    slow = {enc.lora_a, enc.lora_b, enc.fusion_scale, enc.proj_down, enc.proj_up, enc.gate_weight, enc.gate_bias}
+    assert {id(p) for p in groups[1]["params"]} == {id(p) for p in slow}
+    assert {id(p) for p in groups[0]["params"]} == {id(enc.prompt)} | {
+        id(p) for p in model.base_model.classifier.parameters()}
 
 
 def test_pt_method_builds_what_peft_prompt_tuning_builds():
