@@ -7,7 +7,7 @@ import pytest
 from ept_fast import EPTConfig
 from ept_fast.cli import parse_eval_args, parse_train_args
 from ept_fast.tasks import get_task
-from ept_fast.training import ADAPTER_DEFAULTS, EvalArguments, TrainArguments
+from ept_fast.training import METHOD_DEFAULTS, EvalArguments, TrainArguments
 from ept_fast.training.compare import CompareArguments
 from ept_fast.training.options import ADAPTER_OPTIONS, build_parser
 
@@ -44,12 +44,21 @@ def test_adapter_options_are_eptconfig_fields_with_one_table_of_defaults():
     fields = {field.name for field in dataclasses.fields(EPTConfig)}
     assert set(ADAPTER_OPTIONS) <= fields
     assert all(getattr(TrainArguments(), name) is None for name in ADAPTER_OPTIONS)  # none re-declared
-    for method, row in ADAPTER_DEFAULTS.items():
+    for method, row in METHOD_DEFAULTS.items():
         config = TrainArguments(method=method).adapter_config()
-        assert all(getattr(config, name) == value for name, value in row.items())
+        assert all(getattr(config, name) == value for name, value in row.items() if name in ADAPTER_OPTIONS)
+        assert TrainArguments(method=method).learning_rates() == (row["lr"], row["lr_lowrank"])
     assert (TrainArguments(method="dept").adapter_config().r, TrainArguments(method="dept").adapter_config().num_spaces,
-            TrainArguments(method="pt").adapter_config().r) == (8, 0, 0)
+            TrainArguments(method="pt").adapter_config().r) == (59, 0, 0)
     assert TrainArguments(r=16, num_spaces=2).adapter_config().r == 16
+    assert TrainArguments(method="pt", lr=0.3).learning_rates() == (0.3, METHOD_DEFAULTS["pt"]["lr_lowrank"])
+
+
+def test_the_methods_defaults_spend_one_budget():
+    from ept_fast.budget import adapter_parameters
+
+    spent = [adapter_parameters(TrainArguments(method=m).adapter_config(), 384) for m in ("ept", "dept", "pt")]
+    assert spent == [37_893, 37_888, 37_632] and all(37_893 - 384 < n <= 37_893 for n in spent)
 
 
 @pytest.mark.parametrize("values, message", [

@@ -3,7 +3,7 @@ scoring and the reports, one module each (each imports only those before it in t
 
 from .evaluation import evaluate, score_adapter
 from .loop import NonFiniteLossError, train
-from .options import ADAPTER_DEFAULTS, EvalArguments, TrainArguments
+from .options import METHOD_DEFAULTS, EvalArguments, TrainArguments
 
-__all__ = ["ADAPTER_DEFAULTS", "EvalArguments", "NonFiniteLossError", "TrainArguments", "evaluate", "score_adapter",
+__all__ = ["METHOD_DEFAULTS", "EvalArguments", "NonFiniteLossError", "TrainArguments", "evaluate", "score_adapter",
            "train"]

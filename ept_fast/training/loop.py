@@ -98,7 +98,8 @@ def train(args: TrainArguments, stop_after_steps: Optional[int] = None) -> dict:
     per_epoch = math.ceil(len(train_set) / global_batch)
     steps_per_epoch = per_epoch / args.gradient_accumulation_steps
     total_steps = args.max_steps or max(1, math.ceil(args.num_epochs * per_epoch / args.gradient_accumulation_steps))
-    optimizer = torch.optim.AdamW(model.param_groups(args.lr, args.lr_lowrank), weight_decay=args.weight_decay)
+    lr, lr_lowrank = args.learning_rates()
+    optimizer = torch.optim.AdamW(model.param_groups(lr, lr_lowrank), weight_decay=args.weight_decay)
     scheduler = get_linear_schedule_with_warmup(optimizer, int(args.warmup_ratio * total_steps), total_steps)
     state = load_checkpoint(checkpoint_folder(out, args.resume), model, optimizer, scheduler) if args.resume \
         else TrainState()
@@ -126,7 +127,7 @@ def train(args: TrainArguments, stop_after_steps: Optional[int] = None) -> dict:
                 if not torch.isfinite(loss):
                     raise NonFiniteLossError(
                         f"the training loss is {loss.item()} at step {state.step + 1}; try lower learning rates "
-                        f"(--lr {args.lr}, --lr-lowrank {args.lr_lowrank}), a smaller --max-grad-norm, or "
+                        f"(--lr {lr}, --lr-lowrank {lr_lowrank}), a smaller --max-grad-norm, or "
                         f"--mixed-precision no; the last checkpoint in {out} is kept")
                 accelerator.backward(loss)
             loss_sum += loss.item()

@@ -3,8 +3,9 @@
 Each command's options are one dataclass; its flags, its config-file keys and its ``--help``
 come from the fields. The adapter's options are ``EPTConfig``'s own fields (declared once,
 there), and what the command line uses where the user gives none is one table by method,
-``ADAPTER_DEFAULTS``: the adapter config is built from that row plus the values given, so
-a value that contradicts the method is the same error as in ``EPTConfig``.
+``METHOD_DEFAULTS`` (sizes and learning rates): the adapter config is built from that row
+plus the values given, so a value that contradicts the method is the same error as in
+``EPTConfig``.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import dataclasses
 import json
 import typing
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence, Union
+from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 
@@ -25,13 +26,14 @@ from ..tasks import TASKS, Task
 # EPTConfig's fields that are command-line options.
 ADAPTER_OPTIONS = ("num_virtual_tokens", "max_length", "r", "lora_alpha", "num_spaces", "space_rank", "fusion",
                    "prompt_init", "prompt_init_text", "backend")
-# The command line's adapter defaults, by method, where the user gives none (EPTConfig's own
-# defaults are the spec's for T5-base; these suit the packaged MiniLM on BBC News). A task
-# also gives its prompt_init_text.
-ADAPTER_DEFAULTS: Dict[str, Dict[str, int]] = {
-    "ept": dict(num_virtual_tokens=20, max_length=128, r=8, num_spaces=4),
-    "dept": dict(num_virtual_tokens=20, max_length=128, r=8),
-    "pt": dict(num_virtual_tokens=20, max_length=128),
+# The command line's defaults by method, where the user gives none: the adapter's sizes (all
+# three at one parameter budget on MiniLM, d = 384: 37,893, 37,888 and 37,632 parameters, the
+# head excluded) and the two learning rates, tuned on validation (docs/results.md). EPTConfig's
+# own defaults are the spec's, for T5-base. A task also gives its prompt_init_text.
+METHOD_DEFAULTS: Dict[str, Dict[str, float]] = {
+    "ept": dict(num_virtual_tokens=20, max_length=128, r=44, num_spaces=4, space_rank=2, lr=3e-2, lr_lowrank=1e-3),
+    "dept": dict(num_virtual_tokens=20, max_length=128, r=59, lr=3e-2, lr_lowrank=1e-3),
+    "pt": dict(num_virtual_tokens=98, max_length=128, lr=1e-2, lr_lowrank=1e-3),
 }
 
 
@@ -91,7 +93,7 @@ class RunArguments:
 
 def _adapter_options():
     """EPTConfig's option fields, with None meaning "the method's default" (``method`` keeps
-    EPTConfig's default: it picks the row of ADAPTER_DEFAULTS)."""
+    EPTConfig's default: it picks the row of METHOD_DEFAULTS)."""
     fields = {field.name: field for field in dataclasses.fields(EPTConfig)}
     hints = typing.get_type_hints(EPTConfig)
     method = fields["method"]
@@ -122,9 +124,10 @@ class TrainArguments(AdapterArguments, RunArguments, DataArguments):
                              aliases=("overwrite_output_dir",))
     resume: Union[bool, str] = option(False, "continue from the last checkpoint in --output-dir, or from the "
                                              "checkpoint folder given", aliases=("resume_from_checkpoint",))
-    lr: float = option(3e-2, "learning rate of the prompt, fusion, projections, gate and head",
-                       aliases=("learning_rate",))
-    lr_lowrank: float = option(3e-3, "learning rate of the low-rank pair A, B (DePT's second rate)")
+    lr: Optional[float] = option(help="learning rate of the soft prompt P and the head (default by method: ept "
+                                      "3e-2, dept 3e-2, pt 1e-2)", aliases=("learning_rate",))
+    lr_lowrank: Optional[float] = option(help="learning rate of the low-rank pair A, B and EPT's fusion scale, "
+                                              "projections and gate (DePT's second rate; default 1e-3)")
     weight_decay: float = option(1e-5, "AdamW weight decay")
     warmup_ratio: float = option(0.06, "fraction of the steps with a linear warm-up (then a linear decay)")
     num_epochs: float = option(1.0, "passes over the training set", aliases=("num_train_epochs",))
@@ -153,11 +156,11 @@ class TrainArguments(AdapterArguments, RunArguments, DataArguments):
 
     def adapter_config(self, task: Optional[Task] = None, task_type: Optional[TaskType] = None,
                        token_dim: Optional[int] = None) -> EPTConfig:
-        """The EPTConfig of this run: the method's row of ADAPTER_DEFAULTS, the task's init
+        """The EPTConfig of this run: the method's row of METHOD_DEFAULTS, the task's init
         text, then every adapter option given; sized to --param-budget on a backbone of hidden
         size ``token_dim`` when both are known."""
         method = parse_enum(Method, "--method", self.method).value
-        values = dict(ADAPTER_DEFAULTS[method])
+        values = {key: value for key, value in METHOD_DEFAULTS[method].items() if key in ADAPTER_OPTIONS}
         if task is not None and task.init_text:
             values["prompt_init_text"] = task.init_text
         values.update({name: getattr(self, name) for name in ADAPTER_OPTIONS if getattr(self, name) is not None})
@@ -165,6 +168,12 @@ class TrainArguments(AdapterArguments, RunArguments, DataArguments):
         if self.param_budget is not None and token_dim is not None:
             config = fit_budget(config, self.param_budget, token_dim)
         return config
+
+    def learning_rates(self) -> Tuple[float, float]:
+        """(--lr, --lr-lowrank), each the method's default where not given."""
+        row = METHOD_DEFAULTS[parse_enum(Method, "--method", self.method).value]
+        return (row["lr"] if self.lr is None else self.lr,
+                row["lr_lowrank"] if self.lr_lowrank is None else self.lr_lowrank)
 
 
 @dataclasses.dataclass
