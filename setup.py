@@ -14,7 +14,7 @@ setup(
     license="Apache-2.0",
     python_requires=">=3.10",
     # The kernels live in the top-level kernels/ folder but import as ept_fast.kernels.
-    packages=["ept_fast", "ept_fast.kernels"],
+    packages=["ept_fast", "ept_fast.training", "ept_fast.kernels"],
     package_dir={"ept_fast": "ept_fast", "ept_fast.kernels": "kernels"},
     install_requires=[
         # Tested with torch 2.13 / triton 3.8 / transformers 5.24 (constraints.txt, CPU) and
@@ -23,6 +23,7 @@ setup(
         "triton>=3.6,<4",
         "numpy>=1.26",
         "transformers>=4.46,<6",
+        "huggingface_hub>=0.24",
         "safetensors>=0.4",
         "accelerate>=1.1",
         "scikit-learn>=1.3",
@@ -34,6 +35,6 @@ setup(
     entry_points={"console_scripts": ["ept-fast=ept_fast.cli:main"]},
     extras_require={
         "hub": ["datasets>=3.0,<6"],  # registry tasks loaded from the Hugging Face hub
-        "test": ["pytest>=8", "pytest-benchmark>=5", "hypothesis>=6.100", "datasets>=3.0,<6"],
+        "test": ["pytest>=8", "pytest-benchmark>=5", "hypothesis>=6.100", "datasets>=3.0,<6", "peft>=0.13"],
     },
 )

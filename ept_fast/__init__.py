@@ -20,3 +20,11 @@ __all__ = [
     "infer_task_type",
     "reference",
 ]
+
+
+def __getattr__(name: str):
+    if name in ("EPTTrainer", "EPTSeq2SeqTrainer"):  # transformers' Trainer imports slowly: only when asked
+        from . import trainer
+
+        return getattr(trainer, name)
+    raise AttributeError(f"module 'ept_fast' has no attribute {name!r}")

@@ -68,11 +68,11 @@ def _require_same_device(named: Sequence[Tuple[str, torch.Tensor]]) -> None:
             )
 
 
-def check_scaling(scaling) -> None:
+def check_scaling(scaling, name: str = "scaling") -> None:
     if isinstance(scaling, bool) or not isinstance(scaling, Real):
-        raise TypeError(f"scaling: expected a Python float, got {type(scaling).__name__}")
+        raise TypeError(f"{name}: expected a Python float, got {type(scaling).__name__}")
     if not math.isfinite(scaling):
-        raise ValueError(f"scaling: expected a finite number, got {scaling}")
+        raise ValueError(f"{name}: expected a finite number, got {scaling}")
 
 
 def check_ept_prompt_args(
@@ -104,7 +104,7 @@ def check_ept_prompt_args(
 
 
 def check_assemble_inputs_layout(
-    input_ids, attention_mask, word_embeddings, prompt_out, lora_a, lora_b, scaling
+    input_ids, attention_mask, word_embeddings, prompt_out, lora_a, lora_b, scaling, embed_scale=1.0
 ) -> Dims:
     """The kinds, shapes, dtypes and devices of ``assemble_inputs``' arguments (no values read);
     returns the sizes b, T, V, d, m, n, r."""
@@ -135,6 +135,7 @@ def check_assemble_inputs_layout(
     _require_same_dtype([("lora_a", lora_a), ("lora_b", lora_b)])
     _require_same_device(named)
     check_scaling(scaling)
+    check_scaling(embed_scale, "embed_scale")
     return dims
 
 

@@ -12,8 +12,12 @@ class PromptInit(str, enum.Enum):
     """How the short prompt P is initialised (PEFT's ``PromptTuningInit`` values where they match)."""
 
     TEXT = "TEXT"  # rows of the word-embedding table for the tokenized init text
-    RANDOM_VOCAB = "RANDOM_VOCAB"  # m random rows of the word-embedding table
-    RANDOM = "RANDOM"  # N(0, 0.02^2)
+    RANDOM_VOCAB = "RANDOM_VOCAB"  # m random rows of the word-embedding table (PEFT's SAMPLE_VOCAB)
+    RANDOM = "RANDOM"  # N(0, 0.02^2) (PEFT's RANDOM is nn.Embedding's N(0, 1))
+
+    @classmethod
+    def _missing_(cls, value):
+        return cls.RANDOM_VOCAB if value == "SAMPLE_VOCAB" else None  # PEFT's spelling
 
 
 class Method(str, enum.Enum):
@@ -38,6 +42,7 @@ class Backend(str, enum.Enum):
     TORCH = "torch"
 
 
+PEFT_ALIASES = {"prompt_tuning_init": "prompt_init", "prompt_tuning_init_text": "prompt_init_text"}
 _DEFAULT_RANK = {Method.EPT: 30, Method.DEPT: 30, Method.PT: 0}
 _DEFAULT_SPACES = {Method.EPT: 4, Method.DEPT: 0, Method.PT: 0}
 
@@ -110,8 +115,15 @@ class EPTConfig:
     base_model_name_or_path: Optional[str] = _field(None, "the backbone the adapter was trained on")
     tokenizer_name_or_path: Optional[str] = _field(None, "tokenizer for prompt_init TEXT (default: the backbone's)")
     modules_to_save: Optional[List[str]] = _field(None, "backbone modules trained and saved with the adapter")
+    # PEFT's spellings of prompt_init and prompt_init_text, accepted as aliases (not stored).
+    prompt_tuning_init: dataclasses.InitVar[Optional[str]] = None
+    prompt_tuning_init_text: dataclasses.InitVar[Optional[str]] = None
 
-    def __post_init__(self) -> None:
+    def __post_init__(self, prompt_tuning_init=None, prompt_tuning_init_text=None) -> None:
+        if prompt_tuning_init is not None:
+            self.prompt_init = prompt_tuning_init
+        if prompt_tuning_init_text is not None:
+            self.prompt_init_text = prompt_tuning_init_text
         self.method = parse_enum(Method, "method", self.method)
         if self.task_type is not None:
             self.task_type = parse_enum(TaskType, "task_type", self.task_type)
@@ -172,8 +184,9 @@ class EPTConfig:
 
     @classmethod
     def from_dict(cls, values: dict) -> "EPTConfig":
-        """Inverse of ``to_dict``; an unknown key is an error."""
-        names = {field.name for field in dataclasses.fields(cls)}
+        """Inverse of ``to_dict`` (PEFT's ``prompt_tuning_init*`` spellings accepted); an unknown
+        key is an error."""
+        names = {field.name for field in dataclasses.fields(cls)} | set(PEFT_ALIASES)
         unknown = sorted(set(values) - names)
         if unknown:
             raise ValueError(f"config: unknown field(s) {unknown}; known fields are {sorted(names)}")

@@ -92,10 +92,11 @@ def assemble_inputs(
     lora_b: torch.Tensor,
     scaling: float,
     backend: str = "auto",
+    embed_scale: float = 1.0,
 ) -> Tuple[torch.Tensor, torch.Tensor]:
     """``(inputs_embeds (b, m+T, d), attention_mask (b, m+T))``; see
     ``ept_fast.reference.assemble_inputs`` for the rule and shapes."""
-    args = (input_ids, attention_mask, word_embeddings, prompt_out, lora_a, lora_b, scaling)
+    args = (input_ids, attention_mask, word_embeddings, prompt_out, lora_a, lora_b, scaling, embed_scale)
     dims = check_assemble_inputs_args(*args)
     if use_triton(backend, word_embeddings.device):
         from .kernels import assemble_inputs as kernels

@@ -1,24 +1,38 @@
-"""EPT on a frozen Hugging Face backbone: ``get_ept_model`` and ``EPTModel`` (PEFT-style API)."""
+"""EPT on a frozen Hugging Face backbone: ``get_ept_model`` and ``EPTModel`` (PEFT's model API:
+named adapters, ``disable_adapter``, ``save_pretrained`` / ``from_pretrained`` / ``push_to_hub``)."""
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
 import logging
 import os
-from typing import Dict, List, Optional, Tuple, Union
+from pathlib import Path
+from typing import Dict, Iterator, List, Optional, Tuple, Union
 
 import torch
 from torch import nn
 
 from .config import EPTConfig, PromptInit, TaskType, infer_task_type
-from .prompt_encoder import EPTPromptEncoder
-from .serialization import load_adapter, save_adapter
+from .heads import head_copy, route_head
+from .hub import CARD_NAME, adapter_folder, model_card, push_folder
+from .interop import dept_checkpoint, export_peft_prompt_tuning
+from .prompt_encoder import EPTPromptEncoder, embedding_scale
+from .serialization import AdapterFiles, load_adapter as read_adapter, save_adapter
 
 logger = logging.getLogger(__name__)
 
+DEFAULT_ADAPTER = "default"
 _DEFAULT_HEADS = ("classifier", "score")  # PEFT's automatic modules_to_save for SEQ_CLS
-_FAST = "prompt_encoder.prompt"  # the soft prompt itself trains at lr_prompt, with any head
+# Adapter and hub methods of PEFT and transformers that EPTModel does not have: they must never
+# reach the backbone through __getattr__ (its push_to_hub would upload the whole model).
+_NOT_FORWARDED = frozenset({
+    "active_adapters", "add_weighted_adapter", "create_or_update_model_card", "delete_adapters", "disable_adapters",
+    "enable_adapters", "enable_peft_hotswap", "get_adapter_state_dict", "get_prompt", "get_prompt_embedding_to_save",
+    "merge_adapter", "merge_and_unload", "set_additional_trainable_modules", "unload", "unmerge_adapter",
+    "_hf_peft_config_loaded", "_dispatch_accelerate_model", "_prepare_peft_hotswap_kwargs",
+})
 
 
 def _input_embeddings(model: nn.Module) -> nn.Embedding:
@@ -29,45 +43,71 @@ def _input_embeddings(model: nn.Module) -> nn.Embedding:
             f"model: expected a backbone whose get_input_embeddings() returns an nn.Embedding, "
             f"got {type(embeddings).__name__} from {type(model).__name__}"
         )
-    if type(embeddings).forward is not nn.Embedding.forward:
-        raise ValueError(
-            f"model: its input embedding {type(embeddings).__name__} changes the lookup (for example by "
-            f"scaling it); ept_fast assembles inputs from the plain table and does not support it yet"
-        )
+    embedding_scale(embeddings)  # a lookup that does more than scale is refused here
     return embeddings
 
 
 class EPTModel(nn.Module):
     """A frozen backbone with an EPT prompt in front of its input.
 
+    Holds one or more named adapters (``peft_config[name]``, ``prompt_encoders[name]``, and for
+    a classifier a copy of the head each); ``active_adapter`` is the one ``forward`` and
+    ``generate`` use. Only the active adapter's parameters train, and only if it was created
+    or loaded trainable. Build with ``get_ept_model`` or ``EPTModel.from_pretrained``.
+
     Forwards the keyword arguments the backbone takes; ``input_ids`` is required (the prompt
-    and the low-rank update are built from it). Build with ``get_ept_model`` or
-    ``EPTModel.from_pretrained``.
+    and the low-rank update are built from it).
     """
 
-    def __init__(self, model: nn.Module, config: EPTConfig, tokenizer=None, initialize_prompt: bool = True) -> None:
+    def __init__(self, model: nn.Module, config: EPTConfig, tokenizer=None, initialize_prompt: bool = True,
+                 adapter_name: str = DEFAULT_ADAPTER) -> None:
         super().__init__()
-        embeddings = _input_embeddings(model)
+        _input_embeddings(model)
         self.base_model = model
         for parameter in model.parameters():
             parameter.requires_grad_(False)
-        task_type = config.task_type or infer_task_type(model)
-        self.heads: List[str] = self._find_heads(config.modules_to_save) if task_type is TaskType.SEQ_CLS else []
-        for head in self.heads:
-            model.get_submodule(head).requires_grad_(True)
-        name = getattr(getattr(model, "config", None), "name_or_path", None) or None
-        config = dataclasses.replace(config, task_type=task_type, modules_to_save=self.heads or config.modules_to_save,
-                                     base_model_name_or_path=config.base_model_name_or_path or name)
+        self.task_type = config.task_type or infer_task_type(model)
+        self.prompt_encoders = nn.ModuleDict()
+        self.peft_config: Dict[str, EPTConfig] = {}
+        self.heads: List[str] = []  # the backbone's trained head modules (SEQ_CLS); each adapter has copies
+        self.head_copies = nn.ModuleDict()  # adapter name -> its copies, in the order of self.heads
+        self.adapter_task_metadata: Dict[str, Optional[dict]] = {}
+        self._trainable: Dict[str, bool] = {}
+        self._merged_prompts: Dict[str, torch.Tensor] = {}
+        self._active_adapter = adapter_name
+        self._adapters_disabled = False
+        self._create_adapter(adapter_name, config, tokenizer, initialize_prompt)
+        self.set_adapter(adapter_name)
+
+    # ------------------------------------------------------------ adapters
+    def _create_adapter(self, name: str, config: EPTConfig, tokenizer, initialize_prompt: bool) -> None:
+        if not isinstance(name, str) or not name or "." in name:
+            raise ValueError(f"adapter_name: expected a non-empty name without dots, got {name!r}")
+        if name in self.peft_config:
+            raise ValueError(f"adapter_name: an adapter named {name!r} exists already; delete_adapter it first")
+        task_type = config.task_type or self.task_type
+        if task_type is not self.task_type:
+            raise ValueError(f"config.task_type: this model's adapters are {self.task_type.value}, got {task_type.value}")
+        heads = self._find_heads(config.modules_to_save) if task_type is TaskType.SEQ_CLS else []
+        if self.heads and heads != self.heads:
+            raise ValueError(f"config.modules_to_save: this model's adapters train {self.heads}, got {heads}")
+        embeddings = self.word_embeddings
+        name_or_path = getattr(getattr(self.base_model, "config", None), "name_or_path", None) or None
+        config = dataclasses.replace(config, task_type=task_type, modules_to_save=heads or config.modules_to_save,
+                                     base_model_name_or_path=config.base_model_name_or_path or name_or_path)
         if initialize_prompt and config.prompt_init is PromptInit.TEXT and tokenizer is None:
             tokenizer = _load_tokenizer(config)
         # The encoder completes token_dim from the table (and checks a given one against it).
-        self.prompt_encoder = EPTPromptEncoder(config, embeddings, tokenizer, initialize_prompt).to(
-            embeddings.weight.device
-        )
-        self.config = self.prompt_encoder.config
-        # The data the adapter is for (name, label names, metrics), saved with it when known.
-        self.task_metadata: Optional[dict] = None
-        self._merged_prompt: Optional[torch.Tensor] = None
+        encoder = EPTPromptEncoder(config, embeddings, tokenizer, initialize_prompt).to(embeddings.weight.device)
+        self.prompt_encoders[name] = encoder
+        self.peft_config[name] = encoder.config
+        if heads and not self.heads:
+            for index, head in enumerate(heads):
+                route_head(self.base_model.get_submodule(head), lambda index=index: self._active_head(index))
+        self.heads = heads
+        self.head_copies[name] = nn.ModuleList(head_copy(self.base_model.get_submodule(head)) for head in heads)
+        self.adapter_task_metadata[name] = None
+        self._trainable[name] = True
 
     def _find_heads(self, modules_to_save: Optional[List[str]]) -> List[str]:
         names = modules_to_save or [n for n in _DEFAULT_HEADS if hasattr(self.base_model, n)]
@@ -79,13 +119,116 @@ class EPTModel(nn.Module):
             )
         return list(names)
 
+    def _active_head(self, index: int) -> Optional[nn.Module]:
+        """The module that answers for ``self.heads[index]``: the active adapter's copy, or None
+        (the backbone's own head) while adapters are disabled."""
+        return None if self._adapters_disabled else self.head_copies[self._active_adapter][index]
+
+    def _check_adapter(self, name: str) -> None:
+        if name not in self.peft_config:
+            raise ValueError(f"adapter_name: no adapter named {name!r}; this model has {sorted(self.peft_config)}")
+
+    def add_adapter(self, adapter_name: str, config: EPTConfig, tokenizer=None) -> None:
+        """Add a new, trainable adapter built from ``config`` (not made active: see ``set_adapter``)."""
+        self._create_adapter(adapter_name, copy.deepcopy(config), tokenizer, initialize_prompt=True)
+        self.set_adapter(self._active_adapter)
+
+    def load_adapter(self, model_id: Union[str, os.PathLike], adapter_name: str, is_trainable: bool = False,
+                     revision: Optional[str] = None, subfolder: Optional[str] = None,
+                     token: Optional[str] = None) -> None:
+        """Load a saved adapter (a local folder or a hub id) as ``adapter_name``, beside the others
+        (not made active: see ``set_adapter``)."""
+        folder = adapter_folder(model_id, revision=revision, subfolder=subfolder, token=token)
+        files = read_adapter(folder)
+        self._create_adapter(adapter_name, EPTConfig.from_dict(files.config), None, initialize_prompt=False)
+        self._load_files(adapter_name, files, str(model_id), is_trainable)
+        self.set_adapter(self._active_adapter)
+
+    def _load_files(self, name: str, files: AdapterFiles, source: str, is_trainable: bool) -> None:
+        self.load_adapter_state_dict(files.tensors, source, adapter_name=name)
+        self.adapter_task_metadata[name] = files.task
+        self._trainable[name] = is_trainable
+
+    def set_adapter(self, adapter_name: str) -> None:
+        """Make ``adapter_name`` the one ``forward`` and ``generate`` use (and the one that trains)."""
+        self._check_adapter(adapter_name)
+        self._active_adapter = adapter_name
+        for name, encoder in self.prompt_encoders.items():
+            trains = name == adapter_name and self._trainable[name]
+            for parameter_name, parameter in encoder.named_parameters():
+                parameter.requires_grad_(trains and (parameter_name != "fusion_scale" or encoder.config.trains_fusion))
+        for name, heads in self.head_copies.items():
+            heads.requires_grad_(name == adapter_name and self._trainable[name])
+
+    def delete_adapter(self, adapter_name: str) -> None:
+        """Remove an adapter; deleting the active one makes the first remaining one active."""
+        self._check_adapter(adapter_name)
+        if len(self.peft_config) == 1:
+            raise ValueError(f"adapter_name: {adapter_name!r} is this model's only adapter; use get_base_model() "
+                             f"for the backbone alone")
+        del self.prompt_encoders[adapter_name]
+        del self.head_copies[adapter_name]
+        for store in (self.peft_config, self.adapter_task_metadata, self._trainable, self._merged_prompts):
+            store.pop(adapter_name, None)
+        self.set_adapter(self._active_adapter if self._active_adapter in self.peft_config else next(iter(self.peft_config)))
+
+    @property
+    def active_adapter(self) -> str:
+        return self._active_adapter
+
+    @property
+    def active_peft_config(self) -> EPTConfig:
+        """The active adapter's configuration. (``config`` is the backbone's, as in PEFT.)"""
+        return self.peft_config[self._active_adapter]
+
+    @property
+    def prompt_encoder(self) -> EPTPromptEncoder:
+        """The active adapter's prompt encoder."""
+        return self.prompt_encoders[self._active_adapter]
+
+    @property
+    def task_metadata(self) -> Optional[dict]:
+        """The data the active adapter is for (name, label names, metrics), saved with it when known."""
+        return self.adapter_task_metadata[self._active_adapter]
+
+    @task_metadata.setter
+    def task_metadata(self, value: Optional[dict]) -> None:
+        self.adapter_task_metadata[self._active_adapter] = value
+
+    @contextlib.contextmanager
+    def disable_adapter(self) -> Iterator[None]:
+        """Within the block the backbone runs alone: no prompt, no low-rank update, its own head."""
+        self._adapters_disabled = True
+        try:
+            yield
+        finally:
+            self._adapters_disabled = False
+
+    def get_base_model(self) -> nn.Module:
+        """The backbone, unchanged (the adapters' heads are copies held by this model)."""
+        return self.base_model
+
     def __getattr__(self, name: str):
         try:
             return super().__getattr__(name)
         except AttributeError:
-            if name == "base_model":
-                raise
+            if name == "base_model" or name in _NOT_FORWARDED:
+                raise AttributeError(f"{type(self).__name__} has no attribute {name!r}") from None
             return getattr(self.base_model, name)
+
+    def _apply(self, fn, recurse: bool = True):
+        """``.to(dtype)``, ``.half()`` and the like cast the backbone; the adapters' parameters
+        move with it but stay float32 (a round trip through 16 bits would lose their precision)."""
+        def move_only(tensor: torch.Tensor) -> torch.Tensor:
+            converted = fn(tensor)
+            if converted.is_floating_point() and converted.dtype != tensor.dtype:
+                return tensor.to(converted.device)
+            return converted
+
+        for child in self.children():
+            child._apply(move_only if child is self.prompt_encoders else fn, recurse)
+        self._merged_prompts = {name: move_only(prompt) for name, prompt in self._merged_prompts.items()}
+        return self
 
     # ------------------------------------------------------------------ inputs
     @property
@@ -93,8 +236,9 @@ class EPTModel(nn.Module):
         return self.base_model.get_input_embeddings()
 
     def ept_prompt(self) -> torch.Tensor:
-        """P* (m, d): the cached copy after ``merge_prompt()``, else computed now."""
-        return self._merged_prompt if self._merged_prompt is not None else self.prompt_encoder()
+        """P* (m, d) of the active adapter: the cached copy after ``merge_prompt()``, else computed now."""
+        merged = self._merged_prompts.get(self._active_adapter)
+        return merged if merged is not None else self.prompt_encoder()
 
     def assemble_inputs(
         self, input_ids: torch.Tensor, attention_mask: Optional[torch.Tensor] = None
@@ -127,37 +271,39 @@ class EPTModel(nn.Module):
         labels: Optional[torch.Tensor] = None,
         **kwargs,
     ):
+        if labels is not None:
+            kwargs["labels"] = labels
+        if self._adapters_disabled:
+            return self.base_model(input_ids=input_ids, attention_mask=attention_mask, inputs_embeds=inputs_embeds,
+                                   **kwargs)
         self._check_inputs(input_ids, inputs_embeds)
         self._drop_unsupported(kwargs)
         embeds, mask = self.assemble_inputs(input_ids, attention_mask)
-        m = self.config.num_virtual_tokens
-        task = self.config.task_type
-        if task is TaskType.CAUSAL_LM and labels is not None:
-            labels = torch.cat([labels.new_full((labels.shape[0], m), -100), labels], dim=1)
-        if task is not TaskType.SEQ_2_SEQ_LM and kwargs.get("token_type_ids") is not None:
+        m = self.active_peft_config.num_virtual_tokens
+        if self.task_type is TaskType.CAUSAL_LM and labels is not None:
+            kwargs["labels"] = torch.cat([labels.new_full((labels.shape[0], m), -100), labels], dim=1)
+        if self.task_type is not TaskType.SEQ_2_SEQ_LM and kwargs.get("token_type_ids") is not None:
             token_types = kwargs["token_type_ids"]
             kwargs["token_type_ids"] = torch.cat([token_types.new_zeros((token_types.shape[0], m)), token_types], 1)
-        if labels is not None:
-            kwargs["labels"] = labels
         return self.base_model(inputs_embeds=embeds, attention_mask=mask, **kwargs)
 
     @torch.no_grad()
-    def generate(self, **kwargs):
-        """Generation with the same prefix as ``forward`` (PEFT's keyword-only form: ``input_ids=``
-        is required). Seq2seq models return the decoder's tokens; causal LMs return ``input_ids``
-        followed by the new tokens, as the backbone's own ``generate(input_ids=...)`` does."""
-        task = self.config.task_type
-        if task not in (TaskType.SEQ_2_SEQ_LM, TaskType.CAUSAL_LM):
-            raise ValueError(f"generate: needs task_type SEQ_2_SEQ_LM or CAUSAL_LM, this model is {task.value}")
+    def generate(self, input_ids: Optional[torch.Tensor] = None, **kwargs):
+        """Generation with the same prefix as ``forward`` (``generate(ids)`` or ``generate(input_ids=ids)``).
+        Seq2seq models return the decoder's tokens; causal LMs return ``input_ids`` followed by
+        the new tokens, as the backbone's own ``generate(input_ids=...)`` does."""
+        if self.task_type not in (TaskType.SEQ_2_SEQ_LM, TaskType.CAUSAL_LM):
+            raise ValueError(f"generate: needs task_type SEQ_2_SEQ_LM or CAUSAL_LM, this model is {self.task_type.value}")
+        if self._adapters_disabled:
+            return self.base_model.generate(input_ids=input_ids, **kwargs)
         kwargs = dict(kwargs)
-        input_ids = kwargs.pop("input_ids", None)
         self._check_inputs(input_ids, kwargs.pop("inputs_embeds", None))
         self._drop_unsupported(kwargs)
         if kwargs.pop("encoder_outputs", None) is not None:
             logger.warning("encoder_outputs: ignored; the encoder runs on the prompted input")
         embeds, mask = self.assemble_inputs(input_ids, kwargs.pop("attention_mask", None))
         output = self.base_model.generate(inputs_embeds=embeds, attention_mask=mask, **kwargs)
-        if task is TaskType.CAUSAL_LM:
+        if self.task_type is TaskType.CAUSAL_LM:
             sequences = output.sequences if hasattr(output, "sequences") else output
             beams = sequences.shape[0] // input_ids.shape[0]
             sequences = torch.cat([input_ids.repeat_interleave(beams, dim=0), sequences], dim=1)
@@ -170,15 +316,16 @@ class EPTModel(nn.Module):
     # ---------------------------------------------------------- prompt caching
     @torch.no_grad()
     def merge_prompt(self) -> None:
-        """Compute P* once and reuse it (inference): generation then skips the prompt generator."""
-        self._merged_prompt = self.prompt_encoder().detach()
+        """Compute the active adapter's P* once and reuse it (inference): generation then skips
+        the prompt generator."""
+        self._merged_prompts[self._active_adapter] = self.prompt_encoder().detach()
 
     def unmerge_prompt(self) -> None:
-        self._merged_prompt = None
+        self._merged_prompts.pop(self._active_adapter, None)
 
     def train(self, mode: bool = True):
         if mode:
-            self.unmerge_prompt()  # a cached P* would go stale as the parameters train
+            self._merged_prompts.clear()  # a cached P* would go stale as the parameters train
         return super().train(mode)
 
     # ------------------------------------------------------ parameters (PEFT)
@@ -192,62 +339,116 @@ class EPTModel(nn.Module):
         print(f"trainable params: {trainable:,d} || all params: {total:,d} || trainable%: {100 * trainable / total:.4f}")
 
     def param_groups(self, lr_prompt: float, lr_lowrank: float) -> List[dict]:
-        """Optimizer groups for DePT's two learning rates: the soft prompt P and any trained head
-        at ``lr_prompt``; the low-rank pair A, B, and EPT's fusion scale, projections and gate at
-        ``lr_lowrank``. (EPT's extra parts at the prompt's rate made it unstable and worse than
-        DePT on the MiniLM tasks of docs/results.md; at the low-rank rate it wins there.)"""
-        slow = [p for n, p in self.prompt_encoder.named_parameters() if p.requires_grad and f"prompt_encoder.{n}" != _FAST]
+        """Optimizer groups for DePT's two learning rates: the active adapter's soft prompt P and
+        head at ``lr_prompt``; its low-rank pair A, B, and EPT's fusion scale, projections and gate
+        at ``lr_lowrank``. (EPT's extra parts at the prompt's rate made it unstable and worse than
+        DePT on the MiniLM tasks of docs/results.md.)"""
+        encoder = self.prompt_encoder
+        slow = [p for n, p in encoder.named_parameters() if p.requires_grad and n != "prompt"]
         fast = [p for p in self.parameters() if p.requires_grad and all(p is not q for q in slow)]
         return [g for g in ({"params": fast, "lr": lr_prompt}, {"params": slow, "lr": lr_lowrank}) if g["params"]]
 
     # ----------------------------------------------------------- save / load
-    def adapter_state_dict(self) -> Dict[str, torch.Tensor]:
-        """The tensors an adapter file holds: the eight encoder parameters (fp32) and the heads."""
-        tensors = {f"prompt_encoder.{name}": p.detach().float() for name, p in self.prompt_encoder.named_parameters()}
-        for head in self.heads:
-            for name, tensor in self.base_model.get_submodule(head).state_dict().items():
-                tensors[f"base_model.{head}.{name}"] = tensor.detach()
+    def adapter_state_dict(self, adapter_name: Optional[str] = None) -> Dict[str, torch.Tensor]:
+        """The tensors an adapter file holds (default: the active adapter's): the eight encoder
+        parameters (fp32) and its copy of the heads, under PEFT's names."""
+        name = adapter_name or self._active_adapter
+        self._check_adapter(name)
+        tensors = {f"prompt_encoder.{key}": p.detach().float() for key, p in self.prompt_encoders[name].named_parameters()}
+        for head, module in zip(self.heads, self.head_copies[name]):
+            for key, tensor in module.state_dict().items():
+                tensors[f"base_model.{head}.{key}"] = tensor.detach()
         return tensors
 
-    def save_pretrained(self, save_directory: Union[str, os.PathLike]) -> None:
-        """Write ``adapter_config.json`` and ``adapter_model.safetensors`` (each written, then renamed)."""
-        save_adapter(save_directory, self.config.to_dict(), self.adapter_state_dict(), task=self.task_metadata)
+    def save_pretrained(self, save_directory: Union[str, os.PathLike], selected_adapters: Optional[List[str]] = None,
+                        is_main_process: bool = True) -> None:
+        """Write ``adapter_config.json`` and ``adapter_model.safetensors`` (each written, then
+        renamed) per adapter: ``default`` in ``save_directory``, any other in
+        ``save_directory/<name>``, as PEFT does. Only the main process writes."""
+        if not is_main_process:
+            return
+        for name in selected_adapters or list(self.peft_config):
+            self._check_adapter(name)
+            folder = Path(save_directory) if name == DEFAULT_ADAPTER else Path(save_directory) / name
+            save_adapter(folder, self.peft_config[name].to_dict(), self.adapter_state_dict(name),
+                         task=self.adapter_task_metadata[name])
+
+    def push_to_hub(self, repo_id: str, adapter_name: Optional[str] = None, metrics: Optional[dict] = None,
+                    commit_message: str = "Upload EPT adapter", private: Optional[bool] = None,
+                    token: Optional[str] = None, revision: Optional[str] = None, create_pr: bool = False):
+        """Upload one adapter (default: the active one) to the hub repository ``repo_id``: its two
+        files and a model card (README.md), never the backbone. Returns the hub's commit info."""
+        name = adapter_name or self._active_adapter
+        self._check_adapter(name)
+        trainable = sum(t.numel() for key, t in self.adapter_state_dict(name).items()
+                        if key != "prompt_encoder.fusion_scale" or self.peft_config[name].trains_fusion)
+
+        def write(folder: Path) -> None:
+            config, task = self.peft_config[name].to_dict(), self.adapter_task_metadata[name]
+            save_adapter(folder, config, self.adapter_state_dict(name), task=task)
+            (folder / CARD_NAME).write_text(model_card(config, trainable, task, metrics), encoding="utf-8")
+
+        return push_folder(repo_id, write, commit_message=commit_message, private=private, token=token,
+                           revision=revision, create_pr=create_pr)
 
     @classmethod
     def from_pretrained(
-        cls, model: nn.Module, model_id: Union[str, os.PathLike], is_trainable: bool = False
+        cls, model: nn.Module, model_id: Union[str, os.PathLike], adapter_name: str = DEFAULT_ADAPTER,
+        is_trainable: bool = False, revision: Optional[str] = None, subfolder: Optional[str] = None,
+        token: Optional[str] = None,
     ) -> "EPTModel":
-        """Load an adapter saved by ``save_pretrained`` onto ``model`` (a local folder)."""
-        files = load_adapter(model_id)
-        wrapper = cls(model, EPTConfig.from_dict(files.config), initialize_prompt=False)  # the saved tensors replace
-        wrapper.load_adapter_state_dict(files.tensors, str(model_id))  # the initial prompt
-        wrapper.task_metadata = files.task
+        """Load an adapter saved by ``save_pretrained`` onto ``model``: a local folder, or a hub
+        repository id (with ``revision``, ``subfolder``, ``token``; the hub's cache serves it offline)."""
+        files = read_adapter(adapter_folder(model_id, revision=revision, subfolder=subfolder, token=token))
+        # The saved tensors replace the initial prompt, so none is built.
+        wrapper = cls(model, EPTConfig.from_dict(files.config), initialize_prompt=False, adapter_name=adapter_name)
+        wrapper._load_files(adapter_name, files, str(model_id), is_trainable)
+        wrapper.set_adapter(adapter_name)
         if not is_trainable:
-            for parameter in wrapper.parameters():
-                parameter.requires_grad_(False)
             wrapper.eval()
             wrapper.merge_prompt()
         return wrapper
 
-    def load_adapter_state_dict(self, tensors: Dict[str, torch.Tensor], source: str = "state dict") -> None:
-        """Load tensors in the form of ``adapter_state_dict()``; shapes and names are checked."""
-        self.unmerge_prompt()  # a cached P* would belong to the old parameters
-        expected = self.adapter_state_dict()
+    @classmethod
+    def from_dept_checkpoint(cls, model: nn.Module, directory: Union[str, os.PathLike],
+                             adapter_name: str = DEFAULT_ADAPTER, is_trainable: bool = False) -> "EPTModel":
+        """Load one of DePT's released checkpoints (``adapter_config.json`` with peft_type
+        ``PROMPT_TUNING_LORA``, ``adapter_model.bin`` or ``.safetensors``) as a ``dept`` adapter."""
+        config, tensors = dept_checkpoint(directory)
+        wrapper = cls(model, config, initialize_prompt=False, adapter_name=adapter_name)
+        wrapper.load_adapter_state_dict({**wrapper.adapter_state_dict(), **tensors}, str(directory))
+        wrapper._trainable[adapter_name] = is_trainable
+        wrapper.set_adapter(adapter_name)
+        return wrapper
+
+    def export_peft_prompt_tuning(self, save_directory: Union[str, os.PathLike], adapter_name: Optional[str] = None,
+                                  allow_lossy: bool = False, sample_input_ids: Optional[torch.Tensor] = None) -> dict:
+        """Write the adapter as a plain PEFT prompt-tuning adapter (see ``ept_fast.interop``):
+        exact for ``method="pt"``; ``dept`` / ``ept`` only with ``allow_lossy=True``, returning
+        the measured output difference."""
+        return export_peft_prompt_tuning(self, save_directory, adapter_name, allow_lossy, sample_input_ids)
+
+    def load_adapter_state_dict(self, tensors: Dict[str, torch.Tensor], source: str = "state dict",
+                                adapter_name: Optional[str] = None) -> None:
+        """Load tensors in the form of ``adapter_state_dict()`` into an adapter (default: the
+        active one); shapes and names are checked."""
+        name = adapter_name or self._active_adapter
+        self._merged_prompts.pop(name, None)  # a cached P* would belong to the old parameters
+        expected = self.adapter_state_dict(name)
         missing, unexpected = sorted(set(expected) - set(tensors)), sorted(set(tensors) - set(expected))
         if missing or unexpected:
             raise ValueError(f"adapter {source}: tensors do not match this model (missing {missing}, "
                              f"unexpected {unexpected})")
-        for name, tensor in tensors.items():
-            if tensor.shape != expected[name].shape:
+        for key, tensor in tensors.items():
+            if tensor.shape != expected[key].shape:
                 raise ValueError(
-                    f"adapter {source}: {name} has shape {tuple(tensor.shape)}, but this backbone needs "
-                    f"{tuple(expected[name].shape)} (was it saved for a backbone of another hidden size?)"
+                    f"adapter {source}: {key} has shape {tuple(tensor.shape)}, but this backbone needs "
+                    f"{tuple(expected[key].shape)} (was it saved for a backbone of another hidden size?)"
                 )
         with torch.no_grad():
-            for name, parameter in self.prompt_encoder.named_parameters():
-                parameter.copy_(tensors[f"prompt_encoder.{name}"])
-            for head in self.heads:
-                module = self.base_model.get_submodule(head)
+            for key, parameter in self.prompt_encoders[name].named_parameters():
+                parameter.copy_(tensors[f"prompt_encoder.{key}"])
+            for head, module in zip(self.heads, self.head_copies[name]):
                 prefix = f"base_model.{head}."
                 module.load_state_dict({k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)})
 
@@ -264,8 +465,8 @@ def _load_tokenizer(config: EPTConfig):
     return AutoTokenizer.from_pretrained(source)
 
 
-def get_ept_model(model: nn.Module, config: EPTConfig, tokenizer=None) -> EPTModel:
+def get_ept_model(model: nn.Module, config: EPTConfig, tokenizer=None, adapter_name: str = DEFAULT_ADAPTER) -> EPTModel:
     """Wrap ``model`` (frozen) with a new EPT adapter built from ``config``; ``token_dim`` and,
     when unset, ``task_type`` come from the model. ``prompt_init='TEXT'`` uses ``tokenizer``, or
     loads one from ``config.tokenizer_name_or_path`` (else the model's name)."""
-    return EPTModel(model, copy.deepcopy(config), tokenizer=tokenizer)
+    return EPTModel(model, copy.deepcopy(config), tokenizer=tokenizer, adapter_name=adapter_name)

@@ -26,6 +26,23 @@ def _table(word_embeddings: EmbeddingTable) -> torch.Tensor:
     return weight
 
 
+def embedding_scale(word_embeddings: EmbeddingTable) -> float:
+    """The factor a backbone's input embedding multiplies its rows by: 1 for a plain
+    ``nn.Embedding`` (or a bare table); ``embed_scale`` for a scaled one (Gemma's
+    ``*ScaledWordEmbedding``, BART's with ``scale_embedding``), rounded to the table's dtype as
+    that lookup rounds it. Any other change of the lookup is refused."""
+    if not isinstance(word_embeddings, nn.Embedding) or type(word_embeddings).forward is nn.Embedding.forward:
+        return 1.0
+    scale = getattr(word_embeddings, "embed_scale", None)
+    if isinstance(scale, (int, float, torch.Tensor)) and not isinstance(scale, bool):
+        return float(torch.as_tensor(getattr(word_embeddings, "scalar_embed_scale", scale), dtype=torch.float64)
+                     .to(word_embeddings.weight.dtype))
+    raise ValueError(
+        f"model: its input embedding {type(word_embeddings).__name__} changes the lookup in a way other than "
+        f"a scale factor (embed_scale); ept_fast assembles inputs from the table and cannot follow it"
+    )
+
+
 def _init_text_ids(tokenizer, text: str, length: int) -> torch.Tensor:
     """Token ids of ``text``, repeated or truncated to ``length`` (as PEFT's TEXT init)."""
     ids = list(tokenizer(text)["input_ids"])
@@ -42,7 +59,8 @@ class EPTPromptEncoder(nn.Module):
     Args:
         config: the adapter's hyper-parameters; ``token_dim`` may be left None when
             ``word_embeddings`` is given.
-        word_embeddings: the frozen (V, d) word-embedding table (or its ``nn.Embedding``);
+        word_embeddings: the frozen (V, d) word-embedding table (or its ``nn.Embedding``, whose
+            ``embed_scale``, if any, the rows are multiplied by);
             needed by ``prompt_init`` TEXT and RANDOM_VOCAB.
         tokenizer: a Hugging Face tokenizer; needed by ``prompt_init`` TEXT.
         initialize_prompt: False leaves ``prompt`` at zeros, for a caller that loads saved
@@ -62,6 +80,7 @@ class EPTPromptEncoder(nn.Module):
     ) -> None:
         super().__init__()
         table = _table(word_embeddings) if word_embeddings is not None else None
+        self.embed_scale = embedding_scale(word_embeddings) if word_embeddings is not None else 1.0
         if config.token_dim is None:
             if table is None:
                 raise ValueError("config.token_dim: expected the hidden size (or pass word_embeddings), got None")
@@ -106,7 +125,8 @@ class EPTPromptEncoder(nn.Module):
                 )
         else:
             ids = torch.randint(table.shape[0], (m,))
-        return table.detach()[ids.to(table.device)].to(device="cpu", dtype=torch.float32).clone()
+        rows = table.detach()[ids.to(table.device)].to(device="cpu", dtype=torch.float32)
+        return rows * self.embed_scale  # the rows as the backbone's lookup gives them
 
     @property
     def scaling(self) -> float:
@@ -134,7 +154,7 @@ class EPTPromptEncoder(nn.Module):
             prompt_out = self()
         return functional.assemble_inputs(
             input_ids, attention_mask, _table(word_embeddings), prompt_out, self.lora_a, self.lora_b,
-            self.scaling, backend=self.config.backend,
+            self.scaling, backend=self.config.backend, embed_scale=embedding_scale(word_embeddings),
         )
 
     def num_trainable_parameters(self) -> int:

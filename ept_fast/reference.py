@@ -68,7 +68,7 @@ def attended_mask(input_ids: torch.Tensor, attention_mask: Optional[torch.Tensor
 
 
 def check_assemble_inputs_args(
-    input_ids, attention_mask, word_embeddings, prompt_out, lora_a, lora_b, scaling
+    input_ids, attention_mask, word_embeddings, prompt_out, lora_a, lora_b, scaling, embed_scale=1.0
 ) -> Dims:
     """Validate the arguments of ``assemble_inputs``; returns the sizes b, T, V, d, m, n, r.
 
@@ -77,7 +77,7 @@ def check_assemble_inputs_args(
     no row may hold more than n attended tokens.
     """
     dims = check_assemble_inputs_layout(input_ids, attention_mask, word_embeddings, prompt_out, lora_a, lora_b,
-                                        scaling)
+                                        scaling, embed_scale)
     lengths = attended_mask(input_ids, attention_mask).sum(dim=1)
     check_token_values(input_ids, lengths, vocab=dims["V"], max_length=dims["n"] if dims["r"] > 0 else None)
     return dims
@@ -91,6 +91,7 @@ def assemble_inputs(
     lora_a: torch.Tensor,
     lora_b: torch.Tensor,
     scaling: float,
+    embed_scale: float = 1.0,
     *,
     validate: bool = True,
 ) -> Tuple[torch.Tensor, torch.Tensor]:
@@ -99,26 +100,30 @@ def assemble_inputs(
     Shapes: input_ids (b, T) integer, attention_mask (b, T) or None (all attended),
     word_embeddings (V, d) the frozen table, prompt_out P* (m, d), lora_a (n, r),
     lora_b (r, d). The k-th attended token of a row gets row k of L = s·A·B, whatever the
-    padding side; unattended tokens get none. Returns ``inputs_embeds`` (b, m+T, d) in
+    padding side; unattended tokens get none. ``embed_scale`` is the factor the backbone's own
+    lookup multiplies rows by (Gemma's √d; 1 for a plain table): tokens are embed_scale·E[id]. Returns ``inputs_embeds`` (b, m+T, d) in
     the table's dtype and the extended mask (b, m+T): m ones, then ``attention_mask``
     (in its dtype; int64 ones when it was None).
     """
     if validate:
-        check_assemble_inputs_args(input_ids, attention_mask, word_embeddings, prompt_out, lora_a, lora_b, scaling)
+        check_assemble_inputs_args(input_ids, attention_mask, word_embeddings, prompt_out, lora_a, lora_b, scaling,
+                                   embed_scale)
     b, T = input_ids.shape
     m = prompt_out.shape[0]
     E = word_embeddings[input_ids]  # (b, T, d)
+    sum_dtype = torch.promote_types(E.dtype, torch.promote_types(lora_a.dtype, torch.float32))
+    widened = E.to(sum_dtype) if embed_scale == 1.0 else E.to(sum_dtype) * embed_scale  # no extra op when unscaled
+    looked_up = E if embed_scale == 1.0 else widened.to(E.dtype)
 
     if lora_a.shape[1] == 0:  # r = 0: no low-rank update (vanilla prompt tuning)
-        tokens = E
+        tokens = looked_up
     else:
         attended = attended_mask(input_ids, attention_mask)
         pos = torch.cumsum(attended, dim=1) - 1  # k-th attended token -> k
         rows_of_a = lora_a[pos.clamp(min=0)]  # (b, T, r); unattended tokens are masked below
         L_rows = scaling * (rows_of_a @ lora_b)  # (b, T, d)
-        sum_dtype = torch.promote_types(E.dtype, torch.promote_types(L_rows.dtype, torch.float32))
-        updated = (E.to(sum_dtype) + L_rows.to(sum_dtype)).to(E.dtype)
-        tokens = torch.where(attended.unsqueeze(-1), updated, E)
+        updated = (widened + L_rows.to(sum_dtype)).to(E.dtype)
+        tokens = torch.where(attended.unsqueeze(-1), updated, looked_up)
 
     prefix = prompt_out.to(E.dtype).unsqueeze(0).expand(b, m, -1)
     inputs_embeds = torch.cat([prefix, tokens], dim=1)

@@ -4,7 +4,7 @@ two backward.
 Forward (``_assemble_fwd_kernel``): one program per (batch row, block of d, segment of the
 row's tokens). It loads its block of B once, counts the attended tokens before its segment
 (a vectorised pass over the mask), then walks the segment in blocks of tokens with a running
-count: token t at position pos (attended tokens before it) gathers word_embeddings[id] and,
+count: token t at position pos (attended tokens before it) gathers embed_scale·word_embeddings[id] and,
 when attended, adds s·A[pos]·B[:, block], formed in float32 and cast once. L = s·A·B is never
 materialised. The first segment's programs also write the m prompt rows; the programs of the
 first block of d write the extended mask, for each position p the token that holds it
@@ -37,7 +37,7 @@ Tensor = torch.Tensor
 def _assemble_fwd_kernel(
     IDS, MASK, TABLE, PROMPT, A, B,
     OUT, OUT_MASK, TOKEN_INDEX, LENGTHS,
-    T, m, d, n, r, segment, scaling_hi, scaling_lo,
+    T, m, d, n, r, segment, scaling_hi, scaling_lo, embed_hi, embed_lo,
     BT: tl.constexpr, BD: tl.constexpr, R_PAD: tl.constexpr, B_PREFIX: tl.constexpr,
     HAS_MASK: tl.constexpr, HAS_LOW_RANK: tl.constexpr, ACC: tl.constexpr, PRECISION: tl.constexpr,
 ):
@@ -59,6 +59,7 @@ def _assemble_fwd_kernel(
             if first_col_block:
                 tl.store(OUT_MASK + row * seq + rows, tl.full((BT,), 1, OUT_MASK.dtype.element_ty), mask=rows < m)
 
+    embed_scale = widen(embed_hi, embed_lo, ACC)
     t_start = seg * segment
     t_end = tl.minimum(t_start + segment, T)
     count = t_start  # attended tokens before this segment (all, without a mask)
@@ -84,7 +85,7 @@ def _assemble_fwd_kernel(
             attended = is_token
         ids = tl.load(IDS + row * T + t, mask=is_token, other=0).to(tl.int64)
         tokens = tl.load(TABLE + ids[:, None] * d + cols[None, :], mask=is_token[:, None] & col_ok[None, :],
-                         other=0.0).to(ACC)
+                         other=0.0).to(ACC) * embed_scale
         if HAS_LOW_RANK:
             pos = count + tl.cumsum(attended.to(tl.int32), axis=0) - 1
             # Only positions < n have a row of A. The functional layer refuses longer rows; this
@@ -227,7 +228,7 @@ def unsupported(r: int) -> Optional[str]:
 
 def assemble_inputs_forward(
     input_ids: Tensor, attention_mask: Optional[Tensor], word_embeddings: Tensor, prompt_out: Tensor,
-    lora_a: Tensor, lora_b: Tensor, scaling: float,
+    lora_a: Tensor, lora_b: Tensor, scaling: float, embed_scale: float,
 ) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
     """Returns (inputs_embeds (b, m+T, d), extended mask (b, m+T), token_index (b, n), lengths (b,))."""
     nb, T = input_ids.shape
@@ -243,7 +244,7 @@ def assemble_inputs_forward(
     _assemble_fwd_kernel[grid](
         input_ids.contiguous(), attention_mask.contiguous() if has_mask else input_ids, word_embeddings.contiguous(),
         prompt_out.contiguous(), lora_a.contiguous(), lora_b.contiguous(), out, out_mask, token_index, lengths,
-        T, m, d, n, r, cfg["segment"], *split_float(scaling),
+        T, m, d, n, r, cfg["segment"], *split_float(scaling), *split_float(embed_scale),
         BT=cfg["BT"], BD=cfg["BD"], R_PAD=dot_pad(r), B_PREFIX=cfg["B_PREFIX"], HAS_MASK=has_mask, HAS_LOW_RANK=r > 0,
         ACC=acc, PRECISION=dot_precision(acc, word_embeddings.dtype), **_launch.options(cfg),
     )
@@ -268,7 +269,7 @@ assemble_inputs_op = torch.library.custom_op("ept_fast::assemble_inputs", mutate
 
 
 @assemble_inputs_op.register_fake
-def _(input_ids, attention_mask, word_embeddings, prompt_out, lora_a, lora_b, scaling):
+def _(input_ids, attention_mask, word_embeddings, prompt_out, lora_a, lora_b, scaling, embed_scale):
     return _allocate_outputs(input_ids, attention_mask, word_embeddings, prompt_out, lora_a)
 
 
@@ -314,7 +315,7 @@ def _(grad, token_index, lengths, prompt_out, lora_a, lora_b, scaling):
 
 
 def _setup_context(ctx, inputs, output):
-    _, _, _, prompt_out, lora_a, lora_b, scaling = inputs
+    _, _, _, prompt_out, lora_a, lora_b, scaling, _ = inputs
     _, _, token_index, lengths = output
     ctx.save_for_backward(token_index, lengths, prompt_out, lora_a, lora_b)
     ctx.scaling = scaling
@@ -323,19 +324,21 @@ def _setup_context(ctx, inputs, output):
 
 def _backward(ctx, grad, *_unused):
     if grad is None:
-        return (None,) * 7
+        return (None,) * 8
     token_index, lengths, prompt_out, lora_a, lora_b = ctx.saved_tensors
     d_prompt, d_a, d_b = assemble_inputs_backward_op(grad.contiguous(), token_index, lengths, prompt_out, lora_a,
                                                      lora_b, ctx.scaling)
-    return None, None, None, d_prompt, d_a, d_b, None
+    return None, None, None, d_prompt, d_a, d_b, None, None
 
 
 assemble_inputs_op.register_autograd(_backward, setup_context=_setup_context)
 
 
-def fused_assemble_inputs(input_ids, attention_mask, word_embeddings, prompt_out, lora_a, lora_b, scaling):
+def fused_assemble_inputs(input_ids, attention_mask, word_embeddings, prompt_out, lora_a, lora_b, scaling,
+                          embed_scale=1.0):
     """(inputs_embeds, extended attention mask) from the fused kernel; differentiable in
-    ``prompt_out``, ``lora_a`` and ``lora_b`` (the word-embedding table is frozen)."""
+    ``prompt_out``, ``lora_a`` and ``lora_b`` (the word-embedding table is frozen, its rows
+    multiplied by ``embed_scale``)."""
     out, out_mask, _, _ = assemble_inputs_op(input_ids, attention_mask, word_embeddings, prompt_out, lora_a, lora_b,
-                                             float(scaling))
+                                             float(scaling), float(embed_scale))
     return out, out_mask

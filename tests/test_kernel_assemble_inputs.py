@@ -37,20 +37,20 @@ def _inputs(case, table_dtype, device, mask_dtype=torch.long):
     return ids, mask, table(V, d, dtype=table_dtype, device=device), x["prompt"], x["lora_a"], x["lora_b"], r
 
 
-def _run(fn, ids, mask, E, P, A, B, s, grad_out):
+def _run(fn, ids, mask, E, P, A, B, s, grad_out, embed_scale=1.0):
     leaves = [t.detach().clone().requires_grad_() for t in (P, A, B)]
-    out, ext_mask = fn(ids, mask, E, *leaves, s)
+    out, ext_mask = fn(ids, mask, E, *leaves, s, embed_scale)
     grads = torch.autograd.grad(out, leaves, grad_out, allow_unused=True)
     grads = [torch.zeros_like(t) if g is None else g for g, t in zip(grads, leaves)]  # r = 0: A, B unused
     return out.detach(), ext_mask, grads
 
 
-def _check_parity(case, table_dtype, device, mask_dtype=torch.long):
+def _check_parity(case, table_dtype, device, mask_dtype=torch.long, embed_scale=1.0):
     ids, mask, E, P, A, B, r = _inputs(case, table_dtype, device, mask_dtype)
     s = scaling_for(r)
     grad_out = torch.randn(ids.shape[0], P.shape[0] + ids.shape[1], E.shape[1], device=device).to(table_dtype)
-    out, ext_mask, grads = _run(fused_assemble_inputs, ids, mask, E, P, A, B, s, grad_out)
-    ref, ref_mask, ref_grads = _run(reference.assemble_inputs, ids, mask, E, P, A, B, s, grad_out)
+    out, ext_mask, grads = _run(fused_assemble_inputs, ids, mask, E, P, A, B, s, grad_out, embed_scale)
+    ref, ref_mask, ref_grads = _run(reference.assemble_inputs, ids, mask, E, P, A, B, s, grad_out, embed_scale)
     rtol, atol = TOLERANCE[table_dtype]
     assert out.dtype == table_dtype and ext_mask.dtype == ref_mask.dtype
     assert torch.equal(ext_mask, ref_mask)
@@ -78,6 +78,13 @@ def test_half_precision_tables(case, table_dtype, device):
 @pytest.mark.parametrize("table_dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
 def test_half_precision_tables_on_gpu_defaults(table_dtype):
     _check_parity("defaults-d768-left", table_dtype, "cuda")
+
+
+@pytest.mark.parametrize("table_dtype", [torch.float64, torch.float32, torch.bfloat16], ids=["fp64", "fp32", "bf16"])
+@pytest.mark.parametrize("case", ["odd-left", "r0"])
+def test_scaled_tables(case, table_dtype, device):
+    """A backbone whose lookup scales the rows (Gemma's embed_scale = √d): every token, attended or not."""
+    _check_parity(case, table_dtype, device, embed_scale=6.25)
 
 
 @pytest.mark.parametrize("mask_dtype", [torch.bool, torch.int32, torch.float32, None], ids=str)
@@ -120,7 +127,7 @@ def test_backward_is_deterministic(small_blocks, device):
 
 def test_opcheck(device):
     ids, mask, E, P, A, B, _ = _inputs("odd-left", torch.float32, device)
-    args = (ids, mask, E, P.requires_grad_(), A.requires_grad_(), B.requires_grad_(), 1.5)
+    args = (ids, mask, E, P.requires_grad_(), A.requires_grad_(), B.requires_grad_(), 1.5, 3.0)
     torch.library.opcheck(torch.ops.ept_fast.assemble_inputs.default, args)
 
 

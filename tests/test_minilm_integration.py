@@ -34,7 +34,7 @@ def test_a_few_steps_lower_the_loss(minilm):
     config = EPTConfig(num_virtual_tokens=8, max_length=96, r=8, num_spaces=2, space_rank=4,
                        prompt_init_text="Classify the topic of this news article:")
     model = get_ept_model(backbone, config, tokenizer=tokenizer)
-    assert model.config.task_type.value == "SEQ_CLS"
+    assert model.active_peft_config.task_type.value == "SEQ_CLS"
     optimizer = torch.optim.AdamW(model.param_groups(lr_prompt=3e-2, lr_lowrank=3e-3))
 
     def loss():

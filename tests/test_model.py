@@ -8,34 +8,11 @@ import pytest
 import torch
 
 from ept_fast import EPTConfig, EPTModel, get_ept_model, reference
-from helpers import needs_modules, padded_batch
-from tiny_models import BUILDERS, HIDDEN, VOCAB, tiny_bert_classifier, tiny_gpt2, tiny_t5
+from helpers import needs_modules
+from tiny_models import BUILDERS, HIDDEN, tiny_bert_classifier, tiny_gpt2, tiny_t5
+from tiny_models import adapter_config as _config, moved as _moved, task_batch as _batch
 
 TASKS = list(BUILDERS)
-
-
-def _config(task, **overrides):
-    values = dict(task_type=task, num_virtual_tokens=4, max_length=12, r=3, num_spaces=2, space_rank=4,
-                  prompt_init="RANDOM_VOCAB")
-    values.update(overrides)
-    return EPTConfig(**values)
-
-
-def _moved(model):
-    """Move every trainable adapter parameter away from its initial value, so every term is active."""
-    with torch.no_grad():
-        for parameter in model.prompt_encoder.parameters():
-            if parameter.requires_grad:
-                parameter.add_(0.3 * torch.randn_like(parameter))
-    return model
-
-
-def _batch(task, left=False):
-    ids, mask = padded_batch([7, 4, 6], 7, VOCAB, left=left)
-    ids[ids < 2] = 2  # keep pad / eos ids out of the text
-    labels = {"SEQ_2_SEQ_LM": torch.randint(2, VOCAB, (3, 3)), "CAUSAL_LM": ids.masked_fill(mask == 0, -100),
-              "SEQ_CLS": torch.tensor([0, 2, 1])}[task]
-    return ids, mask, labels
 
 
 def _manual_inputs(model, ids, mask):
@@ -64,15 +41,15 @@ def test_gradients_reach_only_the_adapter_and_the_head(task):
     model(input_ids=ids, attention_mask=mask, labels=labels).loss.backward()
     with_grad = {name for name, p in model.named_parameters() if p.grad is not None and p.grad.abs().sum() > 0}
     trainable = {name for name, p in model.named_parameters() if p.requires_grad}
-    expected_heads = {"base_model.classifier.weight", "base_model.classifier.bias"} if task == "SEQ_CLS" else set()
-    assert trainable == {f"prompt_encoder.{n}" for n, _ in model.prompt_encoder.named_parameters()} | expected_heads
+    expected_heads = {f"head_copies.default.0.{n}" for n in ("weight", "bias")} if task == "SEQ_CLS" else set()
+    assert trainable == {f"prompt_encoders.default.{n}" for n, _ in model.prompt_encoder.named_parameters()} | expected_heads
     assert with_grad == trainable
 
 
 def test_task_type_and_token_dim_come_from_the_model():
     for task, build in BUILDERS.items():
         model = get_ept_model(build(), EPTConfig(num_virtual_tokens=2, max_length=8, prompt_init="RANDOM"))
-        assert model.config.task_type.value == task and model.config.token_dim == HIDDEN
+        assert model.active_peft_config.task_type.value == task and model.active_peft_config.token_dim == HIDDEN
 
 
 def _greedy(base, embeds, mask, steps):
@@ -120,7 +97,7 @@ def test_merged_prompt_gives_the_same_generation_and_is_dropped_for_training():
     model.merge_prompt()
     assert torch.equal(model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=4), before)
     model.train()
-    assert model._merged_prompt is None
+    assert not model._merged_prompts
 
 
 @pytest.mark.parametrize("task", TASKS)
@@ -129,7 +106,7 @@ def test_save_and_load_round_trip_is_bit_exact(task, tmp_path):
     model = _moved(get_ept_model(BUILDERS[task](), _config(task)))
     if task == "SEQ_CLS":
         with torch.no_grad():
-            model.base_model.classifier.weight.add_(1.0)  # a trained head travels with the adapter
+            model.head_copies.default[0].weight.add_(1.0)  # a trained head travels with the adapter
     ids, mask, labels = _batch(task)
     logits = model(input_ids=ids, attention_mask=mask, labels=labels).logits
     model.save_pretrained(tmp_path / "adapter")
@@ -142,7 +119,7 @@ def test_save_and_load_round_trip_is_bit_exact(task, tmp_path):
     fresh = BUILDERS[task]()
     fresh.load_state_dict(model.base_model.state_dict())
     if task == "SEQ_CLS":
-        torch.nn.init.normal_(fresh.classifier.weight)
+        torch.nn.init.normal_(fresh.classifier.weight)  # a copy of it starts the loaded adapter's head
     loaded = EPTModel.from_pretrained(fresh, tmp_path / "adapter")
     assert torch.equal(loaded(input_ids=ids, attention_mask=mask, labels=labels).logits, logits)
     assert not any(p.requires_grad for p in loaded.parameters())
@@ -211,7 +188,7 @@ def test_param_groups_put_the_prompt_and_head_apart_from_the_rest_of_the_encoder
     slow = {enc.lora_a, enc.lora_b, enc.fusion_scale, enc.proj_down, enc.proj_up, enc.gate_weight, enc.gate_bias}
     assert {id(p) for p in groups[1]["params"]} == {id(p) for p in slow}
     assert {id(p) for p in groups[0]["params"]} == {id(enc.prompt)} | {
-        id(p) for p in model.base_model.classifier.parameters()}
+        id(p) for p in model.head_copies.default.parameters()}
 
 
 def test_pt_method_builds_what_peft_prompt_tuning_builds():
@@ -268,6 +245,29 @@ def test_bad_inputs():
         get_ept_model(tiny_t5(), EPTConfig(num_virtual_tokens=2))
 
 
+def test_backbones_with_scaled_input_embeddings():
+    """Gemma multiplies its looked-up rows by √d (embed_scale): the prompt starts from scaled rows,
+    and every token is the backbone's own lookup plus the low-rank update."""
+    from transformers import GemmaConfig, GemmaForCausalLM
+
+    torch.manual_seed(0)
+    gemma = GemmaForCausalLM(GemmaConfig(vocab_size=64, hidden_size=32, intermediate_size=48, num_hidden_layers=1,
+                                         num_attention_heads=2, num_key_value_heads=1, head_dim=16)).eval()
+    lookup = gemma.get_input_embeddings()
+    model = get_ept_model(gemma, _config("CAUSAL_LM", method="dept", num_spaces=None, prompt_init="TEXT"),
+                          tokenizer=lambda text: {"input_ids": [5, 6]})
+    assert torch.equal(model.prompt_encoder.prompt.detach(), lookup(torch.tensor([5, 6, 5, 6])).float())
+    _moved(model)
+    ids, mask, labels = _batch("CAUSAL_LM")
+    embeds, _ = model.assemble_inputs(ids, mask)
+    enc = model.prompt_encoder
+    rows = torch.stack([torch.cat([enc.lora_a[:n], torch.zeros(7 - n, 3)]) for n in (7, 4, 6)])  # right padding
+    update = torch.where(mask.bool().unsqueeze(-1), enc.scaling * rows @ enc.lora_b, torch.zeros(()))
+    assert torch.allclose(embeds[:, 4:], lookup(ids) + update, atol=1e-5)
+    loss = model(input_ids=ids, attention_mask=mask, labels=labels).loss
+    assert torch.isfinite(loss)
+
+
 def test_text_init_uses_the_given_tokenizer():
     class Tok:
         def __call__(self, text):
@@ -292,4 +292,4 @@ def test_works_as_the_model_of_a_transformers_trainer(tmp_path):
     result = Trainer(model=model, args=args, train_dataset=data).train()
     assert result.global_step == 2 and math.isfinite(result.training_loss)
     moved = [n for n, p in model.named_parameters() if p.requires_grad and not torch.equal(p, before[n])]
-    assert "prompt_encoder.prompt" in moved and "base_model.classifier.weight" in moved
+    assert "prompt_encoders.default.prompt" in moved and "head_copies.default.0.weight" in moved

@@ -108,6 +108,15 @@ def test_unattended_tokens_keep_their_embedding():
     assert torch.equal(embeds[:, 2:][pad], E[ids][pad])
 
 
+def test_embed_scale_multiplies_every_token_as_the_scaled_lookup_does():
+    ids, mask, E, P, A, B = _assembly_inputs([3, 1], T=4, V=30, d=8, n=4, r=2, m=2, left=True, dtype=torch.float32)
+    embeds, _ = reference.assemble_inputs(ids, mask, E, P, A, B, 3.0, 2.5)
+    attended = mask.bool().unsqueeze(-1)
+    rows = torch.stack([torch.cat([torch.zeros(4 - n, 2), A[:n]]) for n in (3, 1)])  # left padding
+    expected = torch.where(attended, 2.5 * E[ids] + 3.0 * rows @ B, 2.5 * E[ids])
+    assert torch.allclose(embeds[:, 2:], expected, atol=1e-6) and torch.equal(embeds[:, :2], P.expand(2, -1, -1))
+
+
 def test_no_mask_means_every_token_attended():
     ids, mask, E, P, A, B = _assembly_inputs([4, 4], T=4, V=30, d=8, n=4, r=2, m=2, left=False)
     with_mask = reference.assemble_inputs(ids, mask, E, P, A, B, 3.0)

@@ -115,6 +115,42 @@ def test_resumed_run_ends_with_the_same_adapter(tiny_models, sst2_files, tmp_pat
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
+def test_resume_after_a_crash_between_the_checkpoint_renames_takes_the_previous_one(tiny_models, sst2_files, tmp_path):
+    straight = parse_args(_args(tiny_models, sst2_files, tmp_path / "straight", "--task", "sst2", "--save-steps", "2"))
+    train(straight)
+    out = tmp_path / "crashed"
+    assert train(parse_args(_args(tiny_models, sst2_files, out, "--task", "sst2", "--save-steps", "2")),
+                 stop_after_steps=4) == {"stopped_at_step": 4}
+    (out / "checkpoint").rename(out / ".checkpoint.old")  # save_checkpoint's state between its two renames
+    train(parse_args(_args(tiny_models, sst2_files, out, "--task", "sst2", "--save-steps", "2", "--resume")))
+    a = load_file(str(tmp_path / "straight" / "adapter_model.safetensors"))
+    b = load_file(str(out / "adapter_model.safetensors"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+CODE_RAN = []
+
+
+def _mark():
+    CODE_RAN.append(True)
+
+
+class _Payload:
+    def __reduce__(self):
+        return _mark, ()
+
+
+def test_resume_never_runs_code_from_a_checkpoint(tiny_models, sst2_files, tmp_path):
+    import pickle
+
+    out = tmp_path / "run"
+    train(parse_args(_args(tiny_models, sst2_files, out, "--task", "sst2")), stop_after_steps=2)
+    torch.save({"state": _Payload()}, out / "checkpoint" / "training_state.pt")
+    with pytest.raises(pickle.UnpicklingError):
+        train(parse_args(_args(tiny_models, sst2_files, out, "--task", "sst2", "--resume")))
+    assert CODE_RAN == []
+
+
 def test_user_errors_are_clear_and_lose_nothing(tiny_models, sst2_files, tmp_path, capsys):
     out = tmp_path / "kept"
     out.mkdir()

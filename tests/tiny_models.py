@@ -1,8 +1,13 @@
-"""Tiny Hugging Face backbones built from configs (no downloads), in eval mode without dropout."""
+"""Tiny Hugging Face backbones built from configs (no downloads), in eval mode without dropout, and
+small adapters and batches for them."""
 
+import torch
 from transformers import (
     BertConfig, BertForSequenceClassification, GPT2Config, GPT2LMHeadModel, T5Config, T5ForConditionalGeneration,
 )
+
+from ept_fast import EPTConfig
+from helpers import padded_batch
 
 VOCAB, HIDDEN = 64, 40
 
@@ -29,3 +34,27 @@ def tiny_bert_classifier():
 
 
 BUILDERS = {"SEQ_2_SEQ_LM": tiny_t5, "CAUSAL_LM": tiny_gpt2, "SEQ_CLS": tiny_bert_classifier}
+
+
+def adapter_config(task, **overrides):
+    values = dict(task_type=task, num_virtual_tokens=4, max_length=12, r=3, num_spaces=2, space_rank=4,
+                  prompt_init="RANDOM_VOCAB")
+    values.update(overrides)
+    return EPTConfig(**values)
+
+
+def moved(model):
+    """Move every trainable adapter parameter away from its initial value, so every term is active."""
+    with torch.no_grad():
+        for parameter in model.prompt_encoder.parameters():
+            if parameter.requires_grad:
+                parameter.add_(0.3 * torch.randn_like(parameter))
+    return model
+
+
+def task_batch(task, left=False):
+    ids, mask = padded_batch([7, 4, 6], 7, VOCAB, left=left)
+    ids[ids < 2] = 2  # keep pad / eos ids out of the text
+    labels = {"SEQ_2_SEQ_LM": torch.randint(2, VOCAB, (3, 3)), "CAUSAL_LM": ids.masked_fill(mask == 0, -100),
+              "SEQ_CLS": torch.tensor([0, 2, 1])}[task]
+    return ids, mask, labels

@@ -1,10 +1,12 @@
 """Checkpoints of a run: adapter + optimizer + scheduler + the loop's state, written into a
 fresh folder and swapped in by renames, so a crash never leaves no checkpoint; and the
-exact resume from one."""
+exact resume from one. ``training_state.pt`` is read with ``weights_only=True``: opening a
+checkpoint folder from elsewhere runs no code."""
 
 from __future__ import annotations
 
 import dataclasses
+import logging
 import os
 import shutil
 from pathlib import Path
@@ -13,11 +15,12 @@ from typing import List, Optional
 import torch
 
 from ..model import EPTModel
-from ..serialization import load_adapter
+from ..serialization import CONFIG_NAME, WEIGHTS_NAME, load_adapter
 
 CHECKPOINT = "checkpoint"
 BEST = "best"
 STATE_FILE = "training_state.pt"
+logger = logging.getLogger(__name__)
 
 
 @dataclasses.dataclass
@@ -48,18 +51,30 @@ def save_checkpoint(directory: Path, model: EPTModel, optimizer, scheduler, stat
     shutil.rmtree(previous, ignore_errors=True)
 
 
+def _complete(folder: Path) -> bool:
+    return all((folder / name).is_file() for name in (STATE_FILE, CONFIG_NAME, WEIGHTS_NAME))
+
+
 def checkpoint_folder(output_dir: Path, resume) -> Path:
-    """The checkpoint ``--resume`` names: the one in ``output_dir``, or the folder given."""
+    """The checkpoint ``--resume`` names: the one in ``output_dir``, or the folder given. If a
+    crash interrupted ``save_checkpoint`` between its two renames, ``output_dir`` holds only the
+    previous checkpoint (``.checkpoint.old``): that one is taken."""
     folder = output_dir / CHECKPOINT if resume is True else Path(resume)
-    if not (folder / STATE_FILE).is_file():
-        raise FileNotFoundError(f"--resume: no checkpoint in {folder} (expected {folder / STATE_FILE})")
+    previous = folder.parent / f".{CHECKPOINT}.old"
+    if not _complete(folder) and folder.name == CHECKPOINT and _complete(previous):
+        logger.warning("--resume: %s is missing or incomplete (a save was interrupted); resuming from the previous "
+                       "checkpoint %s", folder, previous)
+        return previous
+    if not _complete(folder):
+        raise FileNotFoundError(f"--resume: no checkpoint in {folder} (expected {STATE_FILE}, {CONFIG_NAME} and "
+                                f"{WEIGHTS_NAME})")
     return folder
 
 
 def load_checkpoint(folder: Path, model: EPTModel, optimizer, scheduler) -> TrainState:
     """Put the adapter, optimizer and scheduler of ``folder`` back; returns the loop's state."""
     model.load_adapter_state_dict(load_adapter(folder).tensors, str(folder))
-    saved = torch.load(folder / STATE_FILE, map_location="cpu", weights_only=False)
+    saved = torch.load(folder / STATE_FILE, map_location="cpu", weights_only=True)
     optimizer.load_state_dict(saved["optimizer"])
     scheduler.load_state_dict(saved["scheduler"])
     return TrainState(**saved["state"])

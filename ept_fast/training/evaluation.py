@@ -86,7 +86,7 @@ def score_adapter(args: EvalArguments) -> dict:
     backbone, tokenizer, task_type = load_backbone(args, task, source)
     device = torch.device("cuda" if args.device != "cpu" and torch.cuda.is_available() else "cpu")
     model = EPTModel.from_pretrained(backbone, args.adapter).to(device)
-    collate = Collator(tokenizer, task_type, task, model.config.max_length, args.max_new_tokens)
+    collate = Collator(tokenizer, task_type, task, model.active_peft_config.max_length, args.max_new_tokens)
     summary = {
         split: evaluate(model, examples, collate, args.eval_batch_size, device, args.max_new_tokens)
         for split, examples in (("validation", validation), ("test", test)) if examples

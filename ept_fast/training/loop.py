@@ -88,7 +88,7 @@ def train(args: TrainArguments, stop_after_steps: Optional[int] = None) -> dict:
     model = get_ept_model(backbone, args.adapter_config(task, task_type, token_dim), tokenizer=tokenizer)
     model.task_metadata = task_metadata(task)
     model.to(accelerator.device)
-    collate = Collator(tokenizer, task_type, task, model.config.max_length, args.max_new_tokens)
+    collate = Collator(tokenizer, task_type, task, model.active_peft_config.max_length, args.max_new_tokens)
     device = accelerator.device
     scoring = dict(batch_size=args.eval_batch_size, device=device, max_new_tokens=args.max_new_tokens,
                    accelerator=accelerator)
@@ -182,10 +182,10 @@ def train(args: TrainArguments, stop_after_steps: Optional[int] = None) -> dict:
         "train_time_s": state.train_seconds,
         "train_examples_per_s": state.examples_seen / max(state.train_seconds, 1e-9),
         "peak_memory_mb": peak_memory_mb(), "trainable_parameters": model.get_nb_trainable_parameters()[0],
-        "adapter_parameters": adapter_parameters(model.config, token_dim),
-        "adapter": {"method": model.config.method.value, "m": model.config.num_virtual_tokens,
-                    "n": model.config.max_length, "r": model.config.r, "K": model.config.num_spaces,
-                    "h": model.config.space_rank},
+        "adapter_parameters": adapter_parameters(model.active_peft_config, token_dim),
+        "adapter": {"method": model.active_peft_config.method.value, "m": model.active_peft_config.num_virtual_tokens,
+                    "n": model.active_peft_config.max_length, "r": model.active_peft_config.r, "K": model.active_peft_config.num_spaces,
+                    "h": model.active_peft_config.space_rank},
         "replica_adapter_checksums": checksums, "processes": world,
         "config": dataclasses.asdict(args), "versions": versions(), "history": state.history,
     }

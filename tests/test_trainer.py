@@ -1,0 +1,105 @@
+"""EPTTrainer / EPTSeq2SeqTrainer on tiny models: two learning-rate groups, adapter-only
+checkpoints, load_best_model_at_end, resume_from_checkpoint, predict_with_generate."""
+
+import math
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from transformers import Seq2SeqTrainingArguments, TrainingArguments
+
+from ept_fast import EPTModel, get_ept_model
+from ept_fast.trainer import EPTSeq2SeqTrainer, EPTTrainer
+from tiny_models import VOCAB, adapter_config, tiny_bert_classifier, tiny_t5
+
+ADAPTER_FILES = ["adapter_config.json", "adapter_model.safetensors"]
+
+
+def _classification_rows(count=24, seed=0):
+    generator = torch.Generator().manual_seed(seed)
+    ids = torch.randint(2, VOCAB, (count, 6), generator=generator)
+    return [{"input_ids": row, "attention_mask": torch.ones(6, dtype=torch.long), "labels": int(row[0] % 3)}
+            for row in ids]
+
+
+def _classifier(seed=0):
+    torch.manual_seed(seed)
+    return get_ept_model(tiny_bert_classifier(), adapter_config("SEQ_CLS"))
+
+
+def _arguments(out, **overrides):
+    values = dict(output_dir=str(out), per_device_train_batch_size=4, learning_rate=0.05, max_steps=6,
+                  report_to=[], use_cpu=True, logging_steps=1, save_strategy="steps", save_steps=2, seed=0,
+                  data_seed=0)
+    values.update(overrides)
+    return TrainingArguments(**values)
+
+
+def test_the_optimizer_has_the_two_learning_rate_groups(tmp_path):
+    model = _classifier()
+    trainer = EPTTrainer(model=model, args=_arguments(tmp_path, weight_decay=0.01), train_dataset=_classification_rows(),
+                         lowrank_learning_rate=2e-3)
+    optimizer = trainer.create_optimizer()
+    assert [(g["lr"], g["weight_decay"]) for g in optimizer.param_groups] == [(0.05, 0.01), (2e-3, 0.01)]
+    grouped = [{id(p) for p in group["params"]} for group in optimizer.param_groups]
+    expected = [{id(p) for p in group["params"]} for group in model.param_groups(0.05, 2e-3)]
+    assert grouped == expected
+    with pytest.raises(TypeError, match=r"model: EPTTrainer trains an EPTModel \(get_ept_model\), got Bert"):
+        EPTTrainer(model=tiny_bert_classifier(), args=_arguments(tmp_path))
+
+
+def test_checkpoints_hold_the_adapter_only_and_the_best_one_is_loaded_at_the_end(tmp_path):
+    model = _classifier()
+    rows = _classification_rows()
+    args = _arguments(tmp_path, eval_strategy="steps", eval_steps=2, load_best_model_at_end=True,
+                      metric_for_best_model="loss", greater_is_better=False)
+    trainer = EPTTrainer(model=model, args=args, train_dataset=rows, eval_dataset=_classification_rows(12, seed=1))
+    result = trainer.train()
+    assert result.global_step == 6 and math.isfinite(result.training_loss)
+    for step in (2, 4, 6):
+        saved = sorted(p.name for p in (tmp_path / f"checkpoint-{step}").iterdir())
+        assert set(ADAPTER_FILES) <= set(saved) and "model.safetensors" not in saved and "pytorch_model.bin" not in saved
+    best = trainer.state.best_model_checkpoint
+    assert best is not None
+    best_tensors = load_file(f"{best}/adapter_model.safetensors")
+    current = model.adapter_state_dict()
+    assert all(torch.equal(current[k], best_tensors[k]) for k in best_tensors)
+    trainer.save_model(str(tmp_path / "final"))
+    assert set(ADAPTER_FILES) <= {p.name for p in (tmp_path / "final").iterdir()}
+    assert EPTModel.from_pretrained(tiny_bert_classifier(), tmp_path / "final").active_peft_config.num_virtual_tokens == 4
+
+
+def test_resume_from_checkpoint_ends_where_a_straight_run_ends(tmp_path):
+    rows = _classification_rows()
+    straight = _classifier()
+    EPTTrainer(model=straight, args=_arguments(tmp_path / "straight"), train_dataset=rows).train()
+
+    first = _classifier()
+    EPTTrainer(model=first, args=_arguments(tmp_path / "resumed", max_steps=6), train_dataset=rows).train()
+    resumed = _classifier()
+    EPTTrainer(model=resumed, args=_arguments(tmp_path / "resumed"), train_dataset=rows).train(
+        resume_from_checkpoint=str(tmp_path / "resumed" / "checkpoint-4"))
+    a, b = straight.adapter_state_dict(), resumed.adapter_state_dict()
+    assert all(torch.allclose(a[k], b[k], rtol=1e-5, atol=1e-6) for k in a)
+    untouched = _classifier().adapter_state_dict()
+    assert not torch.allclose(b["prompt_encoder.prompt"], untouched["prompt_encoder.prompt"])
+
+
+def test_seq2seq_trainer_predicts_with_generate(tmp_path):
+    torch.manual_seed(0)
+    model = get_ept_model(tiny_t5(), adapter_config("SEQ_2_SEQ_LM"))
+    generator = torch.Generator().manual_seed(0)
+    rows = [{"input_ids": torch.randint(2, VOCAB, (6,), generator=generator),
+             "attention_mask": torch.ones(6, dtype=torch.long),
+             "labels": torch.randint(2, VOCAB, (3,), generator=generator)} for _ in range(8)]
+    args = Seq2SeqTrainingArguments(output_dir=str(tmp_path), per_device_train_batch_size=4, per_device_eval_batch_size=4,
+                                    max_steps=2, report_to=[], use_cpu=True, predict_with_generate=True,
+                                    generation_max_length=5, save_strategy="no")
+    trainer = EPTSeq2SeqTrainer(model=model, args=args, train_dataset=rows)
+    trainer.train()
+    model.eval()
+    prediction = trainer.predict(rows)
+    expected = model.generate(torch.stack([r["input_ids"] for r in rows]),
+                              attention_mask=torch.stack([r["attention_mask"] for r in rows]), max_length=5)
+    predicted = torch.as_tensor(prediction.predictions)
+    assert torch.equal(predicted[:, :expected.shape[1]], expected)
