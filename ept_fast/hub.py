@@ -24,7 +24,7 @@ def adapter_folder(model_id: PathLike, revision: Optional[str] = None, subfolder
     """The local folder holding the adapter ``model_id`` names: ``model_id/subfolder`` when
     ``model_id`` is a local folder, else the two files downloaded (or taken from the cache,
     as ``HF_HUB_OFFLINE=1`` requires) from the hub repository ``model_id`` at ``revision``."""
-    local = Path(model_id)
+    local = Path(model_id).expanduser()
     if local.is_dir() or _names_a_path(model_id):
         return local / subfolder if subfolder else local
     try:

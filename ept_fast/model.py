@@ -8,6 +8,7 @@ import copy
 import dataclasses
 import logging
 import os
+import re
 from pathlib import Path
 from typing import Dict, Iterator, List, Optional, Tuple, Union
 
@@ -15,7 +16,7 @@ import torch
 from torch import nn
 
 from .config import EPTConfig, PromptInit, TaskType, infer_task_type
-from .heads import head_copy, route_head
+from .heads import head_copy, heads_replaced
 from .hub import CARD_NAME, adapter_folder, model_card, push_folder
 from .interop import dept_checkpoint, export_peft_prompt_tuning
 from .prompt_encoder import EPTPromptEncoder, embedding_scale
@@ -24,6 +25,7 @@ from .serialization import AdapterFiles, load_adapter as read_adapter, save_adap
 logger = logging.getLogger(__name__)
 
 DEFAULT_ADAPTER = "default"
+_ADAPTER_NAME = re.compile(r"[A-Za-z0-9_-]+")  # also a folder name in save_pretrained
 _DEFAULT_HEADS = ("classifier", "score")  # PEFT's automatic modules_to_save for SEQ_CLS
 # Adapter and hub methods of PEFT and transformers that EPTModel does not have: they must never
 # reach the backbone through __getattr__ (its push_to_hub would upload the whole model).
@@ -81,8 +83,9 @@ class EPTModel(nn.Module):
 
     # ------------------------------------------------------------ adapters
     def _create_adapter(self, name: str, config: EPTConfig, tokenizer, initialize_prompt: bool) -> None:
-        if not isinstance(name, str) or not name or "." in name:
-            raise ValueError(f"adapter_name: expected a non-empty name without dots, got {name!r}")
+        if not isinstance(name, str) or not _ADAPTER_NAME.fullmatch(name) or hasattr(nn.ModuleDict, name):
+            raise ValueError(f"adapter_name: expected letters, digits, '_' or '-' (and not a ModuleDict method "
+                             f"name), got {name!r}")
         if name in self.peft_config:
             raise ValueError(f"adapter_name: an adapter named {name!r} exists already; delete_adapter it first")
         task_type = config.task_type or self.task_type
@@ -101,9 +104,6 @@ class EPTModel(nn.Module):
         encoder = EPTPromptEncoder(config, embeddings, tokenizer, initialize_prompt).to(embeddings.weight.device)
         self.prompt_encoders[name] = encoder
         self.peft_config[name] = encoder.config
-        if heads and not self.heads:
-            for index, head in enumerate(heads):
-                route_head(self.base_model.get_submodule(head), lambda index=index: self._active_head(index))
         self.heads = heads
         self.head_copies[name] = nn.ModuleList(head_copy(self.base_model.get_submodule(head)) for head in heads)
         self.adapter_task_metadata[name] = None
@@ -119,10 +119,10 @@ class EPTModel(nn.Module):
             )
         return list(names)
 
-    def _active_head(self, index: int) -> Optional[nn.Module]:
-        """The module that answers for ``self.heads[index]``: the active adapter's copy, or None
-        (the backbone's own head) while adapters are disabled."""
-        return None if self._adapters_disabled else self.head_copies[self._active_adapter][index]
+    def _heads_routed(self):
+        """While the backbone runs for this model: its heads answer with the active adapter's copies."""
+        return heads_replaced([self.base_model.get_submodule(head) for head in self.heads],
+                              self.head_copies[self._active_adapter])
 
     def _check_adapter(self, name: str) -> None:
         if name not in self.peft_config:
@@ -141,7 +141,11 @@ class EPTModel(nn.Module):
         folder = adapter_folder(model_id, revision=revision, subfolder=subfolder, token=token)
         files = read_adapter(folder)
         self._create_adapter(adapter_name, EPTConfig.from_dict(files.config), None, initialize_prompt=False)
-        self._load_files(adapter_name, files, str(model_id), is_trainable)
+        try:
+            self._load_files(adapter_name, files, str(model_id), is_trainable)
+        except BaseException:
+            self._forget(adapter_name)  # no half-loaded adapter stays behind
+            raise
         self.set_adapter(self._active_adapter)
 
     def _load_files(self, name: str, files: AdapterFiles, source: str, is_trainable: bool) -> None:
@@ -166,11 +170,14 @@ class EPTModel(nn.Module):
         if len(self.peft_config) == 1:
             raise ValueError(f"adapter_name: {adapter_name!r} is this model's only adapter; use get_base_model() "
                              f"for the backbone alone")
-        del self.prompt_encoders[adapter_name]
-        del self.head_copies[adapter_name]
-        for store in (self.peft_config, self.adapter_task_metadata, self._trainable, self._merged_prompts):
-            store.pop(adapter_name, None)
+        self._forget(adapter_name)
         self.set_adapter(self._active_adapter if self._active_adapter in self.peft_config else next(iter(self.peft_config)))
+
+    def _forget(self, name: str) -> None:
+        del self.prompt_encoders[name]
+        del self.head_copies[name]
+        for store in (self.peft_config, self.adapter_task_metadata, self._trainable, self._merged_prompts):
+            store.pop(name, None)
 
     @property
     def active_adapter(self) -> str:
@@ -198,14 +205,15 @@ class EPTModel(nn.Module):
     @contextlib.contextmanager
     def disable_adapter(self) -> Iterator[None]:
         """Within the block the backbone runs alone: no prompt, no low-rank update, its own head."""
-        self._adapters_disabled = True
+        outer, self._adapters_disabled = self._adapters_disabled, True
         try:
             yield
         finally:
-            self._adapters_disabled = False
+            self._adapters_disabled = outer
 
     def get_base_model(self) -> nn.Module:
-        """The backbone, unchanged (the adapters' heads are copies held by this model)."""
+        """The backbone, unchanged (the adapters' heads are copies held by this model, used only
+        while it runs the backbone)."""
         return self.base_model
 
     def __getattr__(self, name: str):
@@ -285,7 +293,8 @@ class EPTModel(nn.Module):
         if self.task_type is not TaskType.SEQ_2_SEQ_LM and kwargs.get("token_type_ids") is not None:
             token_types = kwargs["token_type_ids"]
             kwargs["token_type_ids"] = torch.cat([token_types.new_zeros((token_types.shape[0], m)), token_types], 1)
-        return self.base_model(inputs_embeds=embeds, attention_mask=mask, **kwargs)
+        with self._heads_routed():
+            return self.base_model(inputs_embeds=embeds, attention_mask=mask, **kwargs)
 
     @torch.no_grad()
     def generate(self, input_ids: Optional[torch.Tensor] = None, **kwargs):
@@ -302,7 +311,8 @@ class EPTModel(nn.Module):
         if kwargs.pop("encoder_outputs", None) is not None:
             logger.warning("encoder_outputs: ignored; the encoder runs on the prompted input")
         embeds, mask = self.assemble_inputs(input_ids, kwargs.pop("attention_mask", None))
-        output = self.base_model.generate(inputs_embeds=embeds, attention_mask=mask, **kwargs)
+        with self._heads_routed():
+            output = self.base_model.generate(inputs_embeds=embeds, attention_mask=mask, **kwargs)
         if self.task_type is TaskType.CAUSAL_LM:
             sequences = output.sequences if hasattr(output, "sequences") else output
             beams = sequences.shape[0] // input_ids.shape[0]
@@ -322,6 +332,10 @@ class EPTModel(nn.Module):
 
     def unmerge_prompt(self) -> None:
         self._merged_prompts.pop(self._active_adapter, None)
+
+    def load_state_dict(self, *args, **kwargs):
+        self._merged_prompts.clear()  # a cached P* would belong to the old parameters
+        return super().load_state_dict(*args, **kwargs)
 
     def train(self, mode: bool = True):
         if mode:
@@ -369,8 +383,7 @@ class EPTModel(nn.Module):
             return
         for name in selected_adapters or list(self.peft_config):
             self._check_adapter(name)
-            folder = Path(save_directory) if name == DEFAULT_ADAPTER else Path(save_directory) / name
-            save_adapter(folder, self.peft_config[name].to_dict(), self.adapter_state_dict(name),
+            save_adapter(adapter_subfolder(save_directory, name), self.peft_config[name].to_dict(), self.adapter_state_dict(name),
                          task=self.adapter_task_metadata[name])
 
     def push_to_hub(self, repo_id: str, adapter_name: Optional[str] = None, metrics: Optional[dict] = None,
@@ -451,6 +464,12 @@ class EPTModel(nn.Module):
             for head, module in zip(self.heads, self.head_copies[name]):
                 prefix = f"base_model.{head}."
                 module.load_state_dict({k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)})
+
+
+def adapter_subfolder(directory: Union[str, os.PathLike], adapter_name: str) -> Path:
+    """Where ``save_pretrained(directory)`` writes an adapter: ``directory`` for ``default``,
+    ``directory/<name>`` for any other (PEFT's layout)."""
+    return Path(directory) if adapter_name == DEFAULT_ADAPTER else Path(directory) / adapter_name
 
 
 def _load_tokenizer(config: EPTConfig):

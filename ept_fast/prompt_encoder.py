@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Optional, Tuple, Union
+import weakref
+from typing import Dict, Optional, Tuple, Union
 
 import torch
 from torch import nn
@@ -29,16 +30,30 @@ def _table(word_embeddings: EmbeddingTable) -> torch.Tensor:
 def embedding_scale(word_embeddings: EmbeddingTable) -> float:
     """The factor a backbone's input embedding multiplies its rows by: 1 for a plain
     ``nn.Embedding`` (or a bare table); ``embed_scale`` for a scaled one (Gemma's
-    ``*ScaledWordEmbedding``, BART's with ``scale_embedding``), rounded to the table's dtype as
-    that lookup rounds it. Any other change of the lookup is refused."""
+    ``*ScaledWordEmbedding``, BART's with ``scale_embedding``). Any other change of the lookup
+    is refused. Worked out once per module and dtype (no tensor op, no host sync, afterwards)."""
     if not isinstance(word_embeddings, nn.Embedding) or type(word_embeddings).forward is nn.Embedding.forward:
         return 1.0
-    scale = getattr(word_embeddings, "embed_scale", None)
-    if isinstance(scale, (int, float, torch.Tensor)) and not isinstance(scale, bool):
-        return float(torch.as_tensor(getattr(word_embeddings, "scalar_embed_scale", scale), dtype=torch.float64)
-                     .to(word_embeddings.weight.dtype))
+    known = _SCALES.setdefault(word_embeddings, {})
+    dtype = word_embeddings.weight.dtype
+    if dtype not in known:
+        known[dtype] = _scale_of(word_embeddings)
+    return known[dtype]
+
+
+_SCALES: "weakref.WeakKeyDictionary[nn.Embedding, Dict[torch.dtype, float]]" = weakref.WeakKeyDictionary()
+
+
+def _scale_of(embeddings: nn.Embedding) -> float:
+    scale = getattr(embeddings, "embed_scale", None)
+    if isinstance(scale, torch.Tensor):  # Gemma: rows * embed_scale.to(weight.dtype), so rounded to that dtype
+        value = getattr(embeddings, "scalar_embed_scale", None)
+        value = float(scale) if value is None else float(value)
+        return float(torch.tensor(value, dtype=torch.float64).to(embeddings.weight.dtype))
+    if isinstance(scale, (int, float)) and not isinstance(scale, bool):  # BART: rows * a Python float
+        return float(scale)
     raise ValueError(
-        f"model: its input embedding {type(word_embeddings).__name__} changes the lookup in a way other than "
+        f"model: its input embedding {type(embeddings).__name__} changes the lookup in a way other than "
         f"a scale factor (embed_scale); ept_fast assembles inputs from the table and cannot follow it"
     )
 

@@ -8,6 +8,7 @@ fusion, projections and gate); a checkpoint or ``save_model`` writes the adapter
 
 from __future__ import annotations
 
+import inspect
 import os
 from typing import Optional
 
@@ -15,7 +16,8 @@ import torch
 from transformers import Seq2SeqTrainer, Trainer
 from transformers.trainer import TRAINING_ARGS_NAME
 
-from .model import EPTModel
+from .config import TaskType
+from .model import EPTModel, adapter_subfolder
 from .serialization import load_adapter
 
 DEFAULT_LOWRANK_LEARNING_RATE = 1e-3  # the command line's default for every method (docs/results.md)
@@ -30,11 +32,16 @@ class _EPTTrainerMixin:
                             f"{type(self.model).__name__}")
 
     def create_optimizer(self, model=None):
-        """The Trainer's optimizer class and settings (``args.optim``), over the two groups."""
+        """The optimizer of ``optimizer_cls_and_kwargs`` or ``args.optim``, over the two groups."""
         if self.optimizer is None:
-            optimizer_cls, optimizer_kwargs = Trainer.get_optimizer_cls_and_kwargs(self.args, self.model)
+            ept = self.accelerator.unwrap_model(model if model is not None else self.model)
+            if getattr(self, "optimizer_cls_and_kwargs", None) is not None:
+                optimizer_cls, optimizer_kwargs = self.optimizer_cls_and_kwargs
+                optimizer_kwargs = dict(optimizer_kwargs)
+            else:
+                optimizer_cls, optimizer_kwargs = Trainer.get_optimizer_cls_and_kwargs(self.args, ept)
             optimizer_kwargs.pop("lr", None)  # each group carries its own
-            groups = self.model.param_groups(self.args.learning_rate, self.lowrank_learning_rate)
+            groups = ept.param_groups(self.args.learning_rate, self.lowrank_learning_rate)
             for group in groups:
                 group["weight_decay"] = self.args.weight_decay
             self.optimizer = optimizer_cls(groups, **optimizer_kwargs)
@@ -48,9 +55,38 @@ class _EPTTrainerMixin:
             self.processing_class.save_pretrained(output_dir)
         torch.save(self.args, os.path.join(output_dir, TRAINING_ARGS_NAME))
 
+    def _set_signature_columns_if_needed(self) -> None:
+        """Keep the columns the backbone takes (``token_type_ids``, …), not only EPTModel.forward's."""
+        if self._signature_columns is None:
+            super()._set_signature_columns_if_needed()
+            backbone = inspect.signature(self.accelerator.unwrap_model(self.model).get_base_model().forward)
+            self._signature_columns += [name for name in backbone.parameters if name not in self._signature_columns]
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        """A causal LM's logits include the m prompt positions: a loss the Trainer computes itself
+        (label smoothing, ``compute_loss_func``) gets labels padded with -100 over them, as the
+        model's own loss has, and shifted as for any causal LM."""
+        ept = self.accelerator.unwrap_model(model)
+        own_loss = self.label_smoother is not None or self.compute_loss_func is not None
+        if ept.task_type is not TaskType.CAUSAL_LM or not own_loss or "labels" not in inputs:
+            return super().compute_loss(model, inputs, return_outputs=return_outputs,
+                                        num_items_in_batch=num_items_in_batch)
+        inputs = dict(inputs)
+        labels = inputs.pop("labels")
+        outputs = model(**inputs)
+        labels = torch.cat([labels.new_full((labels.shape[0], ept.active_peft_config.num_virtual_tokens), -100), labels],
+                           dim=1)
+        if self.compute_loss_func is not None:
+            loss = self.compute_loss_func(outputs, labels, num_items_in_batch=num_items_in_batch)
+        else:
+            loss = self.label_smoother(outputs, labels, shift_labels=True)
+        return (loss, outputs) if return_outputs else loss
+
     def _load_from_checkpoint(self, resume_from_checkpoint: str, model=None) -> None:
+        """Read the active adapter's files back (where ``save_pretrained`` put them)."""
         model = self.accelerator.unwrap_model(model or self.model)
-        model.load_adapter_state_dict(load_adapter(resume_from_checkpoint).tensors, str(resume_from_checkpoint))
+        folder = adapter_subfolder(resume_from_checkpoint, model.active_adapter)
+        model.load_adapter_state_dict(load_adapter(folder).tensors, str(folder))
 
     def _load_best_model(self) -> None:
         self._load_from_checkpoint(self.state.best_model_checkpoint)

@@ -54,6 +54,31 @@ def test_disable_adapter_gives_the_bare_backbone(task):
     assert model.get_base_model() is backbone
 
 
+def test_the_backbone_is_left_as_it_was():
+    """Called directly, shared by two EPTModels, copied or pickled: the backbone's own head answers
+    outside an EPTModel's call, and each EPTModel uses its own adapter's head."""
+    import pickle
+
+    torch.manual_seed(0)
+    backbone = tiny_bert_classifier()
+    bare = copy.deepcopy(backbone).requires_grad_(False)
+    batch = ids, mask, _ = task_batch("SEQ_CLS")
+    first, second = (moved(get_ept_model(backbone, adapter_config("SEQ_CLS"))) for _ in range(2))
+    with torch.no_grad():
+        second.head_copies.default[0].weight.add_(1.0)
+    first_logits, second_logits = _outputs(first, batch), _outputs(second, batch)
+    assert not torch.equal(first_logits, second_logits)
+    assert torch.equal(_outputs(first, batch), first_logits)  # building and running the second changed nothing
+    assert torch.equal(backbone(input_ids=ids, attention_mask=mask).logits, bare(input_ids=ids, attention_mask=mask).logits)
+    assert backbone.state_dict().keys() == bare.state_dict().keys()
+    assert torch.equal(_outputs(copy.deepcopy(second), batch), second_logits)
+    assert torch.equal(_outputs(pickle.loads(pickle.dumps(second)), batch), second_logits)
+    with second.disable_adapter():
+        with second.disable_adapter():
+            pass
+        assert torch.equal(_outputs(second, batch), bare(input_ids=ids, attention_mask=mask, labels=batch[2]).logits)
+
+
 @pytest.mark.parametrize("task", TASKS)
 def test_named_adapters_switch_like_separate_models(task, tmp_path):
     first = _trained_adapter(task, 1, tmp_path / "first")
@@ -100,6 +125,25 @@ def test_adapter_name_errors(tmp_path):
         model.add_adapter("lm", adapter_config("CAUSAL_LM"))
     with pytest.raises(FileNotFoundError, match=r"adapter directory: expected a folder .* but .*nowhere does not exist"):
         model.load_adapter(str(tmp_path / "nowhere"), adapter_name="x")
+    for bad in ("../up", "a.b", "", "update"):
+        with pytest.raises(ValueError, match=r"adapter_name: expected letters, digits, '_' or '-'"):
+            model.add_adapter(bad, adapter_config("SEQ_2_SEQ_LM"))
+
+
+def test_a_failed_load_leaves_no_adapter_behind(tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    model = get_ept_model(tiny_t5(), adapter_config("SEQ_2_SEQ_LM"))
+    model.save_pretrained(tmp_path / "good")
+    shutil.copytree(tmp_path / "good", tmp_path / "bad")
+    tensors = load_file(str(tmp_path / "bad" / "adapter_model.safetensors"))
+    del tensors["prompt_encoder.lora_b"]
+    save_file(tensors, str(tmp_path / "bad" / "adapter_model.safetensors"))
+    with pytest.raises(ValueError, match=r"tensors do not match this model \(missing \['prompt_encoder.lora_b'\]"):
+        model.load_adapter(tmp_path / "bad", adapter_name="x")
+    assert list(model.peft_config) == ["default"] and list(model.prompt_encoders) == ["default"]
+    model.load_adapter(tmp_path / "good", adapter_name="x")
+    assert sorted(model.peft_config) == ["default", "x"]
 
 
 def test_save_pretrained_writes_each_adapter_as_peft_does_and_only_on_the_main_process(tmp_path):

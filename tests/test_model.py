@@ -268,6 +268,24 @@ def test_backbones_with_scaled_input_embeddings():
     assert torch.isfinite(loss)
 
 
+@pytest.mark.parametrize("kind", ["gemma", "bart"])
+def test_the_scale_is_applied_as_the_backbone_rounds_it(kind):
+    """bf16: Gemma multiplies by embed_scale rounded to bf16 (a tensor), BART by a Python float."""
+    from ept_fast.prompt_encoder import embedding_scale
+
+    module, name = {"gemma": ("gemma", "GemmaTextScaledWordEmbedding"), "bart": ("bart", "BartScaledWordEmbedding")}[kind]
+    scaled = getattr(pytest.importorskip(f"transformers.models.{module}.modeling_{module}"), name, None)
+    if scaled is None:
+        pytest.skip(f"this transformers has no {name}")
+    torch.manual_seed(0)
+    lookup = scaled(64, 512, 0, embed_scale=512 ** 0.5).to(torch.bfloat16)
+    ids = torch.randint(64, (3, 9))
+    no_rank = torch.zeros(8, 0), torch.zeros(0, 512)
+    embeds, _ = reference.assemble_inputs(ids, None, lookup.weight, torch.zeros(1, 512), *no_rank, 0.0,
+                                          embedding_scale(lookup))
+    assert torch.equal(embeds[:, 1:], lookup(ids))
+
+
 def test_text_init_uses_the_given_tokenizer():
     class Tok:
         def __call__(self, text):

@@ -10,7 +10,7 @@ from transformers import Seq2SeqTrainingArguments, TrainingArguments
 
 from ept_fast import EPTModel, get_ept_model
 from ept_fast.trainer import EPTSeq2SeqTrainer, EPTTrainer
-from tiny_models import VOCAB, adapter_config, tiny_bert_classifier, tiny_t5
+from tiny_models import VOCAB, adapter_config, moved, tiny_bert_classifier, tiny_gpt2, tiny_t5
 
 ADAPTER_FILES = ["adapter_config.json", "adapter_model.safetensors"]
 
@@ -22,9 +22,9 @@ def _classification_rows(count=24, seed=0):
             for row in ids]
 
 
-def _classifier(seed=0):
+def _classifier(seed=0, adapter_name="default"):
     torch.manual_seed(seed)
-    return get_ept_model(tiny_bert_classifier(), adapter_config("SEQ_CLS"))
+    return get_ept_model(tiny_bert_classifier(), adapter_config("SEQ_CLS"), adapter_name=adapter_name)
 
 
 def _arguments(out, **overrides):
@@ -48,40 +48,49 @@ def test_the_optimizer_has_the_two_learning_rate_groups(tmp_path):
         EPTTrainer(model=tiny_bert_classifier(), args=_arguments(tmp_path))
 
 
-def test_checkpoints_hold_the_adapter_only_and_the_best_one_is_loaded_at_the_end(tmp_path):
-    model = _classifier()
+@pytest.mark.parametrize("adapter_name", ["default", "topics"])
+def test_checkpoints_hold_the_adapter_only_and_the_best_one_is_loaded_at_the_end(adapter_name, tmp_path):
+    torch.manual_seed(0)
+    model = get_ept_model(tiny_bert_classifier(), adapter_config("SEQ_CLS"), adapter_name=adapter_name)
     rows = _classification_rows()
+    # The highest evaluation loss is "best": an early checkpoint, so loading it changes the model.
     args = _arguments(tmp_path, eval_strategy="steps", eval_steps=2, load_best_model_at_end=True,
-                      metric_for_best_model="loss", greater_is_better=False)
+                      metric_for_best_model="loss", greater_is_better=True)
     trainer = EPTTrainer(model=model, args=args, train_dataset=rows, eval_dataset=_classification_rows(12, seed=1))
     result = trainer.train()
     assert result.global_step == 6 and math.isfinite(result.training_loss)
+    folder = (lambda step: tmp_path / f"checkpoint-{step}" / ("" if adapter_name == "default" else adapter_name))
     for step in (2, 4, 6):
-        saved = sorted(p.name for p in (tmp_path / f"checkpoint-{step}").iterdir())
+        saved = sorted(p.name for p in folder(step).iterdir())
         assert set(ADAPTER_FILES) <= set(saved) and "model.safetensors" not in saved and "pytorch_model.bin" not in saved
     best = trainer.state.best_model_checkpoint
-    assert best is not None
-    best_tensors = load_file(f"{best}/adapter_model.safetensors")
+    assert best is not None and not best.endswith("checkpoint-6")
+    best_tensors = load_file(str(folder(best.rsplit("-", 1)[1]) / "adapter_model.safetensors"))
+    last_tensors = load_file(str(folder(6) / "adapter_model.safetensors"))
     current = model.adapter_state_dict()
     assert all(torch.equal(current[k], best_tensors[k]) for k in best_tensors)
+    assert not torch.equal(current["prompt_encoder.prompt"], last_tensors["prompt_encoder.prompt"])
     trainer.save_model(str(tmp_path / "final"))
-    assert set(ADAPTER_FILES) <= {p.name for p in (tmp_path / "final").iterdir()}
-    assert EPTModel.from_pretrained(tiny_bert_classifier(), tmp_path / "final").active_peft_config.num_virtual_tokens == 4
+    subfolder = None if adapter_name == "default" else adapter_name
+    assert set(ADAPTER_FILES) <= {p.name for p in (tmp_path / "final" / (subfolder or "")).iterdir()}
+    loaded = EPTModel.from_pretrained(tiny_bert_classifier(), tmp_path / "final", subfolder=subfolder)
+    assert loaded.active_peft_config.num_virtual_tokens == 4
 
 
-def test_resume_from_checkpoint_ends_where_a_straight_run_ends(tmp_path):
+@pytest.mark.parametrize("adapter_name", ["default", "topics"])
+def test_resume_from_checkpoint_ends_where_a_straight_run_ends(adapter_name, tmp_path):
     rows = _classification_rows()
-    straight = _classifier()
+    straight = _classifier(adapter_name=adapter_name)
     EPTTrainer(model=straight, args=_arguments(tmp_path / "straight"), train_dataset=rows).train()
 
-    first = _classifier()
+    first = _classifier(adapter_name=adapter_name)
     EPTTrainer(model=first, args=_arguments(tmp_path / "resumed", max_steps=6), train_dataset=rows).train()
-    resumed = _classifier()
+    resumed = _classifier(adapter_name=adapter_name)
     EPTTrainer(model=resumed, args=_arguments(tmp_path / "resumed"), train_dataset=rows).train(
         resume_from_checkpoint=str(tmp_path / "resumed" / "checkpoint-4"))
     a, b = straight.adapter_state_dict(), resumed.adapter_state_dict()
     assert all(torch.allclose(a[k], b[k], rtol=1e-5, atol=1e-6) for k in a)
-    untouched = _classifier().adapter_state_dict()
+    untouched = _classifier(adapter_name=adapter_name).adapter_state_dict()
     assert not torch.allclose(b["prompt_encoder.prompt"], untouched["prompt_encoder.prompt"])
 
 
@@ -103,3 +112,25 @@ def test_seq2seq_trainer_predicts_with_generate(tmp_path):
                               attention_mask=torch.stack([r["attention_mask"] for r in rows]), max_length=5)
     predicted = torch.as_tensor(prediction.predictions)
     assert torch.equal(predicted[:, :expected.shape[1]], expected)
+
+
+def test_the_backbones_own_inputs_reach_it(tmp_path):
+    """remove_unused_columns keeps what the backbone takes (token_type_ids), not only EPTModel.forward's."""
+    rows = [dict(row, token_type_ids=torch.zeros(6, dtype=torch.long)) for row in _classification_rows(8)]
+    trainer = EPTTrainer(model=_classifier(), args=_arguments(tmp_path), train_dataset=rows)
+    batch = next(iter(trainer.get_train_dataloader()))
+    assert {"input_ids", "attention_mask", "token_type_ids", "labels"} <= set(batch)
+
+
+def test_a_causal_lms_smoothed_loss_skips_the_prompt_positions(tmp_path):
+    """With label smoothing the Trainer computes the loss from the logits: with the labels padded
+    over the prompt's positions and shifted, it is the model's own loss as the smoothing goes to zero."""
+    from transformers.trainer_pt_utils import LabelSmoother
+
+    torch.manual_seed(0)
+    model = moved(get_ept_model(tiny_gpt2(), adapter_config("CAUSAL_LM")))
+    ids = torch.randint(2, VOCAB, (4, 7))
+    trainer = EPTTrainer(model=model, args=_arguments(tmp_path, label_smoothing_factor=0.1), train_dataset=[])
+    trainer.label_smoother = LabelSmoother(epsilon=1e-9)
+    smoothed = trainer.compute_loss(model, {"input_ids": ids, "labels": ids.clone()})
+    assert torch.allclose(smoothed, model(input_ids=ids, labels=ids).loss, rtol=1e-6)
