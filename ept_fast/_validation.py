@@ -139,6 +139,58 @@ def check_assemble_inputs_layout(
     return dims
 
 
+def check_mixed_layout(input_ids, attention_mask, word_embeddings, prompts, prompt_lengths, lora_a, lora_b, scalings,
+                       adapter_ids, embed_scale) -> Dims:
+    """``check_assemble_inputs_layout`` for a mixed batch: prompts (N, m, d), prompt_lengths (N,),
+    lora_a (N, n, r), lora_b (N, r, d), scalings (N,), adapter_ids (b,); returns b, T, V, d, m,
+    n, r and N."""
+    stacked: Dims = {}
+    named = []
+    for name, value, pattern in [("prompts", prompts, ("N", "m", "d")), ("lora_a", lora_a, ("N", "n", "r")),
+                                 ("lora_b", lora_b, ("N", "r", "d")), ("prompt_lengths", prompt_lengths, ("N",)),
+                                 ("scalings", scalings, ("N",))]:
+        _require_tensor(name, value)
+        _match_shape(name, value, pattern, stacked)
+        named.append((name, value))
+    if stacked["N"] < 1:
+        raise ValueError(f"prompts: expected at least one stacked adapter, got shape {tuple(prompts.shape)}")
+    dims = check_assemble_inputs_layout(input_ids, attention_mask, word_embeddings, prompts[0], lora_a[0], lora_b[0],
+                                        0.0, embed_scale)
+    dims["N"] = stacked["N"]
+    _require_tensor("adapter_ids", adapter_ids)
+    _match_shape("adapter_ids", adapter_ids, ("b",), dims)
+    for name, value in (("prompt_lengths", prompt_lengths), ("adapter_ids", adapter_ids)):
+        if value.is_floating_point() or value.is_complex() or value.dtype == torch.bool:
+            raise TypeError(f"{name}: expected an integer tensor, got dtype {value.dtype}")
+    _require_floating("scalings", scalings)
+    _require_same_device([("input_ids", input_ids), ("adapter_ids", adapter_ids)] + named)
+    return dims
+
+
+def check_mixed_values(adapter_ids: torch.Tensor, prompt_lengths: torch.Tensor, lengths: torch.Tensor,
+                       max_lengths: Optional[torch.Tensor], adapters: int, m: int) -> None:
+    """Every row names an adapter in [0, N); every prompt length is in [1, m]; no row holds
+    more attended tokens than its adapter's ``max_lengths`` (when given). One device sync."""
+    limits = max_lengths[adapter_ids.clamp(0, adapters - 1)] if max_lengths is not None else lengths
+    excess = lengths - limits
+    lowest, highest, shortest, longest, worst, worst_row = torch.stack([
+        adapter_ids.min(), adapter_ids.max(), prompt_lengths.min(), prompt_lengths.max(), excess.max(), excess.argmax(),
+    ]).tolist()
+    if lowest < 0 or highest >= adapters:
+        raise ValueError(f"adapter_ids: expected ids in [0, {adapters}) (one per stacked adapter), got "
+                         f"{lowest if lowest < 0 else highest}")
+    if shortest < 1 or longest > m:
+        raise ValueError(f"prompt_lengths: expected lengths in [1, {m}] (m, the stacked prompts' rows), got "
+                         f"{shortest if shortest < 1 else longest}")
+    if worst > 0:
+        adapter = int(adapter_ids[worst_row])
+        raise ValueError(
+            f"input_ids: row {worst_row} has {int(lengths[worst_row])} attended tokens, but its adapter ({adapter}) "
+            f"covers max_length={int(max_lengths[adapter])} positions; shorten or split the input (it is never "
+            f"truncated silently)"
+        )
+
+
 def check_token_values(input_ids: torch.Tensor, lengths: torch.Tensor, vocab: int, max_length: Optional[int]) -> None:
     """Every id indexes a row of the word-embedding table, and no row holds more than
     ``max_length`` attended tokens (``lengths``, per row; ``max_length`` None: no limit).

@@ -16,9 +16,9 @@ import torch
 
 from . import reference
 from .config import Backend, parse_enum
-from .reference import check_assemble_inputs_args, check_ept_prompt_args
+from .reference import check_assemble_inputs_args, check_assemble_inputs_mixed_args, check_ept_prompt_args
 
-__all__ = ["ept_prompt", "assemble_inputs", "triton_available", "use_triton"]
+__all__ = ["ept_prompt", "assemble_inputs", "assemble_inputs_mixed", "triton_available", "use_triton"]
 
 
 def triton_available() -> bool:
@@ -56,6 +56,14 @@ def _reference_instead(backend, op: str, reason: str) -> None:
         raise ValueError(f"backend: 'triton' cannot run {op} at these sizes ({reason}); use backend='auto', "
                          f"which then runs the PyTorch reference, or backend='torch'")
     warnings.warn(f"ept_fast: {op} runs the PyTorch reference, not the fused kernels: {reason}", stacklevel=3)
+
+
+def _require_frozen_table(word_embeddings: torch.Tensor) -> None:
+    if word_embeddings.requires_grad and torch.is_grad_enabled():
+        raise ValueError(
+            "word_embeddings: the fused assembly treats the table as frozen, but it requires grad; "
+            "freeze it (requires_grad_(False)) or use backend='torch'"
+        )
 
 
 def ept_prompt(
@@ -103,11 +111,37 @@ def assemble_inputs(
 
         reason = kernels.unsupported(dims["r"])
         if reason is None:
-            if word_embeddings.requires_grad and torch.is_grad_enabled():
-                raise ValueError(
-                    "word_embeddings: the fused assembly treats the table as frozen, but it requires grad; "
-                    "freeze it (requires_grad_(False)) or use backend='torch'"
-                )
+            _require_frozen_table(word_embeddings)
             return kernels.fused_assemble_inputs(*args)
         _reference_instead(backend, "assemble_inputs", reason)
     return reference.assemble_inputs(*args, validate=False)
+
+
+def assemble_inputs_mixed(
+    input_ids: torch.Tensor,
+    attention_mask: Optional[torch.Tensor],
+    word_embeddings: torch.Tensor,
+    prompts: torch.Tensor,
+    prompt_lengths: torch.Tensor,
+    lora_a: torch.Tensor,
+    lora_b: torch.Tensor,
+    scalings: torch.Tensor,
+    adapter_ids: torch.Tensor,
+    backend: str = "auto",
+    embed_scale: float = 1.0,
+    max_lengths: Optional[torch.Tensor] = None,
+) -> Tuple[torch.Tensor, torch.Tensor]:
+    """A batch whose rows run different adapters, in one pass; see
+    ``ept_fast.reference.assemble_inputs_mixed`` for the rule and shapes."""
+    args = (input_ids, attention_mask, word_embeddings, prompts, prompt_lengths, lora_a, lora_b, scalings, adapter_ids,
+            embed_scale)
+    dims = check_assemble_inputs_mixed_args(*args, max_lengths)
+    if use_triton(backend, word_embeddings.device):
+        from .kernels import assemble_inputs as kernels
+
+        reason = kernels.unsupported(dims["r"])
+        if reason is None:
+            _require_frozen_table(word_embeddings)
+            return kernels.fused_assemble_inputs_mixed(*args)
+        _reference_instead(backend, "assemble_inputs_mixed", reason)
+    return reference.assemble_inputs_mixed(*args, validate=False)

@@ -12,13 +12,15 @@ the checks of every public entry point).
 from __future__ import annotations
 
 import math
-from typing import Optional, Tuple
+from typing import NamedTuple, Optional, Sequence, Tuple
 
 import torch
 
-from ._validation import Dims, check_assemble_inputs_layout, check_ept_prompt_args, check_token_values
+from ._validation import Dims, check_assemble_inputs_layout, check_ept_prompt_args, check_mixed_layout, \
+    check_mixed_values, check_token_values
 
-__all__ = ["ept_prompt", "assemble_inputs", "attended_mask", "check_ept_prompt_args", "check_assemble_inputs_args"]
+__all__ = ["ept_prompt", "assemble_inputs", "assemble_inputs_mixed", "attended_mask", "check_ept_prompt_args",
+           "check_assemble_inputs_args", "check_assemble_inputs_mixed_args", "stack_adapters"]
 
 
 def ept_prompt(
@@ -131,3 +133,104 @@ def assemble_inputs(
     mask = attention_mask if attention_mask is not None else torch.ones_like(input_ids, dtype=torch.long)
     prompt_mask = torch.ones(b, m, dtype=mask.dtype, device=mask.device)
     return inputs_embeds, torch.cat([prompt_mask, mask], dim=1)
+
+
+def check_assemble_inputs_mixed_args(input_ids, attention_mask, word_embeddings, prompts, prompt_lengths, lora_a,
+                                     lora_b, scalings, adapter_ids, embed_scale=1.0, max_lengths=None) -> Dims:
+    """Validate the arguments of ``assemble_inputs_mixed``; returns b, T, V, d, m, n, r, N.
+    Reads values: ids in range, adapter ids in [0, N), prompt lengths in [1, m], and (with
+    ``max_lengths`` (N,), each adapter's n) no row longer than its adapter covers."""
+    dims = check_mixed_layout(input_ids, attention_mask, word_embeddings, prompts, prompt_lengths, lora_a, lora_b,
+                              scalings, adapter_ids, embed_scale)
+    lengths = attended_mask(input_ids, attention_mask).sum(dim=1)
+    overall = dims["n"] if dims["r"] > 0 and max_lengths is None else None  # else each row against its adapter
+    check_token_values(input_ids, lengths, vocab=dims["V"], max_length=overall)
+    check_mixed_values(adapter_ids, prompt_lengths, lengths, max_lengths, dims["N"], dims["m"])
+    return dims
+
+
+def assemble_inputs_mixed(
+    input_ids: torch.Tensor,
+    attention_mask: Optional[torch.Tensor],
+    word_embeddings: torch.Tensor,
+    prompts: torch.Tensor,
+    prompt_lengths: torch.Tensor,
+    lora_a: torch.Tensor,
+    lora_b: torch.Tensor,
+    scalings: torch.Tensor,
+    adapter_ids: torch.Tensor,
+    embed_scale: float = 1.0,
+    *,
+    max_lengths: Optional[torch.Tensor] = None,
+    validate: bool = True,
+) -> Tuple[torch.Tensor, torch.Tensor]:
+    """``assemble_inputs`` for a batch whose rows run different adapters (docs/kernels.md).
+
+    Shapes: the stacked adapters prompts (N, m, d) (adapter a's P* in rows [0, prompt_lengths[a]),
+    zeros after), lora_a (N, n, r), lora_b (N, r, d), zero-padded to the largest n and r, and
+    scalings (N,) (each adapter's s); adapter_ids (b,) picks row i's adapter. Row i of the
+    output: m - prompt_lengths[a] padding rows (zeros, mask 0), then a's prompt, then the tokens
+    as ``assemble_inputs`` builds them with a's A, B and s. Returns (b, m+T, d) and (b, m+T).
+    """
+    if validate:
+        check_assemble_inputs_mixed_args(input_ids, attention_mask, word_embeddings, prompts, prompt_lengths, lora_a,
+                                         lora_b, scalings, adapter_ids, embed_scale, max_lengths)
+    b, T = input_ids.shape
+    m = prompts.shape[1]
+    E = word_embeddings[input_ids]  # (b, T, d)
+    sum_dtype = torch.promote_types(E.dtype, torch.promote_types(lora_a.dtype, torch.float32))
+    widened = E.to(sum_dtype) * embed_scale
+    attended = attended_mask(input_ids, attention_mask)
+    pos = (torch.cumsum(attended, dim=1) - 1).clamp(min=0)  # k-th attended token -> k
+    rows_of_a = torch.gather(lora_a[adapter_ids], 1, pos.unsqueeze(-1).expand(-1, -1, lora_a.shape[2]))  # (b, T, r)
+    L_rows = scalings[adapter_ids].to(sum_dtype)[:, None, None] * torch.bmm(rows_of_a, lora_b[adapter_ids])
+    tokens = torch.where(attended.unsqueeze(-1), (widened + L_rows.to(sum_dtype)).to(E.dtype), widened.to(E.dtype))
+
+    skip = m - prompt_lengths[adapter_ids]  # (b,) padding rows before each row's prompt
+    source = torch.arange(m, device=input_ids.device)[None, :] - skip[:, None]  # (b, m) rows of the prompt
+    held = source >= 0
+    prefix = prompts[adapter_ids[:, None], source.clamp(min=0)]  # (b, m, d)
+    prefix = torch.where(held.unsqueeze(-1), prefix, torch.zeros((), dtype=prefix.dtype, device=prefix.device))
+    inputs_embeds = torch.cat([prefix.to(E.dtype), tokens], dim=1)
+
+    mask = attention_mask if attention_mask is not None else torch.ones_like(input_ids, dtype=torch.long)
+    return inputs_embeds, torch.cat([held.to(mask.dtype), mask], dim=1)
+
+
+class StackedAdapters(NamedTuple):
+    """Several adapters as ``assemble_inputs_mixed`` takes them (zero-padded, differentiable)."""
+
+    prompts: torch.Tensor  # (N, m, d): adapter a's P* in rows [0, prompt_lengths[a])
+    prompt_lengths: torch.Tensor  # (N,) int64
+    lora_a: torch.Tensor  # (N, n, r)
+    lora_b: torch.Tensor  # (N, r, d)
+    scalings: torch.Tensor  # (N,)
+    max_lengths: torch.Tensor  # (N,) int64: each adapter's n (the rows it covers)
+
+
+def stack_adapters(prompts: Sequence[torch.Tensor], lora_as: Sequence[torch.Tensor], lora_bs: Sequence[torch.Tensor],
+                   scalings: Sequence[float]) -> StackedAdapters:
+    """Stack adapters of different m, n and r: each P* (m_a, d), A (n_a, r_a), B (r_a, d) is
+    zero-padded to the largest sizes (padding adds nothing: zero rows of A, zero columns of the
+    rank). Gradients flow back to each adapter's own tensors."""
+    if not (len(prompts) == len(lora_as) == len(lora_bs) == len(scalings)) or not prompts:
+        raise ValueError(f"stack_adapters: expected as many prompts, lora_as, lora_bs and scalings (at least one), "
+                         f"got {len(prompts)}, {len(lora_as)}, {len(lora_bs)} and {len(scalings)}")
+    widths = {p.shape[-1] for p in prompts} | {b.shape[-1] for b in lora_bs}
+    if len(widths) != 1:
+        raise ValueError(f"stack_adapters: every adapter must have the same hidden size d, got {sorted(widths)} "
+                         f"(adapters for different backbones?)")
+    m = max(p.shape[0] for p in prompts)
+    n = max(a.shape[0] for a in lora_as)
+    r = max(a.shape[1] for a in lora_as)
+    pad = torch.nn.functional.pad
+    device = prompts[0].device
+    long = dict(dtype=torch.long, device=device)
+    return StackedAdapters(
+        torch.stack([pad(p, (0, 0, 0, m - p.shape[0])) for p in prompts]),
+        torch.tensor([p.shape[0] for p in prompts], **long),
+        torch.stack([pad(a, (0, r - a.shape[1], 0, n - a.shape[0])) for a in lora_as]),
+        torch.stack([pad(b, (0, 0, 0, r - b.shape[0])) for b in lora_bs]),
+        torch.tensor([float(s) for s in scalings], dtype=lora_as[0].dtype, device=device),
+        torch.tensor([a.shape[0] if a.shape[1] > 0 else torch.iinfo(torch.int32).max for a in lora_as], **long),
+    )

@@ -21,7 +21,7 @@ adds the partials in a fixed order (deterministic, no atomics).
 
 from __future__ import annotations
 
-from typing import Dict, Optional, Tuple
+from typing import Dict, NamedTuple, Optional, Tuple
 
 import torch
 import triton
@@ -35,11 +35,12 @@ Tensor = torch.Tensor
 
 @triton.jit
 def _assemble_fwd_kernel(
-    IDS, MASK, TABLE, PROMPT, A, B,
+    IDS, MASK, TABLE, PROMPT, A, B, ADAPTER_IDS, PROMPT_LENGTHS, SCALES,
     OUT, OUT_MASK, TOKEN_INDEX, LENGTHS,
     T, m, d, n, r, segment, scaling_hi, scaling_lo, embed_hi, embed_lo,
     BT: tl.constexpr, BD: tl.constexpr, R_PAD: tl.constexpr, B_PREFIX: tl.constexpr,
-    HAS_MASK: tl.constexpr, HAS_LOW_RANK: tl.constexpr, ACC: tl.constexpr, PRECISION: tl.constexpr,
+    HAS_MASK: tl.constexpr, HAS_LOW_RANK: tl.constexpr, MIXED: tl.constexpr, ACC: tl.constexpr,
+    PRECISION: tl.constexpr,
 ):
     row = tl.program_id(0)
     cols = tl.program_id(1) * BD + tl.arange(0, BD)
@@ -48,16 +49,27 @@ def _assemble_fwd_kernel(
     seg = tl.program_id(2)
     seq = m + T
     out_row = (row * seq).to(tl.int64)
+    if MIXED:  # this row's adapter: its prompt (right-aligned in the m rows), A, B and scaling
+        adapter = tl.load(ADAPTER_IDS + row).to(tl.int64)
+        PROMPT += adapter * m * d
+        A += adapter * n * r
+        B += adapter * r * d
+        scaling = tl.load(SCALES + adapter).to(ACC)
+        skip = m - tl.load(PROMPT_LENGTHS + adapter).to(tl.int32)
+    else:
+        scaling = widen(scaling_hi, scaling_lo, ACC)
+        skip = 0
 
-    if seg == 0:  # the prompt prefix
+    if seg == 0:  # the prompt prefix: `skip` padding rows (masked), then the prompt's rows
         for j0 in range(0, m, BT):
             rows = j0 + tl.arange(0, BT)
-            prefix = tl.load(PROMPT + rows[:, None] * d + cols[None, :], mask=(rows[:, None] < m) & col_ok[None, :],
+            held = (rows >= skip) & (rows < m)
+            prefix = tl.load(PROMPT + (rows[:, None] - skip) * d + cols[None, :], mask=held[:, None] & col_ok[None, :],
                              other=0.0)
             tl.store(OUT + (out_row + rows[:, None]) * d + cols[None, :], prefix.to(ACC).to(OUT.dtype.element_ty),
                      mask=(rows[:, None] < m) & col_ok[None, :])
             if first_col_block:
-                tl.store(OUT_MASK + row * seq + rows, tl.full((BT,), 1, OUT_MASK.dtype.element_ty), mask=rows < m)
+                tl.store(OUT_MASK + row * seq + rows, held.to(OUT_MASK.dtype.element_ty), mask=rows < m)
 
     embed_scale = widen(embed_hi, embed_lo, ACC)
     t_start = seg * segment
@@ -73,7 +85,6 @@ def _assemble_fwd_kernel(
         rk = tl.arange(0, R_PAD)
         b_block = tl.load(B + rk[:, None] * d + cols[None, :], mask=(rk[:, None] < r) & col_ok[None, :], other=0.0)
         b_block = b_block.to(ACC)
-        scaling = widen(scaling_hi, scaling_lo, ACC)
 
     for t0 in range(t_start, t_end, BT):
         t = t0 + tl.arange(0, BT)
@@ -115,12 +126,21 @@ def _assemble_fwd_kernel(
 
 
 @triton.jit
+def _rows_of(ADAPTER_IDS, rows, nb, adapter, MIXED: tl.constexpr):
+    """Which of ``rows`` are batch rows of this program's adapter (all of them for one adapter)."""
+    if MIXED:
+        return (rows < nb) & (tl.load(ADAPTER_IDS + rows, mask=rows < nb, other=-1) == adapter)
+    else:
+        return rows < nb
+
+
+@triton.jit
 def _assemble_bwd_kernel(
-    GRAD, TOKEN_INDEX, LENGTHS, A, B,
+    GRAD, TOKEN_INDEX, LENGTHS, A, B, ADAPTER_IDS, PROMPT_LENGTHS, SCALES,
     D_PROMPT, DA_PART, DB_PART,
-    nb, T, m, d, n, r, splits, scaling_hi, scaling_lo,
+    nb, T, m, d, n, r, splits, col_blocks, scaling_hi, scaling_lo,
     BP: tl.constexpr, BD: tl.constexpr, BB: tl.constexpr, R_PAD: tl.constexpr, NB_PAD: tl.constexpr,
-    ACC: tl.constexpr, PRECISION: tl.constexpr,
+    MIXED: tl.constexpr, ACC: tl.constexpr, PRECISION: tl.constexpr,
 ):
     col_block = tl.program_id(0)
     task = tl.program_id(1)
@@ -128,22 +148,35 @@ def _assemble_bwd_kernel(
     col_ok = cols < d
     seq = m + T
     batch = tl.arange(0, BB)
-    if task >= splits:  # a block of prompt rows: dP* = Σ_b grad[b, :m]
+    adapter = tl.program_id(2).to(tl.int64)  # a mixed batch: each adapter sums its own rows (masked loads)
+    if MIXED:
+        skip = m - tl.load(PROMPT_LENGTHS + adapter).to(tl.int32)
+        scaling = tl.load(SCALES + adapter).to(ACC)
+        A += adapter * n * r
+        B += adapter * r * d
+        D_PROMPT += adapter * m * d
+        DA_PART += adapter * col_blocks * n * r
+        DB_PART += adapter * splits * r * d
+    else:
+        skip = 0
+        scaling = widen(scaling_hi, scaling_lo, ACC)
+    if task >= splits:  # a block of the prompt's rows: dP*[j] = Σ_b grad[b, skip + j]
         rows = (task - splits) * BP + tl.arange(0, BP)
-        tile = (rows[:, None] < m) & col_ok[None, :]
+        tile = (rows[:, None] < m - skip) & col_ok[None, :]
         total = tl.zeros((BP, BD), dtype=ACC)
         for b0 in range(0, nb, BB):
             bb = b0 + batch
-            grad_rows = (bb[:, None] * seq + rows[None, :]).to(tl.int64)
+            mine = _rows_of(ADAPTER_IDS, bb, nb, adapter, MIXED)
+            grad_rows = (bb[:, None] * seq + skip + rows[None, :]).to(tl.int64)
             g = tl.load(GRAD + grad_rows[:, :, None] * d + cols[None, None, :],
-                        mask=(bb[:, None, None] < nb) & tile[None, :, :], other=0.0)
+                        mask=mine[:, None, None] & tile[None, :, :], other=0.0)
             total += tl.sum(g.to(ACC), axis=0)
-        tl.store(D_PROMPT + rows[:, None] * d + cols[None, :], total, mask=tile)
+        tl.store(D_PROMPT + rows[:, None] * d + cols[None, :], total, mask=(rows[:, None] < m) & col_ok[None, :])
     else:  # positions p0, p0 + splits·BP, …: dL[p] = Σ_b grad[b, m + token holding p]
-        scaling = widen(scaling_hi, scaling_lo, ACC)
         rk = tl.arange(0, R_PAD)
         everyone = tl.arange(0, NB_PAD)
-        longest = tl.max(tl.load(LENGTHS + everyone, mask=everyone < nb, other=0), axis=0)
+        longest = tl.max(tl.load(LENGTHS + everyone, mask=_rows_of(ADAPTER_IDS, everyone, nb, adapter, MIXED),
+                                 other=0), axis=0)
         b_t = tl.trans(tl.load(B + rk[:, None] * d + cols[None, :], mask=(rk[:, None] < r) & col_ok[None, :],
                                other=0.0).to(ACC))
         db = tl.zeros((R_PAD, BD), dtype=ACC)
@@ -153,7 +186,7 @@ def _assemble_bwd_kernel(
             if p0 < longest:
                 for b0 in range(0, nb, BB):
                     bb = b0 + batch
-                    lengths = tl.load(LENGTHS + bb, mask=bb < nb, other=0)
+                    lengths = tl.load(LENGTHS + bb, mask=_rows_of(ADAPTER_IDS, bb, nb, adapter, MIXED), other=0)
                     held = positions[None, :] < lengths[:, None]  # (BB, BP)
                     tok = tl.load(TOKEN_INDEX + bb[:, None] * n + positions[None, :], mask=held, other=0)
                     grad_rows = (bb[:, None] * seq + m + tok).to(tl.int64)
@@ -175,8 +208,14 @@ def _assemble_bwd_finish_kernel(
     DA_PART, DB_PART, DA, DB, d, n, r, col_blocks, splits, da_programs,
     BN: tl.constexpr, BD: tl.constexpr, R_PAD: tl.constexpr, ACC: tl.constexpr,
 ):
-    """dA = Σ over blocks of d of the dA partials, dB = Σ over splits of the dB partials, in order."""
+    """dA = Σ over blocks of d of the dA partials, dB = Σ over splits of the dB partials, in
+    order; program_id(1) is the adapter (0 for a single one)."""
     pid = tl.program_id(0)
+    adapter = tl.program_id(1).to(tl.int64)
+    DA_PART += adapter * col_blocks * n * r
+    DB_PART += adapter * splits * r * d
+    DA += adapter * n * r
+    DB += adapter * r * d
     rk = tl.arange(0, R_PAD)
     if pid < da_programs:
         rows = pid * BN + tl.arange(0, BN)
@@ -226,35 +265,45 @@ def unsupported(r: int) -> Optional[str]:
     return f"r={r} is over {_launch.MAX_RANK}" if r > _launch.MAX_RANK else None
 
 
-def assemble_inputs_forward(
-    input_ids: Tensor, attention_mask: Optional[Tensor], word_embeddings: Tensor, prompt_out: Tensor,
-    lora_a: Tensor, lora_b: Tensor, scaling: float, embed_scale: float,
-) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
-    """Returns (inputs_embeds (b, m+T, d), extended mask (b, m+T), token_index (b, n), lengths (b,))."""
+class Routing(NamedTuple):
+    """A mixed batch: row i runs adapter ``adapter_ids[i]``, whose prompt has
+    ``prompt_lengths[a]`` rows and whose low-rank update is scaled by ``scalings[a]``."""
+
+    adapter_ids: Tensor  # (b,) integer
+    prompt_lengths: Tensor  # (N,) integer
+    scalings: Tensor  # (N,) floating
+
+
+def _launch_forward(input_ids, attention_mask, word_embeddings, prompts, lora_a, lora_b, scaling: float,
+                    embed_scale: float, routing: Optional[Routing]) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
+    """The forward launch for one adapter (``prompts`` (m, d), A (n, r), B (r, d)) or a mixed
+    batch (the same with a leading adapter dimension N, and ``routing``)."""
     nb, T = input_ids.shape
-    m, d = prompt_out.shape
-    n, r = lora_a.shape
+    m, d = prompts.shape[-2:]
+    n, r = lora_a.shape[-2:]
     if unsupported(r) is not None:
         raise ValueError(f"ept_fast::assemble_inputs: the fused kernels cannot take these sizes: {unsupported(r)}")
-    out, out_mask, token_index, lengths = _allocate_outputs(input_ids, attention_mask, word_embeddings, prompt_out, lora_a)
+    out, out_mask, token_index, lengths = _allocate_outputs(input_ids, attention_mask, word_embeddings, prompts, lora_a)
     has_mask = attention_mask is not None
     cfg = _forward_config(nb, T, d, r, word_embeddings.device)
-    acc = accumulator(word_embeddings, prompt_out, lora_a)
+    acc = accumulator(word_embeddings, prompts, lora_a)
+    ids, lengths_of_prompts, scalings = routing if routing is not None else (input_ids,) * 3  # unread then
     grid = (nb, triton.cdiv(d, cfg["BD"]), triton.cdiv(T, cfg["segment"]))
     _assemble_fwd_kernel[grid](
         input_ids.contiguous(), attention_mask.contiguous() if has_mask else input_ids, word_embeddings.contiguous(),
-        prompt_out.contiguous(), lora_a.contiguous(), lora_b.contiguous(), out, out_mask, token_index, lengths,
+        prompts.contiguous(), lora_a.contiguous(), lora_b.contiguous(), ids.contiguous(), lengths_of_prompts,
+        scalings, out, out_mask, token_index, lengths,
         T, m, d, n, r, cfg["segment"], *split_float(scaling), *split_float(embed_scale),
         BT=cfg["BT"], BD=cfg["BD"], R_PAD=dot_pad(r), B_PREFIX=cfg["B_PREFIX"], HAS_MASK=has_mask, HAS_LOW_RANK=r > 0,
-        ACC=acc, PRECISION=dot_precision(acc, word_embeddings.dtype), **_launch.options(cfg),
+        MIXED=routing is not None, ACC=acc, PRECISION=dot_precision(acc, word_embeddings.dtype), **_launch.options(cfg),
     )
     return out, out_mask, token_index, lengths
 
 
-def _allocate_outputs(input_ids, attention_mask, word_embeddings, prompt_out, lora_a):
+def _allocate_outputs(input_ids, attention_mask, word_embeddings, prompts, lora_a):
     nb, T = input_ids.shape
-    m, d = prompt_out.shape
-    n, r = lora_a.shape
+    m, d = prompts.shape[-2:]
+    n, r = lora_a.shape[-2:]
     mask_dtype = attention_mask.dtype if attention_mask is not None else torch.long
     return (
         _launch.new_buffer(word_embeddings, (nb, m + T, d)),
@@ -262,6 +311,50 @@ def _allocate_outputs(input_ids, attention_mask, word_embeddings, prompt_out, lo
         _launch.new_buffer(input_ids, (nb, n if r > 0 else 0), torch.int32),
         _launch.new_buffer(input_ids, (nb if r > 0 else 0,), torch.int32),
     )
+
+
+def _launch_backward(grad, token_index, lengths, prompts, lora_a, lora_b, scaling: float,
+                     routing: Optional[Routing]) -> Tuple[Tensor, Tensor, Tensor]:
+    """Gradients of (prompts, lora_a, lora_b), shaped as they are, from the gradient of inputs_embeds.
+    In a mixed batch the programs of adapter a sum the rows whose id is a (a grid axis per adapter)."""
+    nb, seq, d = grad.shape
+    m = prompts.shape[-2]
+    n, r = lora_a.shape[-2:]
+    adapters = 1 if routing is None else prompts.shape[0]
+    cfg = _backward_config(d, n, r, grad.device)
+    splits = cfg["splits"] if r > 0 else 0  # without a low-rank pair only the prompt-row programs run
+    col_blocks = triton.cdiv(d, cfg["BD"])
+    acc = accumulator(grad, prompts, lora_a)
+    work = torch.float64 if acc == tl.float64 else torch.float32
+    d_prompt, d_a, d_b = (_launch.new_buffer(t, t.shape) for t in (prompts, lora_a, lora_b))
+    da_part = _launch.new_buffer(grad, (adapters, col_blocks, n, r), work)
+    db_part = _launch.new_buffer(grad, (adapters, splits, r, d), work)
+    adapter_ids, prompt_lengths, scalings = routing if routing is not None else (token_index,) * 3  # unread then
+    meta = dict(ACC=acc, **_launch.options(cfg))
+    _assemble_bwd_kernel[(col_blocks, splits + triton.cdiv(m, cfg["BP"]), adapters)](
+        grad.contiguous(), token_index, lengths, lora_a.contiguous(), lora_b.contiguous(), adapter_ids.contiguous(),
+        prompt_lengths, scalings, d_prompt, da_part, db_part, nb, seq - m, m, d, n, r, splits, col_blocks,
+        *split_float(scaling),
+        BP=cfg["BP"], BD=cfg["BD"], BB=cfg["BB"], R_PAD=dot_pad(r), NB_PAD=triton.next_power_of_2(nb),
+        MIXED=routing is not None, PRECISION=dot_precision(acc, grad.dtype), **meta,
+    )
+    if r > 0:
+        da_programs = triton.cdiv(n, cfg["BN"])
+        _assemble_bwd_finish_kernel[(da_programs + col_blocks, adapters)](
+            da_part, db_part, d_a, d_b, d, n, r, col_blocks, splits, da_programs,
+            BN=cfg["BN"], BD=cfg["BD"], R_PAD=dot_pad(r), **meta,
+        )
+    return d_prompt, d_a, d_b
+
+
+# ---------------------------------------------------------------- one adapter
+def assemble_inputs_forward(
+    input_ids: Tensor, attention_mask: Optional[Tensor], word_embeddings: Tensor, prompt_out: Tensor,
+    lora_a: Tensor, lora_b: Tensor, scaling: float, embed_scale: float,
+) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Returns (inputs_embeds (b, m+T, d), extended mask (b, m+T), token_index (b, n), lengths (b,))."""
+    return _launch_forward(input_ids, attention_mask, word_embeddings, prompt_out, lora_a, lora_b, scaling,
+                           embed_scale, None)
 
 
 assemble_inputs_op = torch.library.custom_op("ept_fast::assemble_inputs", mutates_args=())(
@@ -278,31 +371,7 @@ def assemble_inputs_backward(
     scaling: float,
 ) -> Tuple[Tensor, Tensor, Tensor]:
     """Gradients of (prompt_out, lora_a, lora_b) from the gradient of inputs_embeds."""
-    nb, seq, d = grad.shape
-    m = prompt_out.shape[0]
-    n, r = lora_a.shape
-    cfg = _backward_config(d, n, r, grad.device)
-    splits = cfg["splits"] if r > 0 else 0  # without a low-rank pair only the prompt-row programs run
-    col_blocks = triton.cdiv(d, cfg["BD"])
-    acc = accumulator(grad, prompt_out, lora_a)
-    work = torch.float64 if acc == tl.float64 else torch.float32
-    d_prompt, d_a, d_b = (_launch.new_buffer(t, t.shape) for t in (prompt_out, lora_a, lora_b))
-    da_part = _launch.new_buffer(grad, (col_blocks, n, r), work)
-    db_part = _launch.new_buffer(grad, (splits, r, d), work)
-    meta = dict(ACC=acc, **_launch.options(cfg))
-    _assemble_bwd_kernel[(col_blocks, splits + triton.cdiv(m, cfg["BP"]))](
-        grad.contiguous(), token_index, lengths, lora_a.contiguous(), lora_b.contiguous(),
-        d_prompt, da_part, db_part, nb, seq - m, m, d, n, r, splits, *split_float(scaling),
-        BP=cfg["BP"], BD=cfg["BD"], BB=cfg["BB"], R_PAD=dot_pad(r), NB_PAD=triton.next_power_of_2(nb),
-        PRECISION=dot_precision(acc, grad.dtype), **meta,
-    )
-    if r > 0:
-        da_programs = triton.cdiv(n, cfg["BN"])
-        _assemble_bwd_finish_kernel[(da_programs + col_blocks,)](
-            da_part, db_part, d_a, d_b, d, n, r, col_blocks, splits, da_programs,
-            BN=cfg["BN"], BD=cfg["BD"], R_PAD=dot_pad(r), **meta,
-        )
-    return d_prompt, d_a, d_b
+    return _launch_backward(grad, token_index, lengths, prompt_out, lora_a, lora_b, scaling, None)
 
 
 assemble_inputs_backward_op = torch.library.custom_op("ept_fast::assemble_inputs_backward", mutates_args=())(
@@ -341,4 +410,70 @@ def fused_assemble_inputs(input_ids, attention_mask, word_embeddings, prompt_out
     multiplied by ``embed_scale``)."""
     out, out_mask, _, _ = assemble_inputs_op(input_ids, attention_mask, word_embeddings, prompt_out, lora_a, lora_b,
                                              float(scaling), float(embed_scale))
+    return out, out_mask
+
+
+# ------------------------------------------------------- a mixed batch of adapters
+def assemble_inputs_mixed_forward(
+    input_ids: Tensor, attention_mask: Optional[Tensor], word_embeddings: Tensor, prompts: Tensor,
+    prompt_lengths: Tensor, lora_a: Tensor, lora_b: Tensor, scalings: Tensor, adapter_ids: Tensor, embed_scale: float,
+) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
+    """``assemble_inputs_forward`` for stacked adapters: prompts (N, m, d), A (N, n, r), B (N, r, d)."""
+    return _launch_forward(input_ids, attention_mask, word_embeddings, prompts, lora_a, lora_b, 0.0, embed_scale,
+                           Routing(adapter_ids, prompt_lengths, scalings))
+
+
+assemble_inputs_mixed_op = torch.library.custom_op("ept_fast::assemble_inputs_mixed", mutates_args=())(
+    assemble_inputs_mixed_forward)
+
+
+@assemble_inputs_mixed_op.register_fake
+def _(input_ids, attention_mask, word_embeddings, prompts, prompt_lengths, lora_a, lora_b, scalings, adapter_ids,
+      embed_scale):
+    return _allocate_outputs(input_ids, attention_mask, word_embeddings, prompts, lora_a)
+
+
+def assemble_inputs_mixed_backward(
+    grad: Tensor, token_index: Tensor, lengths: Tensor, prompts: Tensor, prompt_lengths: Tensor, lora_a: Tensor,
+    lora_b: Tensor, scalings: Tensor, adapter_ids: Tensor,
+) -> Tuple[Tensor, Tensor, Tensor]:
+    """Gradients of the stacked (prompts, lora_a, lora_b): each adapter's from its own rows."""
+    return _launch_backward(grad, token_index, lengths, prompts, lora_a, lora_b, 0.0,
+                            Routing(adapter_ids, prompt_lengths, scalings))
+
+
+assemble_inputs_mixed_backward_op = torch.library.custom_op(
+    "ept_fast::assemble_inputs_mixed_backward", mutates_args=())(assemble_inputs_mixed_backward)
+
+
+@assemble_inputs_mixed_backward_op.register_fake
+def _(grad, token_index, lengths, prompts, prompt_lengths, lora_a, lora_b, scalings, adapter_ids):
+    return torch.empty_like(prompts), torch.empty_like(lora_a), torch.empty_like(lora_b)
+
+
+def _setup_mixed_context(ctx, inputs, output):
+    _, _, _, prompts, prompt_lengths, lora_a, lora_b, scalings, adapter_ids, _ = inputs
+    _, _, token_index, lengths = output
+    ctx.save_for_backward(token_index, lengths, prompts, prompt_lengths, lora_a, lora_b, scalings, adapter_ids)
+    ctx.set_materialize_grads(False)
+
+
+def _mixed_backward(ctx, grad, *_unused):
+    if grad is None:
+        return (None,) * 10
+    token_index, lengths, prompts, prompt_lengths, lora_a, lora_b, scalings, adapter_ids = ctx.saved_tensors
+    d_prompts, d_a, d_b = assemble_inputs_mixed_backward_op(grad.contiguous(), token_index, lengths, prompts,
+                                                            prompt_lengths, lora_a, lora_b, scalings, adapter_ids)
+    return None, None, None, d_prompts, None, d_a, d_b, None, None, None
+
+
+assemble_inputs_mixed_op.register_autograd(_mixed_backward, setup_context=_setup_mixed_context)
+
+
+def fused_assemble_inputs_mixed(input_ids, attention_mask, word_embeddings, prompts, prompt_lengths, lora_a, lora_b,
+                                scalings, adapter_ids, embed_scale=1.0):
+    """The mixed batch's (inputs_embeds, extended attention mask); differentiable in the stacked
+    ``prompts``, ``lora_a`` and ``lora_b`` (see ``ept_fast.reference.assemble_inputs_mixed``)."""
+    out, out_mask, _, _ = assemble_inputs_mixed_op(input_ids, attention_mask, word_embeddings, prompts, prompt_lengths,
+                                                   lora_a, lora_b, scalings, adapter_ids, float(embed_scale))
     return out, out_mask

@@ -31,7 +31,8 @@ from .recording import HOPPER_MULTIPROCESSORS, SHARED_MEMORY_LIMIT, DeviceOps, K
 
 PHASES = ("forward", "backward")
 # The model's launches per forward and backward (docs/performance.md); other device ops: none.
-LAUNCHES = {"ept_prompt": {"forward": 3, "backward": 3}, "assemble_inputs": {"forward": 1, "backward": 2}}
+LAUNCHES = {"ept_prompt": {"forward": 3, "backward": 3}, "assemble_inputs": {"forward": 1, "backward": 2},
+            "assemble_inputs_mixed": {"forward": 1, "backward": 2}}
 # The model's least programs per launch at the spec defaults: the prompt generator's reductions
 # over d spread over many programs; the assembly fills a wave of the multiprocessors.
 MIN_PROGRAMS = {"_reduce_over_d_kernel": 16, "_assemble_fwd_kernel": HOPPER_MULTIPROCESSORS,
@@ -40,8 +41,9 @@ MIN_PROGRAMS = {"_reduce_over_d_kernel": 16, "_assemble_fwd_kernel": HOPPER_MULT
 
 @dataclasses.dataclass(frozen=True)
 class Case:
-    """One op at one shape and dtype. ``shape`` is (m, d, n, r, K, h) for ``ept_prompt`` and
-    (b, T, d, n, r, m) for ``assemble_inputs``; ``dtype`` is the parameters' dtype for the
+    """One op at one shape and dtype. ``shape`` is (m, d, n, r, K, h) for ``ept_prompt``,
+    (b, T, d, n, r, m) for ``assemble_inputs`` and (b, T, d, n, r, m, N) for
+    ``assemble_inputs_mixed`` (N adapters, rows assigned in turn); ``dtype`` is the parameters' dtype for the
     prompt generator and the word-embedding table's for the assembly. The spec and CLI
     defaults (``defaults``) must not spill and must keep to the model's launch budget."""
 
@@ -53,7 +55,8 @@ class Case:
 
     def workload(self, device: torch.device) -> Tuple[Callable[[], torch.Tensor], List[torch.Tensor]]:
         """The op's forward on random inputs, and the tensors it is differentiated in."""
-        make = _prompt_workload if self.op == "ept_prompt" else _assembly_workload
+        make = {"ept_prompt": _prompt_workload, "assemble_inputs": _assembly_workload,
+                "assemble_inputs_mixed": _mixed_assembly_workload}[self.op]
         return make(self.shape, getattr(torch, self.dtype), device)
 
 
@@ -67,18 +70,36 @@ def _prompt_workload(shape, dtype, device):
     return lambda: ept_prompt.fused_ept_prompt(*leaves, 8.0 / math.sqrt(r) if r else 0.0), leaves
 
 
-def _assembly_workload(shape, table_dtype, device):
-    b, T, d, n, r, m = shape
+def _token_batch(b, T, d, table_dtype, device, g):
     vocab = 1000
-    g = torch.Generator().manual_seed(0)
     input_ids = torch.randint(vocab, (b, T), generator=g).to(device)
     attention_mask = torch.ones(b, T, dtype=torch.long)
     attention_mask[b // 2:, T - T // 4:] = 0  # right padding in half of the rows
-    attention_mask = attention_mask.to(device)
     table = torch.randn(vocab, d, generator=g).to(dtype=table_dtype, device=device)
+    return input_ids, attention_mask.to(device), table
+
+
+def _assembly_workload(shape, table_dtype, device):
+    b, T, d, n, r, m = shape
+    g = torch.Generator().manual_seed(0)
+    input_ids, attention_mask, table = _token_batch(b, T, d, table_dtype, device, g)
     leaves = [(0.1 * torch.randn(size, generator=g)).to(device).requires_grad_() for size in ((m, d), (n, r), (r, d))]
     scaling = 8.0 / math.sqrt(r) if r else 0.0
     return lambda: assemble_inputs.fused_assemble_inputs(input_ids, attention_mask, table, *leaves, scaling)[0], leaves
+
+
+def _mixed_assembly_workload(shape, table_dtype, device):
+    b, T, d, n, r, m, adapters = shape
+    g = torch.Generator().manual_seed(0)
+    input_ids, attention_mask, table = _token_batch(b, T, d, table_dtype, device, g)
+    leaves = [(0.1 * torch.randn(size, generator=g)).to(device).requires_grad_()
+              for size in ((adapters, m, d), (adapters, n, r), (adapters, r, d))]
+    routing = (torch.randint(1, m + 1, (adapters,), generator=g).to(device),
+               torch.full((adapters,), 8.0 / math.sqrt(r) if r else 0.0, device=device),
+               (torch.arange(b) % adapters).to(device))
+    prompts, lora_a, lora_b = leaves
+    return lambda: assemble_inputs.fused_assemble_inputs_mixed(
+        input_ids, attention_mask, table, prompts, routing[0], lora_a, lora_b, *routing[1:])[0], leaves
 
 
 def _cases() -> List[Case]:
@@ -104,6 +125,9 @@ def _cases() -> List[Case]:
         ((32, 256, 768, 256, 128, 60), "r=128", False),
     ]:
         cases += [Case(assembly, shape, dtype, label, defaults) for dtype in ("float32", "bfloat16")]
+    # (b, T, d, n, r, m, N): a served batch of 8 adapters
+    cases += [Case("assemble_inputs_mixed", (64, 256, 768, 256, 30, 60, 8), dtype, "8 adapters")
+              for dtype in ("float32", "bfloat16")]
     return cases
 
 

@@ -191,6 +191,8 @@ OP_BODIES = {
     torch.ops.ept_fast.ept_prompt_backward.default: ept_prompt.ept_prompt_backward,
     torch.ops.ept_fast.assemble_inputs.default: assemble_inputs.assemble_inputs_forward,
     torch.ops.ept_fast.assemble_inputs_backward.default: assemble_inputs.assemble_inputs_backward,
+    torch.ops.ept_fast.assemble_inputs_mixed.default: assemble_inputs.assemble_inputs_mixed_forward,
+    torch.ops.ept_fast.assemble_inputs_mixed_backward.default: assemble_inputs.assemble_inputs_mixed_backward,
 }
 
 

@@ -1,0 +1,128 @@
+"""A batch whose rows run different adapters: the reference against separate single-adapter
+runs row for row, the fused kernel against the reference (forward and every gradient),
+gradcheck, and the errors (CPU: Triton interpreter; CUDA where present)."""
+
+import pytest
+import torch
+
+from ept_fast import functional, reference
+from ept_fast.kernels.assemble_inputs import fused_assemble_inputs_mixed
+from helpers import DEVICE, assert_close, padded_batch, prompt_inputs, scaling_for, table
+
+# Per adapter (m, n, r): different prompt lengths, reaches and ranks, one prompt-tuning adapter (r = 0).
+ADAPTERS = [(5, 12, 3), (2, 9, 1), (4, 12, 0)]
+ROW_ADAPTERS = [2, 0, 1, 0, 2, 1]
+TOLERANCE = {torch.float64: (1e-10, 1e-12), torch.float32: (1e-5, 1e-6), torch.bfloat16: (2e-2, 2e-2)}
+
+
+def _adapters(d, dtype, device=DEVICE):
+    """Each adapter's (P*, A, B, s) as separate leaves."""
+    out = []
+    for index, (m, n, r) in enumerate(ADAPTERS):
+        x = prompt_inputs(m, d, n, r, 1, 1, dtype=dtype, device=device, seed=index)
+        out.append([x["prompt"].requires_grad_(), x["lora_a"].requires_grad_(), x["lora_b"].requires_grad_(),
+                    scaling_for(r)])
+    return out
+
+
+def _batch(left, device=DEVICE):
+    ids, mask = padded_batch([9, 4, 7, 1, 0, 9], 9, 50, left=left, device=device)
+    return ids, mask, torch.tensor(ROW_ADAPTERS, device=device)
+
+
+def _stacked(adapters):
+    return reference.stack_adapters(*(list(column) for column in zip(*adapters)))
+
+
+def _mixed(fn, ids, mask, E, adapters, adapter_ids, embed_scale=1.0):
+    s = _stacked(adapters)
+    return fn(ids, mask, E, s.prompts, s.prompt_lengths, s.lora_a, s.lora_b, s.scalings, adapter_ids, embed_scale)
+
+
+@pytest.mark.parametrize("left", [False, True], ids=["right", "left"])
+def test_each_row_equals_its_adapter_run_alone(left):
+    """Row i of the mixed batch is row i of its own adapter's batch, after m - m_a masked
+    padding rows; the gradients of each adapter are those of its own rows."""
+    d = 16
+    adapters = _adapters(d, torch.float64, "cpu")
+    ids, mask, adapter_ids = _batch(left, "cpu")
+    E = table(50, d)
+    out, ext_mask = _mixed(reference.assemble_inputs_mixed, ids, mask, E, adapters, adapter_ids, 1.5)
+    m = max(a[0] for a in ADAPTERS)
+    grad_out = torch.randn_like(out)
+    mixed_grads = torch.autograd.grad((out * grad_out).sum(), [t for a in adapters for t in a[:3]])
+    alone_grads = []
+    for index, (prompt, lora_a, lora_b, s) in enumerate(adapters):
+        rows = (adapter_ids == index).nonzero().flatten()
+        alone, alone_mask = reference.assemble_inputs(ids[rows], mask[rows], E, prompt, lora_a, lora_b, s, 1.5)
+        skip = m - prompt.shape[0]
+        assert torch.equal(out[rows, skip:], alone) and torch.equal(ext_mask[rows, skip:], alone_mask)
+        assert not out[rows, :skip].any() and not ext_mask[rows, :skip].any()
+        alone_grads += torch.autograd.grad((alone * grad_out[rows, skip:]).sum(), [prompt, lora_a, lora_b],
+                                           allow_unused=True)
+    for mixed, alone in zip(mixed_grads, alone_grads):
+        assert torch.allclose(mixed, torch.zeros_like(mixed) if alone is None else alone, rtol=1e-12, atol=1e-12)
+
+
+def _run(fn, ids, mask, E, adapters, adapter_ids, grad_out, embed_scale):
+    out, ext_mask = _mixed(fn, ids, mask, E, adapters, adapter_ids, embed_scale)
+    leaves = [t for a in adapters for t in a[:3]]
+    grads = torch.autograd.grad(out, leaves, grad_out, allow_unused=True)
+    return out.detach(), ext_mask, [torch.zeros_like(t) if g is None else g for g, t in zip(grads, leaves)]
+
+
+@pytest.mark.parametrize("table_dtype", [torch.float64, torch.float32, torch.bfloat16], ids=["fp64", "fp32", "bf16"])
+@pytest.mark.parametrize("left", [False, True], ids=["right", "left"])
+def test_fused_mixed_assembly_matches_the_reference(table_dtype, left):
+    d = 40
+    params = torch.float64 if table_dtype == torch.float64 else torch.float32
+    adapters = _adapters(d, params)
+    ids, mask, adapter_ids = _batch(left)
+    E = table(50, d, dtype=table_dtype, device=DEVICE)
+    grad_out = torch.randn(ids.shape[0], max(a[0] for a in ADAPTERS) + ids.shape[1], d, device=DEVICE).to(table_dtype)
+    out, ext_mask, grads = _run(fused_assemble_inputs_mixed, ids, mask, E, adapters, adapter_ids, grad_out, 2.0)
+    ref, ref_mask, ref_grads = _run(reference.assemble_inputs_mixed, ids, mask, E, adapters, adapter_ids, grad_out, 2.0)
+    rtol, atol = TOLERANCE[table_dtype]
+    assert torch.equal(ext_mask, ref_mask)
+    assert_close(out, ref, rtol, atol * ref.abs().max().item(), "inputs_embeds")
+    for index, (grad, ref_grad) in enumerate(zip(grads, ref_grads)):
+        scale = max(ref_grad.abs().max().item(), 1.0) if ref_grad.numel() else 1.0
+        assert_close(grad, ref_grad, rtol, atol * scale, f"gradient {index}")
+
+
+def test_gradcheck_of_the_fused_mixed_op():
+    adapters = _adapters(16, torch.float64)
+    ids, mask, adapter_ids = _batch(True)
+    E = table(50, 16, device=DEVICE)
+    leaves = [t for a in adapters for t in a[:3]]
+
+    def fn(*flat):
+        grouped = [list(flat[i:i + 3]) + [adapters[i // 3][3]] for i in range(0, len(flat), 3)]
+        return _mixed(fused_assemble_inputs_mixed, ids, mask, E, grouped, adapter_ids)[0]
+
+    assert torch.autograd.gradcheck(fn, leaves, fast_mode=True)
+
+
+def test_functional_dispatch_and_errors():
+    adapters = _adapters(16, torch.float32)
+    ids, mask, adapter_ids = _batch(False)
+    E = table(50, 16, dtype=torch.float32, device=DEVICE)
+    s = _stacked(adapters)
+    args = (ids, mask, E, s.prompts, s.prompt_lengths, s.lora_a, s.lora_b, s.scalings)
+    torch_out, _ = functional.assemble_inputs_mixed(*args, adapter_ids, backend="torch", max_lengths=s.max_lengths)
+    assert torch_out.shape == (6, 5 + 9, 16)
+    with pytest.raises(ValueError, match=r"adapter_ids: expected ids in \[0, 3\) \(one per stacked adapter\), got 3"):
+        functional.assemble_inputs_mixed(*args, torch.tensor([0, 1, 2, 3, 0, 0], device=DEVICE))
+    with pytest.raises(ValueError, match=r"input_ids: row 5 has 9 attended tokens, but its adapter \(1\) covers "
+                                         r"max_length=6"):
+        short = reference.stack_adapters([a[0] for a in adapters], [adapters[0][1], adapters[1][1][:6], adapters[2][1]],
+                                         [a[2] for a in adapters], [a[3] for a in adapters])
+        functional.assemble_inputs_mixed(ids, mask, E, short.prompts, short.prompt_lengths, short.lora_a, short.lora_b,
+                                         short.scalings, adapter_ids, max_lengths=short.max_lengths)
+    with pytest.raises(ValueError, match=r"prompt_lengths: expected lengths in \[1, 5\]"):
+        functional.assemble_inputs_mixed(*args[:4], torch.tensor([5, 0, 4], device=DEVICE), *args[5:], adapter_ids)
+    with pytest.raises(ValueError, match=r"adapter_ids: expected shape \(b=6\), got \(5,\)"):
+        functional.assemble_inputs_mixed(*args, adapter_ids[:5])
+    with pytest.raises(ValueError, match=r"stack_adapters: every adapter must have the same hidden size d, got \[16, 24\]"):
+        reference.stack_adapters([adapters[0][0], torch.zeros(2, 24)], [a[1] for a in adapters[:2]],
+                                 [adapters[0][2], torch.zeros(1, 24)], [1.0, 1.0])
