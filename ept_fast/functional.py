@@ -16,9 +16,11 @@ import torch
 
 from . import reference
 from .config import Backend, parse_enum
-from .reference import check_assemble_inputs_args, check_assemble_inputs_mixed_args, check_ept_prompt_args
+from .reference import StackedAdapters, check_assemble_inputs_args, check_assemble_inputs_mixed_args, \
+    check_ept_prompt_args, stack_adapters
 
-__all__ = ["ept_prompt", "assemble_inputs", "assemble_inputs_mixed", "triton_available", "use_triton"]
+__all__ = ["ept_prompt", "assemble_inputs", "assemble_inputs_mixed", "stack_adapters", "StackedAdapters",
+           "triton_available", "use_triton"]
 
 
 def triton_available() -> bool:
@@ -129,12 +131,13 @@ def assemble_inputs_mixed(
     adapter_ids: torch.Tensor,
     backend: str = "auto",
     embed_scale: float = 1.0,
+    padding_side: str = "right",
     max_lengths: Optional[torch.Tensor] = None,
 ) -> Tuple[torch.Tensor, torch.Tensor]:
     """A batch whose rows run different adapters, in one pass; see
     ``ept_fast.reference.assemble_inputs_mixed`` for the rule and shapes."""
     args = (input_ids, attention_mask, word_embeddings, prompts, prompt_lengths, lora_a, lora_b, scalings, adapter_ids,
-            embed_scale)
+            embed_scale, padding_side)
     dims = check_assemble_inputs_mixed_args(*args, max_lengths)
     if use_triton(backend, word_embeddings.device):
         from .kernels import assemble_inputs as kernels

@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import contextlib
 import copy
-from typing import Iterator, Sequence
+from typing import Callable, Iterator, Sequence
 
+import torch
 from torch import nn
 
 
@@ -19,8 +20,18 @@ def head_copy(head: nn.Module) -> nn.Module:
     return copy.deepcopy(head).requires_grad_(True)
 
 
+def rowwise(heads: Sequence[nn.Module], adapter_ids: torch.Tensor) -> Callable:
+    """A head whose output row i is ``heads[adapter_ids[i]]``'s row i (each head sees every row;
+    heads are small). The heads must give outputs of one shape, batch first."""
+    def run(*args, **kwargs):
+        outputs = torch.stack([head(*args, **kwargs) for head in heads])
+        return outputs[adapter_ids, torch.arange(adapter_ids.shape[0], device=adapter_ids.device)]
+
+    return run
+
+
 @contextlib.contextmanager
-def heads_replaced(heads: Sequence[nn.Module], replacements: Sequence[nn.Module]) -> Iterator[None]:
+def heads_replaced(heads: Sequence[nn.Module], replacements: Sequence[Callable]) -> Iterator[None]:
     """Within the block, each of ``heads`` returns its replacement's output for the same input."""
     def replace_with(replacement):
         return lambda module, args, kwargs, output: replacement(*args, **kwargs)

@@ -6,20 +6,21 @@ from __future__ import annotations
 import contextlib
 import copy
 import dataclasses
+import inspect
 import logging
 import os
 import re
 from pathlib import Path
-from typing import Dict, Iterator, List, Optional, Tuple, Union
+from typing import Dict, Iterator, List, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import nn
 
 from .config import EPTConfig, PromptInit, TaskType, infer_task_type
-from .heads import head_copy, heads_replaced
+from .heads import head_copy, heads_replaced, rowwise
 from .hub import CARD_NAME, adapter_folder, model_card, push_folder
 from .interop import dept_checkpoint, export_peft_prompt_tuning
-from .prompt_encoder import EPTPromptEncoder, embedding_scale
+from .prompt_encoder import EPTPromptEncoder, assemble_mixed_inputs, embedding_scale
 from .serialization import AdapterFiles, load_adapter as read_adapter, save_adapter
 
 logger = logging.getLogger(__name__)
@@ -271,47 +272,111 @@ class EPTModel(nn.Module):
             logger.warning("position_ids: ignored, as PEFT does for prompt tuning (the prompt shifts every position)")
 
     # ----------------------------------------------------------------- forward
+    def _prompted(self, input_ids, attention_mask, adapter_names: Optional[Sequence[str]]):
+        """The backbone's (inputs_embeds, attention_mask), the prefix length m, each row's own
+        prompt length (None for one adapter) and the head routing, for the active adapter or,
+        with ``adapter_names``, one adapter per row."""
+        if adapter_names is None:
+            embeds, mask = self.assemble_inputs(input_ids, attention_mask)
+            return embeds, mask, self.active_peft_config.num_virtual_tokens, None, self._heads_routed()
+        names = [adapter_names] if isinstance(adapter_names, str) else list(adapter_names)
+        if len(names) != input_ids.shape[0]:
+            raise ValueError(f"adapter_names: expected one name per row of input_ids ({input_ids.shape[0]}), "
+                             f"got {len(names)}")
+        unknown = sorted(set(names) - set(self.peft_config))
+        if unknown:
+            raise ValueError(f"adapter_names: no adapter named {unknown}; this model has {sorted(self.peft_config)}")
+        used = list(dict.fromkeys(names))
+        adapter_ids = torch.tensor([used.index(name) for name in names], device=input_ids.device)
+        prompts = [self._merged_prompts.get(name) for name in used]
+        prompts = [self.prompt_encoders[name]() if p is None else p for name, p in zip(used, prompts)]
+        embeds, mask, lengths = assemble_mixed_inputs([self.prompt_encoders[name] for name in used], prompts, adapter_ids,
+                                                      input_ids, attention_mask, self.word_embeddings,
+                                                      self._padding_side)
+        heads = heads_replaced([self.base_model.get_submodule(head) for head in self.heads],
+                               [rowwise([self.head_copies[name][i] for name in used], adapter_ids)
+                                for i in range(len(self.heads))])
+        return embeds, mask, embeds.shape[1] - input_ids.shape[1], lengths, heads
+
+    @property
+    def _padding_side(self) -> str:
+        """Where a mixed batch pads a shorter prompt: before it for causal LMs (generation goes on
+        from the last position), after the tokens for the others (every position as alone)."""
+        return "left" if self.task_type is TaskType.CAUSAL_LM else "right"
+
+    def _position_ids(self, lengths: Optional[torch.Tensor], m: int, width: int) -> Optional[torch.Tensor]:
+        """For a causal LM's mixed batch, the positions each row has alone (from its prompt on;
+        ``generate`` derives the same from the attention mask); None otherwise."""
+        if lengths is None or self._padding_side == "right":
+            return None
+        if "position_ids" not in inspect.signature(self.base_model.forward).parameters:
+            return None
+        index = torch.arange(width, device=lengths.device)[None, :]
+        return (index - (m - lengths[:, None])).clamp(min=0)
+
+    def _place_tokens(self, values: torch.Tensor, lengths: Optional[torch.Tensor], m: int, fill) -> torch.Tensor:
+        """A per-token tensor (b, T) laid out as the prompted rows: ``fill`` over the prompt and
+        any padding, ``values`` where each row's tokens are."""
+        b, T = values.shape
+        out = values.new_full((b, m + T), fill)
+        if lengths is None or self._padding_side == "left":
+            out[:, m:] = values
+            return out
+        columns = lengths[:, None] + torch.arange(T, device=values.device)[None, :]
+        return out.scatter(1, columns, values)
+
     def forward(
         self,
         input_ids: Optional[torch.Tensor] = None,
         attention_mask: Optional[torch.Tensor] = None,
         inputs_embeds: Optional[torch.Tensor] = None,
         labels: Optional[torch.Tensor] = None,
+        adapter_names: Optional[Sequence[str]] = None,
         **kwargs,
     ):
+        """The backbone on the prompted input. ``adapter_names`` (one per row, adapters loaded on
+        this model) runs each row under its own adapter, head included, in one batch."""
         if labels is not None:
             kwargs["labels"] = labels
         if self._adapters_disabled:
+            if adapter_names is not None:
+                raise ValueError("adapter_names: adapters are disabled inside disable_adapter()")
             return self.base_model(input_ids=input_ids, attention_mask=attention_mask, inputs_embeds=inputs_embeds,
                                    **kwargs)
         self._check_inputs(input_ids, inputs_embeds)
         self._drop_unsupported(kwargs)
-        embeds, mask = self.assemble_inputs(input_ids, attention_mask)
-        m = self.active_peft_config.num_virtual_tokens
+        embeds, mask, m, lengths, heads = self._prompted(input_ids, attention_mask, adapter_names)
         if self.task_type is TaskType.CAUSAL_LM and labels is not None:
-            kwargs["labels"] = torch.cat([labels.new_full((labels.shape[0], m), -100), labels], dim=1)
+            kwargs["labels"] = self._place_tokens(labels, lengths, m, -100)
         if self.task_type is not TaskType.SEQ_2_SEQ_LM and kwargs.get("token_type_ids") is not None:
-            token_types = kwargs["token_type_ids"]
-            kwargs["token_type_ids"] = torch.cat([token_types.new_zeros((token_types.shape[0], m)), token_types], 1)
-        with self._heads_routed():
+            kwargs["token_type_ids"] = self._place_tokens(kwargs["token_type_ids"], lengths, m, 0)
+        positions = self._position_ids(lengths, m, embeds.shape[1])
+        if positions is not None:
+            kwargs["position_ids"] = positions
+        with heads:
             return self.base_model(inputs_embeds=embeds, attention_mask=mask, **kwargs)
 
     @torch.no_grad()
-    def generate(self, input_ids: Optional[torch.Tensor] = None, **kwargs):
-        """Generation with the same prefix as ``forward`` (``generate(ids)`` or ``generate(input_ids=ids)``).
-        Seq2seq models return the decoder's tokens; causal LMs return ``input_ids`` followed by
-        the new tokens, as the backbone's own ``generate(input_ids=...)`` does."""
+    def generate(self, input_ids: Optional[torch.Tensor] = None, adapter_names: Optional[Sequence[str]] = None,
+                 **kwargs):
+        """Generation with the same prefix as ``forward`` (``generate(ids)`` or ``generate(input_ids=ids)``;
+        ``adapter_names``: one adapter per row). Seq2seq models return the decoder's tokens; causal
+        LMs return ``input_ids`` followed by the new tokens, as the backbone's own
+        ``generate(input_ids=...)`` does (it takes each row's positions from the attention mask,
+        so the padding after a shorter prompt is skipped)."""
         if self.task_type not in (TaskType.SEQ_2_SEQ_LM, TaskType.CAUSAL_LM):
             raise ValueError(f"generate: needs task_type SEQ_2_SEQ_LM or CAUSAL_LM, this model is {self.task_type.value}")
         if self._adapters_disabled:
+            if adapter_names is not None:
+                raise ValueError("adapter_names: adapters are disabled inside disable_adapter()")
             return self.base_model.generate(input_ids=input_ids, **kwargs)
         kwargs = dict(kwargs)
         self._check_inputs(input_ids, kwargs.pop("inputs_embeds", None))
         self._drop_unsupported(kwargs)
         if kwargs.pop("encoder_outputs", None) is not None:
             logger.warning("encoder_outputs: ignored; the encoder runs on the prompted input")
-        embeds, mask = self.assemble_inputs(input_ids, kwargs.pop("attention_mask", None))
-        with self._heads_routed():
+        embeds, mask, _, _, heads = self._prompted(input_ids, kwargs.pop("attention_mask", None), adapter_names)
+        with heads:
             output = self.base_model.generate(inputs_embeds=embeds, attention_mask=mask, **kwargs)
         if self.task_type is TaskType.CAUSAL_LM:
             sequences = output.sequences if hasattr(output, "sequences") else output

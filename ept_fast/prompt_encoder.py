@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import weakref
-from typing import Dict, Optional, Tuple, Union
+from typing import Dict, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import nn
@@ -181,3 +181,26 @@ class EPTPromptEncoder(nn.Module):
             f"method={c.method.value}, m={c.num_virtual_tokens}, d={c.token_dim}, n={c.max_length}, r={c.r}, "
             f"K={c.num_spaces}, h={c.space_rank}, backend={c.backend.value}"
         )
+
+
+def assemble_mixed_inputs(
+    encoders: Sequence[EPTPromptEncoder],
+    prompts: Sequence[torch.Tensor],
+    adapter_ids: torch.Tensor,
+    input_ids: torch.Tensor,
+    attention_mask: Optional[torch.Tensor],
+    word_embeddings: EmbeddingTable,
+    padding_side: str = "right",
+) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """A batch whose row i runs ``encoders[adapter_ids[i]]`` (with its P*, ``prompts[a]``):
+    ``(inputs_embeds (b, m+T, d), attention_mask (b, m+T), prompt_lengths (b,))``, m the longest
+    prompt, a shorter one padded on ``padding_side`` (``functional.assemble_inputs_mixed``)."""
+    stacked = functional.stack_adapters(prompts, [e.lora_a for e in encoders], [e.lora_b for e in encoders],
+                                        [e.scaling for e in encoders])
+    backends = {e.config.backend for e in encoders}
+    embeds, mask = functional.assemble_inputs_mixed(
+        input_ids, attention_mask, _table(word_embeddings), stacked.prompts, stacked.prompt_lengths, stacked.lora_a,
+        stacked.lora_b, stacked.scalings, adapter_ids, backend=backends.pop() if len(backends) == 1 else "auto",
+        embed_scale=embedding_scale(word_embeddings), padding_side=padding_side, max_lengths=stacked.max_lengths,
+    )
+    return embeds, mask, stacked.prompt_lengths[adapter_ids]

@@ -136,12 +136,15 @@ def assemble_inputs(
 
 
 def check_assemble_inputs_mixed_args(input_ids, attention_mask, word_embeddings, prompts, prompt_lengths, lora_a,
-                                     lora_b, scalings, adapter_ids, embed_scale=1.0, max_lengths=None) -> Dims:
+                                     lora_b, scalings, adapter_ids, embed_scale=1.0, padding_side="right",
+                                     max_lengths=None) -> Dims:
     """Validate the arguments of ``assemble_inputs_mixed``; returns b, T, V, d, m, n, r, N.
     Reads values: ids in range, adapter ids in [0, N), prompt lengths in [1, m], and (with
     ``max_lengths`` (N,), each adapter's n) no row longer than its adapter covers."""
     dims = check_mixed_layout(input_ids, attention_mask, word_embeddings, prompts, prompt_lengths, lora_a, lora_b,
                               scalings, adapter_ids, embed_scale)
+    if padding_side not in ("left", "right"):
+        raise ValueError(f"padding_side: expected 'left' or 'right', got {padding_side!r}")
     lengths = attended_mask(input_ids, attention_mask).sum(dim=1)
     overall = dims["n"] if dims["r"] > 0 and max_lengths is None else None  # else each row against its adapter
     check_token_values(input_ids, lengths, vocab=dims["V"], max_length=overall)
@@ -160,6 +163,7 @@ def assemble_inputs_mixed(
     scalings: torch.Tensor,
     adapter_ids: torch.Tensor,
     embed_scale: float = 1.0,
+    padding_side: str = "right",
     *,
     max_lengths: Optional[torch.Tensor] = None,
     validate: bool = True,
@@ -169,12 +173,15 @@ def assemble_inputs_mixed(
     Shapes: the stacked adapters prompts (N, m, d) (adapter a's P* in rows [0, prompt_lengths[a]),
     zeros after), lora_a (N, n, r), lora_b (N, r, d), zero-padded to the largest n and r, and
     scalings (N,) (each adapter's s); adapter_ids (b,) picks row i's adapter. Row i of the
-    output: m - prompt_lengths[a] padding rows (zeros, mask 0), then a's prompt, then the tokens
-    as ``assemble_inputs`` builds them with a's A, B and s. Returns (b, m+T, d) and (b, m+T).
+    output is a's prompt (prompt_lengths[a] rows) followed by the tokens as ``assemble_inputs``
+    builds them with a's A, B and s, exactly as a alone builds it, plus m - prompt_lengths[a]
+    padding rows (zeros, mask 0) on ``padding_side``: "right" after the tokens (every position
+    as alone: for encoders and seq2seq), "left" before the prompt (the last position is a real
+    token: for generation with causal LMs). Returns (b, m+T, d) and (b, m+T).
     """
     if validate:
         check_assemble_inputs_mixed_args(input_ids, attention_mask, word_embeddings, prompts, prompt_lengths, lora_a,
-                                         lora_b, scalings, adapter_ids, embed_scale, max_lengths)
+                                         lora_b, scalings, adapter_ids, embed_scale, padding_side, max_lengths)
     b, T = input_ids.shape
     m = prompts.shape[1]
     E = word_embeddings[input_ids]  # (b, T, d)
@@ -186,15 +193,21 @@ def assemble_inputs_mixed(
     L_rows = scalings[adapter_ids].to(sum_dtype)[:, None, None] * torch.bmm(rows_of_a, lora_b[adapter_ids])
     tokens = torch.where(attended.unsqueeze(-1), (widened + L_rows.to(sum_dtype)).to(E.dtype), widened.to(E.dtype))
 
-    skip = m - prompt_lengths[adapter_ids]  # (b,) padding rows before each row's prompt
-    source = torch.arange(m, device=input_ids.device)[None, :] - skip[:, None]  # (b, m) rows of the prompt
-    held = source >= 0
-    prefix = prompts[adapter_ids[:, None], source.clamp(min=0)]  # (b, m, d)
-    prefix = torch.where(held.unsqueeze(-1), prefix, torch.zeros((), dtype=prefix.dtype, device=prefix.device))
-    inputs_embeds = torch.cat([prefix.to(E.dtype), tokens], dim=1)
-
+    lengths = prompt_lengths[adapter_ids][:, None]  # (b, 1)
+    held = torch.arange(m, device=input_ids.device)[None, :] < lengths  # (b, m): prompt rows, then padding
+    prefix = torch.where(held.unsqueeze(-1), prompts[adapter_ids], torch.zeros((), dtype=prompts.dtype,
+                                                                                device=prompts.device))
     mask = attention_mask if attention_mask is not None else torch.ones_like(input_ids, dtype=torch.long)
-    return inputs_embeds, torch.cat([held.to(mask.dtype), mask], dim=1)
+    inputs_embeds = torch.cat([prefix.to(E.dtype), tokens], dim=1)  # [prompt, padding, tokens]
+    extended = torch.cat([held.to(mask.dtype), mask], dim=1)
+    # Move the padding rows to the padding side: a per-row reordering of the m + T positions.
+    index = torch.arange(m + T, device=input_ids.device)[None, :]
+    if padding_side == "left":  # [padding, prompt, tokens]
+        order = torch.where(index < m - lengths, index + lengths, torch.where(index < m, index - (m - lengths), index))
+    else:  # [prompt, tokens, padding]
+        order = torch.where(index < lengths, index, torch.where(index < lengths + T, index + (m - lengths),
+                                                                 index - T))
+    return torch.gather(inputs_embeds, 1, order.unsqueeze(-1).expand_as(inputs_embeds)), torch.gather(extended, 1, order)
 
 
 class StackedAdapters(NamedTuple):

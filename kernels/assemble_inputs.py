@@ -39,8 +39,8 @@ def _assemble_fwd_kernel(
     OUT, OUT_MASK, TOKEN_INDEX, LENGTHS,
     T, m, d, n, r, segment, scaling_hi, scaling_lo, embed_hi, embed_lo,
     BT: tl.constexpr, BD: tl.constexpr, R_PAD: tl.constexpr, B_PREFIX: tl.constexpr,
-    HAS_MASK: tl.constexpr, HAS_LOW_RANK: tl.constexpr, MIXED: tl.constexpr, ACC: tl.constexpr,
-    PRECISION: tl.constexpr,
+    HAS_MASK: tl.constexpr, HAS_LOW_RANK: tl.constexpr, MIXED: tl.constexpr, PAD_LEFT: tl.constexpr,
+    ACC: tl.constexpr, PRECISION: tl.constexpr,
 ):
     row = tl.program_id(0)
     cols = tl.program_id(1) * BD + tl.arange(0, BD)
@@ -49,27 +49,32 @@ def _assemble_fwd_kernel(
     seg = tl.program_id(2)
     seq = m + T
     out_row = (row * seq).to(tl.int64)
-    if MIXED:  # this row's adapter: its prompt (right-aligned in the m rows), A, B and scaling
+    if MIXED:  # this row's adapter: its prompt (m_row of the m rows), A, B and scaling
         adapter = tl.load(ADAPTER_IDS + row).to(tl.int64)
         PROMPT += adapter * m * d
         A += adapter * n * r
         B += adapter * r * d
         scaling = tl.load(SCALES + adapter).to(ACC)
-        skip = m - tl.load(PROMPT_LENGTHS + adapter).to(tl.int32)
+        m_row = tl.load(PROMPT_LENGTHS + adapter).to(tl.int32)
     else:
         scaling = widen(scaling_hi, scaling_lo, ACC)
-        skip = 0
+        m_row = m
 
-    if seg == 0:  # the prompt prefix: `skip` padding rows (masked), then the prompt's rows
+    # A row of a shorter prompt gets m - m_row padding rows (zeros, masked): before its prompt
+    # (PAD_LEFT), or after its tokens; its tokens start right after its prompt.
+    start = m - m_row if PAD_LEFT else 0
+    first_token = start + m_row
+    if seg == 0:  # the prompt's rows and the padding rows
         for j0 in range(0, m, BT):
             rows = j0 + tl.arange(0, BT)
-            held = (rows >= skip) & (rows < m)
-            prefix = tl.load(PROMPT + (rows[:, None] - skip) * d + cols[None, :], mask=held[:, None] & col_ok[None, :],
+            held = (rows >= start) & (rows < start + m_row)
+            place = rows if PAD_LEFT else tl.where(held, rows, rows + T)
+            prefix = tl.load(PROMPT + (rows[:, None] - start) * d + cols[None, :], mask=held[:, None] & col_ok[None, :],
                              other=0.0)
-            tl.store(OUT + (out_row + rows[:, None]) * d + cols[None, :], prefix.to(ACC).to(OUT.dtype.element_ty),
+            tl.store(OUT + (out_row + place[:, None]) * d + cols[None, :], prefix.to(ACC).to(OUT.dtype.element_ty),
                      mask=(rows[:, None] < m) & col_ok[None, :])
             if first_col_block:
-                tl.store(OUT_MASK + row * seq + rows, held.to(OUT_MASK.dtype.element_ty), mask=rows < m)
+                tl.store(OUT_MASK + row * seq + place, held.to(OUT_MASK.dtype.element_ty), mask=rows < m)
 
     embed_scale = widen(embed_hi, embed_lo, ACC)
     t_start = seg * segment
@@ -109,13 +114,14 @@ def _assemble_fwd_kernel(
             if first_col_block:
                 tl.store(TOKEN_INDEX + row * n + pos, t, mask=updated)
             count += tl.sum(attended.to(tl.int32), axis=0)
-        tl.store(OUT + (out_row + m + t[:, None]) * d + cols[None, :], tokens.to(OUT.dtype.element_ty),
+        tl.store(OUT + (out_row + first_token + t[:, None]) * d + cols[None, :], tokens.to(OUT.dtype.element_ty),
                  mask=is_token[:, None] & col_ok[None, :])
         if first_col_block:
             if HAS_MASK:
-                tl.store(OUT_MASK + row * seq + m + t, flags.to(OUT_MASK.dtype.element_ty), mask=is_token)
+                tl.store(OUT_MASK + row * seq + first_token + t, flags.to(OUT_MASK.dtype.element_ty), mask=is_token)
             else:
-                tl.store(OUT_MASK + row * seq + m + t, tl.full((BT,), 1, OUT_MASK.dtype.element_ty), mask=is_token)
+                tl.store(OUT_MASK + row * seq + first_token + t, tl.full((BT,), 1, OUT_MASK.dtype.element_ty),
+                         mask=is_token)
 
     if HAS_LOW_RANK:
         if first_col_block & (t_end == T):  # the row's last segment: its length, and the positions no token holds
@@ -140,7 +146,7 @@ def _assemble_bwd_kernel(
     D_PROMPT, DA_PART, DB_PART,
     nb, T, m, d, n, r, splits, col_blocks, scaling_hi, scaling_lo,
     BP: tl.constexpr, BD: tl.constexpr, BB: tl.constexpr, R_PAD: tl.constexpr, NB_PAD: tl.constexpr,
-    MIXED: tl.constexpr, ACC: tl.constexpr, PRECISION: tl.constexpr,
+    MIXED: tl.constexpr, PAD_LEFT: tl.constexpr, ACC: tl.constexpr, PRECISION: tl.constexpr,
 ):
     col_block = tl.program_id(0)
     task = tl.program_id(1)
@@ -150,7 +156,7 @@ def _assemble_bwd_kernel(
     batch = tl.arange(0, BB)
     adapter = tl.program_id(2).to(tl.int64)  # a mixed batch: each adapter sums its own rows (masked loads)
     if MIXED:
-        skip = m - tl.load(PROMPT_LENGTHS + adapter).to(tl.int32)
+        m_rows = tl.load(PROMPT_LENGTHS + adapter).to(tl.int32)
         scaling = tl.load(SCALES + adapter).to(ACC)
         A += adapter * n * r
         B += adapter * r * d
@@ -158,21 +164,22 @@ def _assemble_bwd_kernel(
         DA_PART += adapter * col_blocks * n * r
         DB_PART += adapter * splits * r * d
     else:
-        skip = 0
+        m_rows = m
         scaling = widen(scaling_hi, scaling_lo, ACC)
-    if task >= splits:  # a block of the prompt's rows: dP*[j] = Σ_b grad[b, skip + j]
+    start = m - m_rows if PAD_LEFT else 0  # where the adapter's prompt starts in its rows (as in the forward)
+    if task >= splits:  # a block of the prompt's rows: dP*[j] = Σ_b grad[b, start + j]
         rows = (task - splits) * BP + tl.arange(0, BP)
-        tile = (rows[:, None] < m - skip) & col_ok[None, :]
+        tile = (rows[:, None] < m_rows) & col_ok[None, :]
         total = tl.zeros((BP, BD), dtype=ACC)
         for b0 in range(0, nb, BB):
             bb = b0 + batch
             mine = _rows_of(ADAPTER_IDS, bb, nb, adapter, MIXED)
-            grad_rows = (bb[:, None] * seq + skip + rows[None, :]).to(tl.int64)
+            grad_rows = (bb[:, None] * seq + start + rows[None, :]).to(tl.int64)
             g = tl.load(GRAD + grad_rows[:, :, None] * d + cols[None, None, :],
                         mask=mine[:, None, None] & tile[None, :, :], other=0.0)
             total += tl.sum(g.to(ACC), axis=0)
         tl.store(D_PROMPT + rows[:, None] * d + cols[None, :], total, mask=(rows[:, None] < m) & col_ok[None, :])
-    else:  # positions p0, p0 + splits·BP, …: dL[p] = Σ_b grad[b, m + token holding p]
+    else:  # positions p0, p0 + splits·BP, …: dL[p] = Σ_b grad[b, start + m_rows + token holding p]
         rk = tl.arange(0, R_PAD)
         everyone = tl.arange(0, NB_PAD)
         longest = tl.max(tl.load(LENGTHS + everyone, mask=_rows_of(ADAPTER_IDS, everyone, nb, adapter, MIXED),
@@ -189,7 +196,7 @@ def _assemble_bwd_kernel(
                     lengths = tl.load(LENGTHS + bb, mask=_rows_of(ADAPTER_IDS, bb, nb, adapter, MIXED), other=0)
                     held = positions[None, :] < lengths[:, None]  # (BB, BP)
                     tok = tl.load(TOKEN_INDEX + bb[:, None] * n + positions[None, :], mask=held, other=0)
-                    grad_rows = (bb[:, None] * seq + m + tok).to(tl.int64)
+                    grad_rows = (bb[:, None] * seq + start + m_rows + tok).to(tl.int64)
                     g = tl.load(GRAD + grad_rows[:, :, None] * d + cols[None, None, :],
                                 mask=held[:, :, None] & col_ok[None, None, :], other=0.0)
                     d_low += tl.sum(g.to(ACC), axis=0)
@@ -267,11 +274,13 @@ def unsupported(r: int) -> Optional[str]:
 
 class Routing(NamedTuple):
     """A mixed batch: row i runs adapter ``adapter_ids[i]``, whose prompt has
-    ``prompt_lengths[a]`` rows and whose low-rank update is scaled by ``scalings[a]``."""
+    ``prompt_lengths[a]`` rows and whose low-rank update is scaled by ``scalings[a]``; a row of
+    a shorter prompt is padded on the left (before its prompt) or the right (after its tokens)."""
 
     adapter_ids: Tensor  # (b,) integer
     prompt_lengths: Tensor  # (N,) integer
     scalings: Tensor  # (N,) floating
+    pad_left: bool
 
 
 def _launch_forward(input_ids, attention_mask, word_embeddings, prompts, lora_a, lora_b, scaling: float,
@@ -287,7 +296,7 @@ def _launch_forward(input_ids, attention_mask, word_embeddings, prompts, lora_a,
     has_mask = attention_mask is not None
     cfg = _forward_config(nb, T, d, r, word_embeddings.device)
     acc = accumulator(word_embeddings, prompts, lora_a)
-    ids, lengths_of_prompts, scalings = routing if routing is not None else (input_ids,) * 3  # unread then
+    ids, lengths_of_prompts, scalings = routing[:3] if routing is not None else (input_ids,) * 3  # unread then
     grid = (nb, triton.cdiv(d, cfg["BD"]), triton.cdiv(T, cfg["segment"]))
     _assemble_fwd_kernel[grid](
         input_ids.contiguous(), attention_mask.contiguous() if has_mask else input_ids, word_embeddings.contiguous(),
@@ -295,7 +304,8 @@ def _launch_forward(input_ids, attention_mask, word_embeddings, prompts, lora_a,
         scalings, out, out_mask, token_index, lengths,
         T, m, d, n, r, cfg["segment"], *split_float(scaling), *split_float(embed_scale),
         BT=cfg["BT"], BD=cfg["BD"], R_PAD=dot_pad(r), B_PREFIX=cfg["B_PREFIX"], HAS_MASK=has_mask, HAS_LOW_RANK=r > 0,
-        MIXED=routing is not None, ACC=acc, PRECISION=dot_precision(acc, word_embeddings.dtype), **_launch.options(cfg),
+        MIXED=routing is not None, PAD_LEFT=routing is not None and routing.pad_left, ACC=acc,
+        PRECISION=dot_precision(acc, word_embeddings.dtype), **_launch.options(cfg),
     )
     return out, out_mask, token_index, lengths
 
@@ -329,14 +339,15 @@ def _launch_backward(grad, token_index, lengths, prompts, lora_a, lora_b, scalin
     d_prompt, d_a, d_b = (_launch.new_buffer(t, t.shape) for t in (prompts, lora_a, lora_b))
     da_part = _launch.new_buffer(grad, (adapters, col_blocks, n, r), work)
     db_part = _launch.new_buffer(grad, (adapters, splits, r, d), work)
-    adapter_ids, prompt_lengths, scalings = routing if routing is not None else (token_index,) * 3  # unread then
+    adapter_ids, prompt_lengths, scalings = routing[:3] if routing is not None else (token_index,) * 3  # unread then
     meta = dict(ACC=acc, **_launch.options(cfg))
     _assemble_bwd_kernel[(col_blocks, splits + triton.cdiv(m, cfg["BP"]), adapters)](
         grad.contiguous(), token_index, lengths, lora_a.contiguous(), lora_b.contiguous(), adapter_ids.contiguous(),
         prompt_lengths, scalings, d_prompt, da_part, db_part, nb, seq - m, m, d, n, r, splits, col_blocks,
         *split_float(scaling),
         BP=cfg["BP"], BD=cfg["BD"], BB=cfg["BB"], R_PAD=dot_pad(r), NB_PAD=triton.next_power_of_2(nb),
-        MIXED=routing is not None, PRECISION=dot_precision(acc, grad.dtype), **meta,
+        MIXED=routing is not None, PAD_LEFT=routing is not None and routing.pad_left,
+        PRECISION=dot_precision(acc, grad.dtype), **meta,
     )
     if r > 0:
         da_programs = triton.cdiv(n, cfg["BN"])
@@ -417,10 +428,11 @@ def fused_assemble_inputs(input_ids, attention_mask, word_embeddings, prompt_out
 def assemble_inputs_mixed_forward(
     input_ids: Tensor, attention_mask: Optional[Tensor], word_embeddings: Tensor, prompts: Tensor,
     prompt_lengths: Tensor, lora_a: Tensor, lora_b: Tensor, scalings: Tensor, adapter_ids: Tensor, embed_scale: float,
+    pad_left: bool,
 ) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
     """``assemble_inputs_forward`` for stacked adapters: prompts (N, m, d), A (N, n, r), B (N, r, d)."""
     return _launch_forward(input_ids, attention_mask, word_embeddings, prompts, lora_a, lora_b, 0.0, embed_scale,
-                           Routing(adapter_ids, prompt_lengths, scalings))
+                           Routing(adapter_ids, prompt_lengths, scalings, pad_left))
 
 
 assemble_inputs_mixed_op = torch.library.custom_op("ept_fast::assemble_inputs_mixed", mutates_args=())(
@@ -429,17 +441,17 @@ assemble_inputs_mixed_op = torch.library.custom_op("ept_fast::assemble_inputs_mi
 
 @assemble_inputs_mixed_op.register_fake
 def _(input_ids, attention_mask, word_embeddings, prompts, prompt_lengths, lora_a, lora_b, scalings, adapter_ids,
-      embed_scale):
+      embed_scale, pad_left):
     return _allocate_outputs(input_ids, attention_mask, word_embeddings, prompts, lora_a)
 
 
 def assemble_inputs_mixed_backward(
     grad: Tensor, token_index: Tensor, lengths: Tensor, prompts: Tensor, prompt_lengths: Tensor, lora_a: Tensor,
-    lora_b: Tensor, scalings: Tensor, adapter_ids: Tensor,
+    lora_b: Tensor, scalings: Tensor, adapter_ids: Tensor, pad_left: bool,
 ) -> Tuple[Tensor, Tensor, Tensor]:
     """Gradients of the stacked (prompts, lora_a, lora_b): each adapter's from its own rows."""
     return _launch_backward(grad, token_index, lengths, prompts, lora_a, lora_b, 0.0,
-                            Routing(adapter_ids, prompt_lengths, scalings))
+                            Routing(adapter_ids, prompt_lengths, scalings, pad_left))
 
 
 assemble_inputs_mixed_backward_op = torch.library.custom_op(
@@ -447,33 +459,36 @@ assemble_inputs_mixed_backward_op = torch.library.custom_op(
 
 
 @assemble_inputs_mixed_backward_op.register_fake
-def _(grad, token_index, lengths, prompts, prompt_lengths, lora_a, lora_b, scalings, adapter_ids):
+def _(grad, token_index, lengths, prompts, prompt_lengths, lora_a, lora_b, scalings, adapter_ids, pad_left):
     return torch.empty_like(prompts), torch.empty_like(lora_a), torch.empty_like(lora_b)
 
 
 def _setup_mixed_context(ctx, inputs, output):
-    _, _, _, prompts, prompt_lengths, lora_a, lora_b, scalings, adapter_ids, _ = inputs
+    _, _, _, prompts, prompt_lengths, lora_a, lora_b, scalings, adapter_ids, _, pad_left = inputs
     _, _, token_index, lengths = output
     ctx.save_for_backward(token_index, lengths, prompts, prompt_lengths, lora_a, lora_b, scalings, adapter_ids)
+    ctx.pad_left = pad_left
     ctx.set_materialize_grads(False)
 
 
 def _mixed_backward(ctx, grad, *_unused):
     if grad is None:
-        return (None,) * 10
+        return (None,) * 11
     token_index, lengths, prompts, prompt_lengths, lora_a, lora_b, scalings, adapter_ids = ctx.saved_tensors
     d_prompts, d_a, d_b = assemble_inputs_mixed_backward_op(grad.contiguous(), token_index, lengths, prompts,
-                                                            prompt_lengths, lora_a, lora_b, scalings, adapter_ids)
-    return None, None, None, d_prompts, None, d_a, d_b, None, None, None
+                                                            prompt_lengths, lora_a, lora_b, scalings, adapter_ids,
+                                                            ctx.pad_left)
+    return None, None, None, d_prompts, None, d_a, d_b, None, None, None, None
 
 
 assemble_inputs_mixed_op.register_autograd(_mixed_backward, setup_context=_setup_mixed_context)
 
 
 def fused_assemble_inputs_mixed(input_ids, attention_mask, word_embeddings, prompts, prompt_lengths, lora_a, lora_b,
-                                scalings, adapter_ids, embed_scale=1.0):
+                                scalings, adapter_ids, embed_scale=1.0, padding_side="right"):
     """The mixed batch's (inputs_embeds, extended attention mask); differentiable in the stacked
     ``prompts``, ``lora_a`` and ``lora_b`` (see ``ept_fast.reference.assemble_inputs_mixed``)."""
     out, out_mask, _, _ = assemble_inputs_mixed_op(input_ids, attention_mask, word_embeddings, prompts, prompt_lengths,
-                                                   lora_a, lora_b, scalings, adapter_ids, float(embed_scale))
+                                                   lora_a, lora_b, scalings, adapter_ids, float(embed_scale),
+                                                   padding_side == "left")
     return out, out_mask

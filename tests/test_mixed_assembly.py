@@ -34,20 +34,22 @@ def _stacked(adapters):
     return reference.stack_adapters(*(list(column) for column in zip(*adapters)))
 
 
-def _mixed(fn, ids, mask, E, adapters, adapter_ids, embed_scale=1.0):
+def _mixed(fn, ids, mask, E, adapters, adapter_ids, embed_scale=1.0, padding_side="right"):
     s = _stacked(adapters)
-    return fn(ids, mask, E, s.prompts, s.prompt_lengths, s.lora_a, s.lora_b, s.scalings, adapter_ids, embed_scale)
+    return fn(ids, mask, E, s.prompts, s.prompt_lengths, s.lora_a, s.lora_b, s.scalings, adapter_ids, embed_scale,
+              padding_side)
 
 
-@pytest.mark.parametrize("left", [False, True], ids=["right", "left"])
-def test_each_row_equals_its_adapter_run_alone(left):
-    """Row i of the mixed batch is row i of its own adapter's batch, after m - m_a masked
-    padding rows; the gradients of each adapter are those of its own rows."""
+@pytest.mark.parametrize("side", ["left", "right"])
+@pytest.mark.parametrize("left", [False, True], ids=["right-padded", "left-padded"])
+def test_each_row_equals_its_adapter_run_alone(left, side):
+    """Row i of the mixed batch is row i of its own adapter's batch, with m - m_a masked padding
+    rows before its prompt or after its tokens; each adapter's gradients are those of its rows."""
     d = 16
     adapters = _adapters(d, torch.float64, "cpu")
     ids, mask, adapter_ids = _batch(left, "cpu")
     E = table(50, d)
-    out, ext_mask = _mixed(reference.assemble_inputs_mixed, ids, mask, E, adapters, adapter_ids, 1.5)
+    out, ext_mask = _mixed(reference.assemble_inputs_mixed, ids, mask, E, adapters, adapter_ids, 1.5, side)
     m = max(a[0] for a in ADAPTERS)
     grad_out = torch.randn_like(out)
     mixed_grads = torch.autograd.grad((out * grad_out).sum(), [t for a in adapters for t in a[:3]])
@@ -56,32 +58,36 @@ def test_each_row_equals_its_adapter_run_alone(left):
         rows = (adapter_ids == index).nonzero().flatten()
         alone, alone_mask = reference.assemble_inputs(ids[rows], mask[rows], E, prompt, lora_a, lora_b, s, 1.5)
         skip = m - prompt.shape[0]
-        assert torch.equal(out[rows, skip:], alone) and torch.equal(ext_mask[rows, skip:], alone_mask)
-        assert not out[rows, :skip].any() and not ext_mask[rows, :skip].any()
-        alone_grads += torch.autograd.grad((alone * grad_out[rows, skip:]).sum(), [prompt, lora_a, lora_b],
+        own = torch.arange(skip, out.shape[1]) if side == "left" else torch.arange(out.shape[1] - skip)
+        padding = torch.arange(skip) if side == "left" else torch.arange(out.shape[1] - skip, out.shape[1])
+        assert torch.equal(out[rows][:, own], alone) and torch.equal(ext_mask[rows][:, own], alone_mask)
+        assert not out[rows][:, padding].any() and not ext_mask[rows][:, padding].any()
+        alone_grads += torch.autograd.grad((alone * grad_out[rows][:, own]).sum(), [prompt, lora_a, lora_b],
                                            allow_unused=True)
     for mixed, alone in zip(mixed_grads, alone_grads):
         assert torch.allclose(mixed, torch.zeros_like(mixed) if alone is None else alone, rtol=1e-12, atol=1e-12)
 
 
-def _run(fn, ids, mask, E, adapters, adapter_ids, grad_out, embed_scale):
-    out, ext_mask = _mixed(fn, ids, mask, E, adapters, adapter_ids, embed_scale)
+def _run(fn, ids, mask, E, adapters, adapter_ids, grad_out, embed_scale, side):
+    out, ext_mask = _mixed(fn, ids, mask, E, adapters, adapter_ids, embed_scale, side)
     leaves = [t for a in adapters for t in a[:3]]
     grads = torch.autograd.grad(out, leaves, grad_out, allow_unused=True)
     return out.detach(), ext_mask, [torch.zeros_like(t) if g is None else g for g, t in zip(grads, leaves)]
 
 
 @pytest.mark.parametrize("table_dtype", [torch.float64, torch.float32, torch.bfloat16], ids=["fp64", "fp32", "bf16"])
-@pytest.mark.parametrize("left", [False, True], ids=["right", "left"])
-def test_fused_mixed_assembly_matches_the_reference(table_dtype, left):
+@pytest.mark.parametrize("side", ["left", "right"])
+@pytest.mark.parametrize("left", [False, True], ids=["right-padded", "left-padded"])
+def test_fused_mixed_assembly_matches_the_reference(table_dtype, left, side):
     d = 40
     params = torch.float64 if table_dtype == torch.float64 else torch.float32
     adapters = _adapters(d, params)
     ids, mask, adapter_ids = _batch(left)
     E = table(50, d, dtype=table_dtype, device=DEVICE)
     grad_out = torch.randn(ids.shape[0], max(a[0] for a in ADAPTERS) + ids.shape[1], d, device=DEVICE).to(table_dtype)
-    out, ext_mask, grads = _run(fused_assemble_inputs_mixed, ids, mask, E, adapters, adapter_ids, grad_out, 2.0)
-    ref, ref_mask, ref_grads = _run(reference.assemble_inputs_mixed, ids, mask, E, adapters, adapter_ids, grad_out, 2.0)
+    out, ext_mask, grads = _run(fused_assemble_inputs_mixed, ids, mask, E, adapters, adapter_ids, grad_out, 2.0, side)
+    ref, ref_mask, ref_grads = _run(reference.assemble_inputs_mixed, ids, mask, E, adapters, adapter_ids, grad_out, 2.0,
+                                    side)
     rtol, atol = TOLERANCE[table_dtype]
     assert torch.equal(ext_mask, ref_mask)
     assert_close(out, ref, rtol, atol * ref.abs().max().item(), "inputs_embeds")
@@ -98,9 +104,10 @@ def test_gradcheck_of_the_fused_mixed_op():
 
     def fn(*flat):
         grouped = [list(flat[i:i + 3]) + [adapters[i // 3][3]] for i in range(0, len(flat), 3)]
-        return _mixed(fused_assemble_inputs_mixed, ids, mask, E, grouped, adapter_ids)[0]
+        return _mixed(fused_assemble_inputs_mixed, ids, mask, E, grouped, adapter_ids, 1.0, side)[0]
 
-    assert torch.autograd.gradcheck(fn, leaves, fast_mode=True)
+    for side in ("left", "right"):
+        assert torch.autograd.gradcheck(fn, leaves, fast_mode=True)
 
 
 def test_functional_dispatch_and_errors():

@@ -1,0 +1,92 @@
+"""model(input_ids=..., adapter_names=[...]): every row of a mixed batch gives what the same row
+gives alone under its own adapter, for classifiers, seq2seq and causal LMs, cache on and off."""
+
+import pytest
+import torch
+
+from ept_fast import get_ept_model
+from tiny_models import BUILDERS, adapter_config, moved, task_batch, tiny_bert_classifier, tiny_gpt2, tiny_t5
+
+# Three adapters of different prompt lengths and methods; rows assigned out of order.
+ADAPTERS = {"a": dict(num_virtual_tokens=4), "b": dict(num_virtual_tokens=2, method="dept", num_spaces=None),
+            "c": dict(num_virtual_tokens=3, method="pt", r=None, num_spaces=None)}
+ROWS = ["c", "a", "b"]
+
+
+def _model(task, builder):
+    torch.manual_seed(0)
+    model = None
+    for index, (name, overrides) in enumerate(ADAPTERS.items()):
+        if model is None:
+            model = get_ept_model(builder(), adapter_config(task, **overrides), adapter_name=name)
+        else:
+            model.add_adapter(name, adapter_config(task, **overrides))
+        model.set_adapter(name)
+        moved(model)
+        if task == "SEQ_CLS":
+            with torch.no_grad():
+                model.head_copies[name][0].weight.add_(float(index + 1))
+    return model.eval()
+
+
+def _alone(model, name, row, fn):
+    active = model.active_adapter
+    model.set_adapter(name)
+    try:
+        return fn(row)
+    finally:
+        model.set_adapter(active)
+
+
+@pytest.mark.parametrize("task", list(BUILDERS))
+@pytest.mark.parametrize("left", [False, True], ids=["right", "left"])
+def test_each_row_gives_what_it_gives_alone(task, left):
+    model = _model(task, BUILDERS[task])
+    ids, mask, labels = task_batch(task, left=left)
+    with torch.no_grad():
+        mixed = model(input_ids=ids, attention_mask=mask, labels=labels, adapter_names=ROWS).logits
+        longest = max(config["num_virtual_tokens"] for config in ADAPTERS.values())
+        for i, name in enumerate(ROWS):
+            alone = _alone(model, name, i, lambda i: model(input_ids=ids[i:i + 1], attention_mask=mask[i:i + 1],
+                                                           labels=labels[i:i + 1]).logits)
+            row = mixed[i:i + 1]
+            if task == "CAUSAL_LM":  # a shorter prompt has padding before it, up to the longest one
+                row = row[:, longest - ADAPTERS[name]["num_virtual_tokens"]:]
+            assert torch.allclose(row, alone, rtol=1e-5, atol=1e-5), (task, name)
+
+
+@pytest.mark.parametrize("task,builder", [("SEQ_2_SEQ_LM", tiny_t5), ("CAUSAL_LM", tiny_gpt2)])
+@pytest.mark.parametrize("use_cache", [True, False])
+def test_generation_per_row_matches_generation_alone(task, builder, use_cache):
+    model = _model(task, builder)
+    ids, mask, _ = task_batch(task, left=task == "CAUSAL_LM")
+    options = dict(max_new_tokens=4, do_sample=False, use_cache=use_cache, pad_token_id=0)
+    mixed = model.generate(ids, attention_mask=mask, adapter_names=ROWS, **options)
+    for i, name in enumerate(ROWS):
+        alone = _alone(model, name, i, lambda i: model.generate(ids[i:i + 1], attention_mask=mask[i:i + 1], **options))
+        assert torch.equal(mixed[i, :alone.shape[1]], alone[0]), (task, name)
+
+
+def test_training_through_a_mixed_batch_reaches_each_rows_adapter():
+    model = _model("SEQ_CLS", tiny_bert_classifier)
+    for parameter in model.parameters():
+        parameter.requires_grad_(False)
+    for name in ADAPTERS:
+        model.prompt_encoders[name].prompt.requires_grad_(True)
+        model.head_copies[name].requires_grad_(True)
+    ids, mask, labels = task_batch("SEQ_CLS")
+    model(input_ids=ids[:2], attention_mask=mask[:2], labels=labels[:2], adapter_names=["a", "b"]).loss.backward()
+    assert model.prompt_encoders["a"].prompt.grad.abs().sum() > 0 and model.prompt_encoders["b"].prompt.grad.abs().sum() > 0
+    assert model.head_copies["a"][0].weight.grad.abs().sum() > 0
+    assert model.prompt_encoders["c"].prompt.grad is None and model.head_copies["c"][0].weight.grad is None
+
+
+def test_adapter_name_errors():
+    model = _model("SEQ_CLS", tiny_bert_classifier)
+    ids, mask, _ = task_batch("SEQ_CLS")
+    with pytest.raises(ValueError, match=r"adapter_names: no adapter named \['zz'\]; this model has \['a', 'b', 'c'\]"):
+        model(input_ids=ids, attention_mask=mask, adapter_names=["a", "zz", "b"])
+    with pytest.raises(ValueError, match=r"adapter_names: expected one name per row of input_ids \(3\), got 2"):
+        model(input_ids=ids, attention_mask=mask, adapter_names=["a", "b"])
+    with model.disable_adapter(), pytest.raises(ValueError, match=r"adapter_names: adapters are disabled"):
+        model(input_ids=ids, attention_mask=mask, adapter_names=ROWS)
