@@ -1,4 +1,4 @@
-"""The ``ept-fast`` console script: ``ept-fast train [options]`` and ``ept-fast eval [options]``."""
+"""The ``ept-fast`` console script: ``ept-fast train``, ``eval``, ``compare`` and ``predict``."""
 
 from __future__ import annotations
 
@@ -7,7 +7,9 @@ from typing import List, Optional
 
 USAGE = ("usage: ept-fast train [options]   train an adapter (ept-fast train --help lists the options)\n"
          "       ept-fast eval --adapter DIR [options]   score a saved adapter (ept-fast eval --help)\n"
-         "       ept-fast compare [options]   methods at one parameter budget over seeds (ept-fast compare --help)")
+         "       ept-fast compare [options]   methods at one parameter budget over seeds (ept-fast compare --help)\n"
+         "       ept-fast predict --adapter NAME=DIR ... --input-file FILE   serve adapters on one backbone "
+         "(ept-fast predict --help)")
 # What a user error looks like: a clear message and exit status 2, no traceback.
 USER_ERRORS = (ValueError, FileNotFoundError, FileExistsError, ImportError)
 
@@ -37,6 +39,21 @@ def parse_compare_args(argv: Optional[List[str]] = None):
     return parse_options(CompareArguments, argv, "ept-fast compare",
                          "Train several methods at one parameter budget (by default EPT's) over several seeds, and "
                          "compare their test metrics. With no options: ept, dept and pt on BBC News, three seeds.")
+
+
+def parse_predict_args(argv: Optional[List[str]] = None):
+    from .training.options import parse_options
+    from .training.serving import PredictArguments
+
+    return parse_options(PredictArguments, argv, "ept-fast predict",
+                         "Serve several adapters on one frozen backbone: every row of the input file runs its own "
+                         "adapter, rows of different adapters share each batch, predictions go to a file.")
+
+
+def predict_main(argv: Optional[List[str]] = None) -> int:
+    from .training.serving import predict_file
+
+    return _run("predict", lambda: predict_file(parse_predict_args(argv)))
 
 
 def train_main(argv: Optional[List[str]] = None) -> int:
@@ -72,7 +89,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     if not argv or argv[0] in ("-h", "--help"):
         print(USAGE)
         return 0 if argv else 2
-    commands = {"train": train_main, "eval": eval_main, "compare": compare_main}
+    commands = {"train": train_main, "eval": eval_main, "compare": compare_main, "predict": predict_main}
     if argv[0] not in commands:
         print(f"ept-fast: unknown command {argv[0]!r}; the commands are {', '.join(commands)}", file=sys.stderr)
         return 2

@@ -186,28 +186,31 @@ def assemble_inputs_mixed(
     m = prompts.shape[1]
     E = word_embeddings[input_ids]  # (b, T, d)
     sum_dtype = torch.promote_types(E.dtype, torch.promote_types(lora_a.dtype, torch.float32))
-    widened = E.to(sum_dtype) * embed_scale
     attended = attended_mask(input_ids, attention_mask)
     pos = (torch.cumsum(attended, dim=1) - 1).clamp(min=0)  # k-th attended token -> k
-    rows_of_a = torch.gather(lora_a[adapter_ids], 1, pos.unsqueeze(-1).expand(-1, -1, lora_a.shape[2]))  # (b, T, r)
-    L_rows = scalings[adapter_ids].to(sum_dtype)[:, None, None] * torch.bmm(rows_of_a, lora_b[adapter_ids])
-    tokens = torch.where(attended.unsqueeze(-1), (widened + L_rows.to(sum_dtype)).to(E.dtype), widened.to(E.dtype))
-
-    lengths = prompt_lengths[adapter_ids][:, None]  # (b, 1)
-    held = torch.arange(m, device=input_ids.device)[None, :] < lengths  # (b, m): prompt rows, then padding
-    prefix = torch.where(held.unsqueeze(-1), prompts[adapter_ids], torch.zeros((), dtype=prompts.dtype,
-                                                                                device=prompts.device))
+    # s·A[pos] on the small (b, T, r) side, zero for unattended tokens: one fused E·scale + (s·A)·B.
+    weights = (attended.to(sum_dtype) * scalings[adapter_ids].to(sum_dtype)[:, None]).unsqueeze(-1)
+    rows_of_a = lora_a[adapter_ids[:, None], pos].to(sum_dtype) * weights  # (b, T, r)
+    tokens = torch.baddbmm(E.to(sum_dtype), rows_of_a, lora_b[adapter_ids].to(sum_dtype), beta=embed_scale)
+    tokens = tokens.to(E.dtype)
     mask = attention_mask if attention_mask is not None else torch.ones_like(input_ids, dtype=torch.long)
-    inputs_embeds = torch.cat([prefix.to(E.dtype), tokens], dim=1)  # [prompt, padding, tokens]
-    extended = torch.cat([held.to(mask.dtype), mask], dim=1)
-    # Move the padding rows to the padding side: a per-row reordering of the m + T positions.
-    index = torch.arange(m + T, device=input_ids.device)[None, :]
-    if padding_side == "left":  # [padding, prompt, tokens]
-        order = torch.where(index < m - lengths, index + lengths, torch.where(index < m, index - (m - lengths), index))
-    else:  # [prompt, tokens, padding]
-        order = torch.where(index < lengths, index, torch.where(index < lengths + T, index + (m - lengths),
-                                                                 index - T))
-    return torch.gather(inputs_embeds, 1, order.unsqueeze(-1).expand_as(inputs_embeds)), torch.gather(extended, 1, order)
+    prefix = prompts[adapter_ids].to(E.dtype)  # (b, m, d); rows past a prompt's length are zeros (stacked so)
+
+    lengths = prompt_lengths.tolist()
+    if min(lengths) == m:  # every prompt fills the m rows: no padding to place
+        prompt_mask = torch.ones(b, m, dtype=mask.dtype, device=mask.device)
+        return torch.cat([prefix, tokens], dim=1), torch.cat([prompt_mask, mask], dim=1)
+    inputs_embeds = E.new_zeros(b, m + T, E.shape[2])
+    extended = mask.new_zeros(b, m + T)
+    row_lengths = prompt_lengths[adapter_ids]
+    for length in sorted(set(lengths)):  # rows grouped by prompt length: one copy each
+        rows = (row_lengths == length).nonzero().flatten()
+        start = m - length if padding_side == "left" else 0  # where the row's prompt starts
+        inputs_embeds[rows, start:start + length] = prefix[rows, :length]
+        inputs_embeds[rows, start + length:start + length + T] = tokens[rows]
+        extended[rows, start:start + length] = 1
+        extended[rows, start + length:start + length + T] = mask[rows]
+    return inputs_embeds, extended
 
 
 class StackedAdapters(NamedTuple):

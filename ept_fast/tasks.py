@@ -144,20 +144,26 @@ def label_text(task: Task, label) -> str:
     return f"{round_stsb(float(label)):.1f}" if task.is_regression else str(int(label))
 
 
-def format_example(task: Task, row: dict, label_column: str = "label") -> Example:
-    """One raw row -> the example format (see the module docstring)."""
-    missing = [c for c in (*task.fields, label_column) if c not in row]
+def format_input(task: Task, row: dict) -> Example:
+    """The input part of the example format (no label): ``text``, ``text_pair``, ``source``."""
+    missing = [c for c in task.fields if c not in row]
     if missing:
         raise KeyError(f"columns {missing} are absent (the row has {sorted(row)})")
     values = [str(row[c]) for c in task.fields]
-    label = float(row[label_column]) if task.is_regression else label_id(task, row[label_column], label_column)
-    example = {
+    return {
         "text": values[0],
         "text_pair": " ".join(values[1:]) if len(values) > 1 else None,
-        "label": label,
         "source": " ".join(f"{name}: {value}" for name, value in zip(task.fields, values)),
-        "target": label_text(task, label),
     }
+
+
+def format_example(task: Task, row: dict, label_column: str = "label") -> Example:
+    """One raw row -> the example format (see the module docstring)."""
+    if label_column not in row:
+        raise KeyError(f"columns {[label_column]} are absent (the row has {sorted(row)})")
+    example = format_input(task, row)
+    label = float(row[label_column]) if task.is_regression else label_id(task, row[label_column], label_column)
+    example.update(label=label, target=label_text(task, label))
     if task.group_column:
         example["group"] = _group(row, task.group_column)
     return example

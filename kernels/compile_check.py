@@ -42,8 +42,8 @@ MIN_PROGRAMS = {"_reduce_over_d_kernel": 16, "_assemble_fwd_kernel": HOPPER_MULT
 @dataclasses.dataclass(frozen=True)
 class Case:
     """One op at one shape and dtype. ``shape`` is (m, d, n, r, K, h) for ``ept_prompt``,
-    (b, T, d, n, r, m) for ``assemble_inputs`` and (b, T, d, n, r, m, N) for
-    ``assemble_inputs_mixed`` (N adapters, rows assigned in turn); ``dtype`` is the parameters' dtype for the
+    (b, T, d, n, r, m) for ``assemble_inputs`` and (b, T, d, n, r, m, N, left) for
+    ``assemble_inputs_mixed`` (N adapters, rows assigned in turn, left = 1 for left padding); ``dtype`` is the parameters' dtype for the
     prompt generator and the word-embedding table's for the assembly. The spec and CLI
     defaults (``defaults``) must not spill and must keep to the model's launch budget."""
 
@@ -89,7 +89,7 @@ def _assembly_workload(shape, table_dtype, device):
 
 
 def _mixed_assembly_workload(shape, table_dtype, device):
-    b, T, d, n, r, m, adapters = shape
+    b, T, d, n, r, m, adapters, left = shape
     g = torch.Generator().manual_seed(0)
     input_ids, attention_mask, table = _token_batch(b, T, d, table_dtype, device, g)
     leaves = [(0.1 * torch.randn(size, generator=g)).to(device).requires_grad_()
@@ -99,7 +99,8 @@ def _mixed_assembly_workload(shape, table_dtype, device):
                (torch.arange(b) % adapters).to(device))
     prompts, lora_a, lora_b = leaves
     return lambda: assemble_inputs.fused_assemble_inputs_mixed(
-        input_ids, attention_mask, table, prompts, routing[0], lora_a, lora_b, *routing[1:])[0], leaves
+        input_ids, attention_mask, table, prompts, routing[0], lora_a, lora_b, *routing[1:],
+        padding_side="left" if left else "right")[0], leaves
 
 
 def _cases() -> List[Case]:
@@ -125,9 +126,9 @@ def _cases() -> List[Case]:
         ((32, 256, 768, 256, 128, 60), "r=128", False),
     ]:
         cases += [Case(assembly, shape, dtype, label, defaults) for dtype in ("float32", "bfloat16")]
-    # (b, T, d, n, r, m, N): a served batch of 8 adapters
-    cases += [Case("assemble_inputs_mixed", (64, 256, 768, 256, 30, 60, 8), dtype, "8 adapters")
-              for dtype in ("float32", "bfloat16")]
+    # (b, T, d, n, r, m, N, left): a served batch of 8 adapters, padded after the tokens or before the prompts
+    cases += [Case("assemble_inputs_mixed", (64, 256, 768, 256, 30, 60, 8, left), dtype, "8 adapters")
+              for left in (0, 1) for dtype in ("float32", "bfloat16")]
     return cases
 
 

@@ -18,6 +18,7 @@ KERNELS = {  # per phase, in launch order
     "assemble_inputs": {"forward": ["_assemble_fwd_kernel"],
                         "backward": ["_assemble_bwd_kernel", "_assemble_bwd_finish_kernel"]},
 }
+KERNELS["assemble_inputs_mixed"] = KERNELS["assemble_inputs"]  # the same kernels, with an adapter per row
 ADDS_ONLY = {"_assemble_bwd_finish_kernel"}  # sums partials: no products
 
 

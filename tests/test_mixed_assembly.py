@@ -60,7 +60,8 @@ def test_each_row_equals_its_adapter_run_alone(left, side):
         skip = m - prompt.shape[0]
         own = torch.arange(skip, out.shape[1]) if side == "left" else torch.arange(out.shape[1] - skip)
         padding = torch.arange(skip) if side == "left" else torch.arange(out.shape[1] - skip, out.shape[1])
-        assert torch.equal(out[rows][:, own], alone) and torch.equal(ext_mask[rows][:, own], alone_mask)
+        assert torch.allclose(out[rows][:, own], alone, rtol=1e-12, atol=1e-12)
+        assert torch.equal(ext_mask[rows][:, own], alone_mask)
         assert not out[rows][:, padding].any() and not ext_mask[rows][:, padding].any()
         alone_grads += torch.autograd.grad((alone * grad_out[rows][:, own]).sum(), [prompt, lora_a, lora_b],
                                            allow_unused=True)
@@ -133,3 +134,11 @@ def test_functional_dispatch_and_errors():
     with pytest.raises(ValueError, match=r"stack_adapters: every adapter must have the same hidden size d, got \[16, 24\]"):
         reference.stack_adapters([adapters[0][0], torch.zeros(2, 24)], [a[1] for a in adapters[:2]],
                                  [adapters[0][2], torch.zeros(1, 24)], [1.0, 1.0])
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("table_dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+@pytest.mark.parametrize("side", ["left", "right"])
+def test_fused_mixed_assembly_on_the_gpu(table_dtype, side):
+    """The same parity on CUDA (selected by gpu_check's cuda run; DEVICE is the GPU there)."""
+    test_fused_mixed_assembly_matches_the_reference(table_dtype, True, side)

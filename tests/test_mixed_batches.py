@@ -90,3 +90,14 @@ def test_adapter_name_errors():
         model(input_ids=ids, attention_mask=mask, adapter_names=["a", "b"])
     with model.disable_adapter(), pytest.raises(ValueError, match=r"adapter_names: adapters are disabled"):
         model(input_ids=ids, attention_mask=mask, adapter_names=ROWS)
+
+
+def test_a_row_longer_than_its_adapters_reach_is_refused():
+    """Each row is checked against its own adapter's max_length, not the longest one's."""
+    model = _model("SEQ_CLS", tiny_bert_classifier)
+    model.add_adapter("short", adapter_config("SEQ_CLS", max_length=5))
+    ids, mask, _ = task_batch("SEQ_CLS")  # rows of 7, 4 and 6 attended tokens
+    with pytest.raises(ValueError, match=r"input_ids: row 2 has 6 attended tokens, but its adapter \(1\) covers "
+                                         r"max_length=5 positions"):
+        model(input_ids=ids, attention_mask=mask, adapter_names=["a", "short", "short"])
+    model(input_ids=ids[1:2], attention_mask=mask[1:2], adapter_names=["short"])  # 4 tokens: fine

@@ -1,5 +1,6 @@
 """``ept-fast train`` end to end on tiny local models and files (offline)."""
 
+import csv
 import json
 import os
 import subprocess
@@ -384,3 +385,70 @@ def test_param_budget_sizes_the_method(tiny_models, sst2_files, tmp_path, capsys
     assert main(args) == 0
     metrics = json.loads((tmp_path / "b" / "metrics.json").read_text())
     assert metrics["adapter"]["r"] == (1000 - 4 * 32) // (16 + 32) and metrics["adapter_parameters"] <= 1000
+
+
+@pytest.fixture(scope="module")
+def two_adapters(tiny_models, sst2_files, tmp_path_factory):
+    """Two adapters on the tiny BERT: sst2 (labels by name) and the same files as a custom task."""
+    root = tmp_path_factory.mktemp("served")
+    assert main(_args(tiny_models, sst2_files, root / "sst2", "--task", "sst2")) == 0
+    assert main(_args(tiny_models, sst2_files, root / "custom", "--text-column", "sentence", "--num-virtual-tokens",
+                      "3", "--method", "dept", "--num-spaces", "0")) == 0
+    return root
+
+
+def _requests(sst2_files, path, names):
+    rows = [json.loads(line) for line in Path(sst2_files[2]).read_text().splitlines()]
+    path.write_text("".join(json.dumps({"adapter": name, **row}) + "\n" for name, row in zip(names, rows)))
+    return path
+
+
+def test_predict_serves_two_adapters_in_mixed_batches(two_adapters, sst2_files, tmp_path, capsys):
+    names = ["sst2", "custom"] * 8
+    requests = _requests(sst2_files, tmp_path / "requests.jsonl", names)
+    served = ["--adapter", f"sst2={two_adapters / 'sst2'}", "--adapter", f"custom={two_adapters / 'custom'}"]
+    assert cli_main(["predict", *served, "--input-file", str(requests), "--output-file", str(tmp_path / "out.jsonl"),
+                     "--eval-batch-size", "5", "--device", "cpu"]) == 0
+    assert "16 rows (sst2: 8, custom: 8)" in capsys.readouterr().out
+    mixed = [json.loads(line) for line in (tmp_path / "out.jsonl").read_text().splitlines()]
+    assert [p["adapter"] for p in mixed] == names and [p["row"] for p in mixed] == list(range(1, 17))
+    assert {p["prediction"] for p in mixed if p["adapter"] == "sst2"} <= {"negative", "positive"}
+    for name in ("sst2", "custom"):  # each adapter alone, on its own rows: the same predictions and scores
+        alone_requests = _requests(sst2_files, tmp_path / f"{name}.jsonl", [name] * 16)
+        assert cli_main(["predict", "--adapter", f"{name}={two_adapters / name}", "--input-file", str(alone_requests),
+                         "--output-file", str(tmp_path / f"{name}.csv"), "--device", "cpu"]) == 0
+        alone = list(csv.DictReader((tmp_path / f"{name}.csv").open()))
+        for p in mixed:
+            if p["adapter"] == name:
+                assert str(p["prediction"]) == alone[p["row"] - 1]["prediction"]
+                assert abs(p["score"] - float(alone[p["row"] - 1]["score"])) < 1e-5
+
+
+def test_predict_errors_are_clear(two_adapters, sst2_files, tiny_models, tmp_path, capsys):
+    served = ["--adapter", f"sst2={two_adapters / 'sst2'}", "--adapter", f"custom={two_adapters / 'custom'}"]
+    unknown = _requests(sst2_files, tmp_path / "unknown.jsonl", ["sst2", "nope"])
+    assert cli_main(["predict", *served, "--input-file", str(unknown), "--device", "cpu"]) == 2
+    assert "unknown.jsonl, row 2: expected one of ['custom', 'sst2'] naming the row's adapter, got 'nope'" in \
+        capsys.readouterr().err
+    plain = tmp_path / "plain.jsonl"
+    plain.write_text(json.dumps({"sentence": "fine"}) + "\n")
+    assert cli_main(["predict", *served, "--input-file", str(plain), "--device", "cpu"]) == 2
+    assert "row 1: expected a column 'adapter' naming the row's adapter" in capsys.readouterr().err
+    assert cli_main(["predict", "--adapter", f"sst2={two_adapters / 'sst2'}", "--input-file", str(plain),
+                     "--device", "cpu"]) == 0  # one adapter: no column needed
+    wider = tmp_path / "wide"
+    from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification
+    BertForSequenceClassification(BertConfig(vocab_size=AutoTokenizer.from_pretrained(tiny_models / "bert").vocab_size,
+                                             hidden_size=48, num_hidden_layers=1, num_attention_heads=2,
+                                             intermediate_size=48)).save_pretrained(wider)
+    AutoTokenizer.from_pretrained(tiny_models / "bert").save_pretrained(wider)
+    wide_args = _args(tiny_models, sst2_files, tmp_path / "wide-adapter", "--task", "sst2")
+    wide_args[1] = str(wider)
+    assert main(wide_args) == 0
+    assert cli_main(["predict", *served[:2], "--adapter", f"wide={tmp_path / 'wide-adapter'}", "--input-file",
+                     str(unknown), "--device", "cpu"]) == 2
+    assert "the adapters were trained on different backbones" in capsys.readouterr().err
+    assert cli_main(["predict", *served[:2], "--adapter", f"wide={tmp_path / 'wide-adapter'}", "--model",
+                     str(tiny_models / "bert"), "--input-file", str(unknown), "--device", "cpu"]) == 2
+    assert "token_dim: the config says 48, but word_embeddings (the backbone's input embeddings) have hidden size " \
+        "32" in capsys.readouterr().err

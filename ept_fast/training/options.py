@@ -232,8 +232,8 @@ def _add_option(group, field, kind) -> None:
         settings = dict(nargs="?", const=True, metavar="PATH")
     elif kind is bool:
         settings = dict(action=argparse.BooleanOptionalAction)
-    elif kind is list:
-        settings = dict(nargs="+", metavar="NAME")
+    elif kind is list:  # repeating the flag adds to the list (a default list is replaced instead)
+        settings = dict(nargs="+", metavar="NAME", action="extend" if default is None else "store")
     else:
         settings = dict(type=kind, metavar=field.name.upper())
     canonical = f"--{field.name.replace('_', '-')}"

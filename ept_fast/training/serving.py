@@ -1,0 +1,202 @@
+"""``ept-fast predict``: several adapters on one frozen backbone, served in mixed batches.
+
+Every row of the input file names its adapter (``--adapter-column``; not needed with one
+``--adapter``). Rows are batched in file order whatever their adapters, each batch runs once
+through the backbone (``EPTModel(..., adapter_names=...)``), and the predictions (a label and
+its probability, a regression value, or generated text) go to a JSON-lines or CSV file."""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import io
+import json
+import time
+from pathlib import Path
+from typing import Dict, List, Optional, Tuple
+
+import torch
+from tqdm.auto import tqdm
+
+from ..config import TaskType
+from ..model import EPTModel
+from ..serialization import atomic_write, load_adapter
+from ..tasks import Task, format_input, parse_prediction, read_rows
+from .data import Collator, load_backbone
+from .evaluation import task_from_metadata
+from .options import RunArguments, option
+
+
+@dataclasses.dataclass
+class PredictArguments(RunArguments):
+    """The adapters, the inputs and where the predictions go.
+
+    Every option of ``ept-fast predict``."""
+
+    adapter: List[str] = option(help="NAME=PATH of an adapter to serve (an --output-dir of ept-fast train); "
+                                     "repeat it for several; a bare PATH is named after its folder")
+    input_file: Optional[str] = option(help="CSV or JSON-lines file of inputs, in the adapters' input columns")
+    adapter_column: str = option("adapter", "the column naming each row's adapter (not needed with one --adapter)")
+    output_file: Optional[str] = option(help="where the predictions go, .jsonl or .csv (default: the input file's "
+                                             "name + .predictions.jsonl)")
+
+    def __post_init__(self):
+        super().__post_init__()
+        if not self.adapter:
+            raise ValueError("--adapter: expected at least one NAME=PATH, got none")
+        if not self.input_file:
+            raise ValueError("--input-file: expected a CSV or JSON-lines file of inputs, got none")
+        if self.output_file and Path(self.output_file).suffix.lower() not in (".jsonl", ".csv"):
+            raise ValueError(f"--output-file: expected a .jsonl or .csv file, got {self.output_file!r}")
+
+    def adapters(self) -> Dict[str, Path]:
+        named: Dict[str, Path] = {}
+        for item in self.adapter:
+            name, _, path = item.rpartition("=") if "=" in item else (Path(item).name, "", item)
+            if not name or not path:
+                raise ValueError(f"--adapter: expected NAME=PATH, got {item!r}")
+            if name in named:
+                raise ValueError(f"--adapter: the name {name!r} is given twice")
+            named[name] = Path(path)
+        return named
+
+
+def load_served_model(args: PredictArguments) -> Tuple[EPTModel, object, Dict[str, Task]]:
+    """The backbone (``--model``, else the one the adapters were trained on) with every adapter
+    loaded under its name; refuses adapters of different backbones, task types or label counts."""
+    adapters = args.adapters()
+    files = {name: load_adapter(path) for name, path in adapters.items()}
+    tasks = {}
+    for name, loaded in files.items():
+        tasks[name] = task_from_metadata(loaded.task)
+        if tasks[name] is None:
+            raise ValueError(f"--adapter {name}: {adapters[name]} records no task (its input columns and labels); "
+                             f"train it with ept-fast train")
+    backbones = {name: loaded.config.get("base_model_name_or_path") for name, loaded in files.items()}
+    if args.model is None and len(set(backbones.values())) > 1:
+        raise ValueError(f"--adapter: the adapters were trained on different backbones ({backbones}); one backbone "
+                         f"serves them all, so they must share it")
+    kinds = {name: loaded.config.get("task_type") for name, loaded in files.items()}
+    if len(set(kinds.values())) > 1:
+        raise ValueError(f"--adapter: the adapters are of different task types ({kinds}); serve them apart")
+    first = next(iter(adapters))
+    if kinds[first] == TaskType.SEQ_CLS.value:
+        sizes = {name: task.num_labels for name, task in tasks.items()}
+        if len(set(sizes.values())) > 1:
+            raise ValueError(f"--adapter: classifiers served together need heads of one size (the backbone's); "
+                             f"the adapters have {sizes} labels")
+    backbone, tokenizer, _ = load_backbone(dataclasses.replace(args, task_type=kinds[first]), tasks[first],
+                                           args.model or backbones[first])
+    model = EPTModel.from_pretrained(backbone, adapters[first], adapter_name=first)
+    for name, path in list(adapters.items())[1:]:
+        model.load_adapter(path, adapter_name=name)
+    for name in adapters:  # P* once per adapter: serving only runs the assembly and the backbone
+        model.set_adapter(name)
+        model.merge_prompt()
+    return model, tokenizer, tasks
+
+
+def _batch(model: EPTModel, tokenizer, tasks: Dict[str, Task], rows: List[Tuple[str, dict]],
+           max_new_tokens: int) -> Dict[str, torch.Tensor]:
+    """One padded batch of rows that may run different adapters: each adapter's rows are
+    tokenized as its training did (its own max_length), then padded together."""
+    encoded: List[Dict[str, torch.Tensor]] = [{} for _ in rows]
+    for name in dict.fromkeys(name for name, _ in rows):
+        collate = Collator(tokenizer, model.task_type, tasks[name], model.peft_config[name].max_length, max_new_tokens)
+        indices = [i for i, (row_name, _) in enumerate(rows) if row_name == name]
+        # The collator also encodes labels; predictions have none, so each gets a placeholder.
+        group = collate([dict(rows[i][1], label=0, target="") for i in indices], for_generation=True)
+        keys = [key for key in ("input_ids", "attention_mask", "token_type_ids") if key in group]
+        for position, i in enumerate(indices):
+            kept = group["attention_mask"][position].bool()
+            encoded[i] = {key: group[key][position][kept] for key in keys}
+    width = max(len(row["input_ids"]) for row in encoded)
+    left = model.task_type is TaskType.CAUSAL_LM  # generation continues each row from its last token
+    batch = {key: torch.full((len(rows), width), tokenizer.pad_token_id if key == "input_ids" else 0)
+             for key in encoded[0]}
+    for i, row in enumerate(encoded):
+        length = len(row["input_ids"])
+        span = slice(width - length, width) if left else slice(0, length)
+        for key, values in row.items():
+            batch[key][i, span] = values
+    return batch
+
+
+@torch.no_grad()
+def _predict_batch(model: EPTModel, tokenizer, tasks: Dict[str, Task], names: List[str], batch, max_new_tokens: int):
+    if model.task_type is TaskType.SEQ_CLS:
+        logits = model(**batch, adapter_names=names).logits.float()
+        out = []
+        for name, row in zip(names, logits):
+            task = tasks[name]
+            if task.is_regression:
+                out.append({"prediction": float(row[0])})
+                continue
+            probabilities = row.softmax(-1)
+            label = int(probabilities.argmax())
+            out.append({"prediction": task.label_names[label] if task.label_names else label,
+                        "score": round(float(probabilities[label]), 6)})
+        return out
+    generated = model.generate(**batch, adapter_names=names, max_new_tokens=max_new_tokens, do_sample=False,
+                               num_beams=1, pad_token_id=tokenizer.pad_token_id)
+    if model.task_type is TaskType.CAUSAL_LM:
+        generated = generated[:, batch["input_ids"].shape[1]:]
+    texts = tokenizer.batch_decode(generated, skip_special_tokens=True)
+    out = []
+    for name, text in zip(names, texts):
+        label = parse_prediction(tasks[name], text)
+        names_of = tasks[name].label_names
+        out.append({"generated": text, "prediction": names_of[label] if names_of and 0 <= label < len(names_of)
+                    else label})
+    return out
+
+
+def predict_file(args: PredictArguments) -> dict:
+    """Run ``ept-fast predict``; returns the throughput summary it prints."""
+    model, tokenizer, tasks = load_served_model(args)
+    device = torch.device("cuda" if args.device != "cpu" and torch.cuda.is_available() else "cpu")
+    model.to(device).eval()
+    rows = read_rows(args.input_file)
+    only = next(iter(tasks)) if len(tasks) == 1 else None
+    requests: List[Tuple[str, dict]] = []
+    for number, row in enumerate(rows, start=1):
+        name = row.get(args.adapter_column, only)
+        if name not in tasks:
+            expected = f"one of {sorted(tasks)}" if name is not None else f"a column {args.adapter_column!r}"
+            raise ValueError(f"{args.input_file}, row {number}: expected {expected} naming the row's adapter, got "
+                             f"{name!r}")
+        try:
+            requests.append((name, format_input(tasks[name], row)))
+        except KeyError as error:
+            raise ValueError(f"{args.input_file}, row {number} (adapter {name}): {error.args[0]}") from None
+    predictions: List[dict] = []
+    start = time.perf_counter()
+    for begin in tqdm(range(0, len(requests), args.eval_batch_size), desc="predict", unit="batch"):
+        chunk = requests[begin:begin + args.eval_batch_size]
+        batch = {k: v.to(device) for k, v in _batch(model, tokenizer, tasks, chunk, args.max_new_tokens).items()}
+        names = [name for name, _ in chunk]
+        for offset, result in enumerate(_predict_batch(model, tokenizer, tasks, names, batch, args.max_new_tokens)):
+            predictions.append({"row": begin + offset + 1, "adapter": names[offset], **result})
+    seconds = time.perf_counter() - start
+    out = Path(args.output_file or f"{args.input_file}.predictions.jsonl")
+    _write(out, predictions)
+    per_adapter = {name: sum(1 for p in predictions if p["adapter"] == name) for name in tasks}
+    summary = {"rows": len(predictions), "seconds": round(seconds, 3),
+               "rows_per_second": round(len(predictions) / seconds, 1) if seconds > 0 else None,
+               "batch_size": args.eval_batch_size, "rows_per_adapter": per_adapter, "output_file": str(out)}
+    print(f"{summary['rows']} rows ({', '.join(f'{k}: {v}' for k, v in per_adapter.items())}) in {seconds:.1f} s: "
+          f"{summary['rows_per_second']} rows/s, batches of {args.eval_batch_size} -> {out}")
+    return summary
+
+
+def _write(path: Path, predictions: List[dict]) -> None:
+    if path.suffix.lower() == ".csv":
+        columns = list(dict.fromkeys(key for p in predictions for key in p))
+        buffer = io.StringIO()
+        writer = csv.DictWriter(buffer, fieldnames=columns)
+        writer.writeheader()
+        writer.writerows(predictions)
+        text = buffer.getvalue()
+    else:
+        text = "".join(json.dumps(p) + "\n" for p in predictions)
+    atomic_write(path, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
