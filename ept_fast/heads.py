@@ -24,7 +24,11 @@ def rowwise(heads: Sequence[nn.Module], adapter_ids: torch.Tensor) -> Callable:
     """A head whose output row i is ``heads[adapter_ids[i]]``'s row i (each head sees every row;
     heads are small). The heads must give outputs of one shape, batch first."""
     def run(*args, **kwargs):
-        outputs = torch.stack([head(*args, **kwargs) for head in heads])
+        outputs = [head(*args, **kwargs) for head in heads]
+        if not all(isinstance(output, torch.Tensor) for output in outputs):
+            raise TypeError(f"modules_to_save: a head served row by row must return one tensor, batch first; "
+                            f"{type(heads[0]).__name__} returns {type(outputs[0]).__name__}")
+        outputs = torch.stack(outputs)
         return outputs[adapter_ids, torch.arange(adapter_ids.shape[0], device=adapter_ids.device)]
 
     return run

@@ -300,12 +300,14 @@ class EPTModel(nn.Module):
 
     @property
     def _padding_side(self) -> str:
-        """Where a mixed batch pads a shorter prompt: before it for causal LMs (generation goes on
-        from the last position), after the tokens for the others (every position as alone)."""
-        return "left" if self.task_type is TaskType.CAUSAL_LM else "right"
+        """Where a mixed batch pads a shorter prompt: before it for decoder-only backbones (a causal
+        LM generates on from the last position; a decoder classifier, head ``score``, pools it),
+        after the tokens for the others (every position as alone; an encoder pools position 0)."""
+        decoder = self.task_type is TaskType.CAUSAL_LM or "score" in self.heads
+        return "left" if decoder else "right"
 
     def _position_ids(self, lengths: Optional[torch.Tensor], m: int, width: int) -> Optional[torch.Tensor]:
-        """For a causal LM's mixed batch, the positions each row has alone (from its prompt on;
+        """For a left-padded mixed batch, the positions each row has alone (from its prompt on;
         ``generate`` derives the same from the attention mask); None otherwise."""
         if lengths is None or self._padding_side == "right":
             return None

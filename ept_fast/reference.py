@@ -187,10 +187,12 @@ def assemble_inputs_mixed(
     E = word_embeddings[input_ids]  # (b, T, d)
     sum_dtype = torch.promote_types(E.dtype, torch.promote_types(lora_a.dtype, torch.float32))
     attended = attended_mask(input_ids, attention_mask)
-    pos = (torch.cumsum(attended, dim=1) - 1).clamp(min=0)  # k-th attended token -> k
-    # s·A[pos] on the small (b, T, r) side, zero for unattended tokens: one fused E·scale + (s·A)·B.
-    weights = (attended.to(sum_dtype) * scalings[adapter_ids].to(sum_dtype)[:, None]).unsqueeze(-1)
-    rows_of_a = lora_a[adapter_ids[:, None], pos].to(sum_dtype) * weights  # (b, T, r)
+    pos = torch.cumsum(attended, dim=1) - 1  # k-th attended token -> k
+    # s·A[pos] on the small (b, T, r) side, zero for unattended tokens and past A's n rows (a
+    # prompt-tuning adapter's row may be longer): one fused E·scale + (s·A)·B.
+    updated = attended & (pos < lora_a.shape[1])
+    weights = (updated.to(sum_dtype) * scalings[adapter_ids].to(sum_dtype)[:, None]).unsqueeze(-1)
+    rows_of_a = lora_a[adapter_ids[:, None], pos.clamp(0, lora_a.shape[1] - 1)].to(sum_dtype) * weights  # (b, T, r)
     tokens = torch.baddbmm(E.to(sum_dtype), rows_of_a, lora_b[adapter_ids].to(sum_dtype), beta=embed_scale)
     tokens = tokens.to(E.dtype)
     mask = attention_mask if attention_mask is not None else torch.ones_like(input_ids, dtype=torch.long)

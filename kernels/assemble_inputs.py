@@ -296,7 +296,8 @@ def _launch_forward(input_ids, attention_mask, word_embeddings, prompts, lora_a,
     has_mask = attention_mask is not None
     cfg = _forward_config(nb, T, d, r, word_embeddings.device)
     acc = accumulator(word_embeddings, prompts, lora_a)
-    ids, lengths_of_prompts, scalings = routing[:3] if routing is not None else (input_ids,) * 3  # unread then
+    ids, lengths_of_prompts, scalings = (t.contiguous() for t in (routing[:3] if routing is not None
+                                                                  else (input_ids,) * 3))  # unread then
     grid = (nb, triton.cdiv(d, cfg["BD"]), triton.cdiv(T, cfg["segment"]))
     _assemble_fwd_kernel[grid](
         input_ids.contiguous(), attention_mask.contiguous() if has_mask else input_ids, word_embeddings.contiguous(),
@@ -339,7 +340,8 @@ def _launch_backward(grad, token_index, lengths, prompts, lora_a, lora_b, scalin
     d_prompt, d_a, d_b = (_launch.new_buffer(t, t.shape) for t in (prompts, lora_a, lora_b))
     da_part = _launch.new_buffer(grad, (adapters, col_blocks, n, r), work)
     db_part = _launch.new_buffer(grad, (adapters, splits, r, d), work)
-    adapter_ids, prompt_lengths, scalings = routing[:3] if routing is not None else (token_index,) * 3  # unread then
+    adapter_ids, prompt_lengths, scalings = (t.contiguous() for t in (routing[:3] if routing is not None
+                                                                       else (token_index,) * 3))  # unread then
     meta = dict(ACC=acc, **_launch.options(cfg))
     _assemble_bwd_kernel[(col_blocks, splits + triton.cdiv(m, cfg["BP"]), adapters)](
         grad.contiguous(), token_index, lengths, lora_a.contiguous(), lora_b.contiguous(), adapter_ids.contiguous(),

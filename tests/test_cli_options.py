@@ -87,3 +87,16 @@ def test_eval_needs_an_adapter():
     with pytest.raises(ValueError, match=r"--adapter: expected the folder of a saved adapter, got none"):
         parse_eval_args([])
     assert parse_eval_args(["--adapter", "runs/x", "--task", "sst2"]).adapter == "runs/x"
+
+
+def test_list_options_replace_a_config_value_and_add_up_when_repeated(tmp_path):
+    from ept_fast.cli import parse_compare_args, parse_predict_args, parse_train_args
+
+    config = tmp_path / "run.yaml"
+    config.write_text("label_names: [neg, pos]\n")
+    assert parse_train_args(["--config", str(config)]).label_names == ["neg", "pos"]
+    assert parse_train_args(["--config", str(config), "--label-names", "bad", "good"]).label_names == ["bad", "good"]
+    assert parse_compare_args(["--methods", "ept", "--methods", "pt"]).methods == ["ept", "pt"]
+    assert parse_compare_args([]).methods == ["ept", "dept", "pt"]
+    args = parse_predict_args(["--adapter", "a=runs/lr=1e-3", "--adapter", "runs/b", "--input-file", "in.jsonl"])
+    assert {name: str(path) for name, path in args.adapters().items()} == {"a": "runs/lr=1e-3", "b": "runs/b"}

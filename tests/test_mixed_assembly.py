@@ -142,3 +142,26 @@ def test_functional_dispatch_and_errors():
 def test_fused_mixed_assembly_on_the_gpu(table_dtype, side):
     """The same parity on CUDA (selected by gpu_check's cuda run; DEVICE is the GPU there)."""
     test_fused_mixed_assembly_matches_the_reference(table_dtype, True, side)
+
+
+def test_a_prompt_tuning_row_may_be_longer_than_the_stacked_reach():
+    """A prompt-tuning adapter has no n: its row may outrun the other adapters' A, in both backends;
+    and non-contiguous per-adapter tensors are read as they are."""
+    d = 16
+    P, A, B = torch.randn(2, d, dtype=torch.float64), torch.randn(4, 2, dtype=torch.float64), torch.randn(2, d, dtype=torch.float64)
+    pt = torch.randn(3, d, dtype=torch.float64)
+    stacked = reference.stack_adapters([P, pt], [A, torch.zeros(1, 0, dtype=torch.float64)],
+                                       [B, torch.zeros(0, d, dtype=torch.float64)], [2.0, 0.0])
+    ids = torch.randint(50, (2, 6), device=DEVICE)
+    mask = torch.tensor([[1, 1, 1, 0, 0, 0], [1, 1, 1, 1, 1, 1]], device=DEVICE)
+    E = table(50, d, device=DEVICE)
+    scalings = torch.tensor([2.0, 9.0, 0.0, 9.0], dtype=torch.float64)[::2].to(DEVICE)  # a strided view
+    args = (ids, mask, E, stacked.prompts.to(DEVICE), stacked.prompt_lengths.to(DEVICE), stacked.lora_a.to(DEVICE),
+            stacked.lora_b.to(DEVICE), scalings, torch.tensor([0, 1], device=DEVICE))
+    outs = [functional.assemble_inputs_mixed(*args, backend=backend, max_lengths=stacked.max_lengths.to(DEVICE))[0]
+            for backend in ("torch", "triton")]
+    alone = reference.assemble_inputs(ids[1:], mask[1:], E, pt.to(DEVICE), torch.zeros(1, 0, dtype=torch.float64,
+                                      device=DEVICE), torch.zeros(0, d, dtype=torch.float64, device=DEVICE), 0.0)[0]
+    for out in outs:
+        assert torch.allclose(out[1:], alone, rtol=1e-12, atol=1e-12)
+    assert torch.allclose(outs[0], outs[1], rtol=1e-10, atol=1e-10)

@@ -101,3 +101,21 @@ def test_a_row_longer_than_its_adapters_reach_is_refused():
                                          r"max_length=5 positions"):
         model(input_ids=ids, attention_mask=mask, adapter_names=["a", "short", "short"])
     model(input_ids=ids[1:2], attention_mask=mask[1:2], adapter_names=["short"])  # 4 tokens: fine
+
+
+def test_a_decoder_classifier_pools_each_rows_own_last_token():
+    """GPT-2's classifier (head `score`) pools the last position: shorter prompts pad on the left."""
+    from transformers import GPT2Config, GPT2ForSequenceClassification
+
+    def classifier():
+        return GPT2ForSequenceClassification(GPT2Config(vocab_size=64, n_positions=64, n_embd=40, n_layer=2, n_head=2,
+                                                        num_labels=3, pad_token_id=0, resid_pdrop=0.0, embd_pdrop=0.0,
+                                                        attn_pdrop=0.0)).eval()
+
+    model = _model("SEQ_CLS", classifier)
+    ids = torch.randint(2, 64, (3, 6))
+    with torch.no_grad():
+        mixed = model(input_ids=ids, adapter_names=ROWS).logits
+        for i, name in enumerate(ROWS):
+            alone = _alone(model, name, i, lambda i: model(input_ids=ids[i:i + 1]).logits)
+            assert torch.allclose(mixed[i:i + 1], alone, rtol=1e-5, atol=1e-5), name

@@ -220,6 +220,20 @@ def build_parser(cls, prog: str, description: str) -> argparse.ArgumentParser:
     return parser
 
 
+class _Repeatable(argparse.Action):
+    """A list option: its first use on a command line replaces the default (or the config
+    file's value), further uses add to it (``--adapter a=x --adapter b=y``)."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._used_in: set = set()
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        earlier = getattr(namespace, self.dest, None) if id(namespace) in self._used_in else None
+        self._used_in.add(id(namespace))
+        setattr(namespace, self.dest, list(earlier or []) + list(values))
+
+
 def _add_option(group, field, kind) -> None:
     default = field.default if field.default is not dataclasses.MISSING else None
     aliases = field.metadata.get("aliases", ())
@@ -232,8 +246,8 @@ def _add_option(group, field, kind) -> None:
         settings = dict(nargs="?", const=True, metavar="PATH")
     elif kind is bool:
         settings = dict(action=argparse.BooleanOptionalAction)
-    elif kind is list:  # repeating the flag adds to the list (a default list is replaced instead)
-        settings = dict(nargs="+", metavar="NAME", action="extend" if default is None else "store")
+    elif kind is list:  # the flag replaces a default or a config file's list; repeating it adds to it
+        settings = dict(nargs="+", metavar="NAME", action=_Repeatable)
     else:
         settings = dict(type=kind, metavar=field.name.upper())
     canonical = f"--{field.name.replace('_', '-')}"

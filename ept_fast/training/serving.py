@@ -52,7 +52,9 @@ class PredictArguments(RunArguments):
     def adapters(self) -> Dict[str, Path]:
         named: Dict[str, Path] = {}
         for item in self.adapter:
-            name, _, path = item.rpartition("=") if "=" in item else (Path(item).name, "", item)
+            name, _, path = item.partition("=")
+            if not path or "/" in name or Path(item).exists():  # a bare PATH (which may hold a '=' itself)
+                name, path = Path(item).name, item
             if not name or not path:
                 raise ValueError(f"--adapter: expected NAME=PATH, got {item!r}")
             if name in named:
@@ -160,7 +162,7 @@ def predict_file(args: PredictArguments) -> dict:
     only = next(iter(tasks)) if len(tasks) == 1 else None
     requests: List[Tuple[str, dict]] = []
     for number, row in enumerate(rows, start=1):
-        name = row.get(args.adapter_column, only)
+        name = row.get(args.adapter_column) or only
         if name not in tasks:
             expected = f"one of {sorted(tasks)}" if name is not None else f"a column {args.adapter_column!r}"
             raise ValueError(f"{args.input_file}, row {number}: expected {expected} naming the row's adapter, got "
