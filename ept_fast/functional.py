@@ -51,21 +51,32 @@ def use_triton(backend, device: torch.device) -> bool:
     return backend is Backend.TRITON or (runnable and device.type == "cuda")
 
 
-def _reference_instead(backend, op: str, reason: str) -> None:
-    """Sizes past what the fused kernels take: an error for backend='triton', a warning and
-    the reference for 'auto'."""
+def _reference_instead(backend, op: str, reason: str, stacklevel: int = 3) -> None:
+    """Sizes past what the fused kernels take: an error for backend='triton', a warning (at the
+    user's call, ``stacklevel`` frames up) and the reference for 'auto'."""
     if parse_enum(Backend, "backend", backend) is Backend.TRITON:
         raise ValueError(f"backend: 'triton' cannot run {op} at these sizes ({reason}); use backend='auto', "
                          f"which then runs the PyTorch reference, or backend='torch'")
-    warnings.warn(f"ept_fast: {op} runs the PyTorch reference, not the fused kernels: {reason}", stacklevel=3)
+    warnings.warn(f"ept_fast: {op} runs the PyTorch reference, not the fused kernels: {reason}", stacklevel=stacklevel)
 
 
-def _require_frozen_table(word_embeddings: torch.Tensor) -> None:
-    if word_embeddings.requires_grad and torch.is_grad_enabled():
-        raise ValueError(
-            "word_embeddings: the fused assembly treats the table as frozen, but it requires grad; "
-            "freeze it (requires_grad_(False)) or use backend='torch'"
-        )
+def _dispatch_assembly(op: str, args: tuple, dims: dict, backend):
+    """Run the assembly ``op`` (``args`` already checked, ``dims`` their sizes) on the fused
+    kernel ``fused_<op>`` where the backend and the sizes allow, else on ``reference.<op>``."""
+    word_embeddings = args[2]
+    if use_triton(backend, word_embeddings.device):
+        from .kernels import assemble_inputs as kernels
+
+        reason = kernels.unsupported(dims["r"])
+        if reason is None:
+            if word_embeddings.requires_grad and torch.is_grad_enabled():
+                raise ValueError(
+                    "word_embeddings: the fused assembly treats the table as frozen, but it requires grad; "
+                    "freeze it (requires_grad_(False)) or use backend='torch'"
+                )
+            return getattr(kernels, f"fused_{op}")(*args)
+        _reference_instead(backend, op, reason, stacklevel=4)  # warn at the caller of the public op
+    return getattr(reference, op)(*args, validate=False)
 
 
 def ept_prompt(
@@ -107,16 +118,7 @@ def assemble_inputs(
     """``(inputs_embeds (b, m+T, d), attention_mask (b, m+T))``; see
     ``ept_fast.reference.assemble_inputs`` for the rule and shapes."""
     args = (input_ids, attention_mask, word_embeddings, prompt_out, lora_a, lora_b, scaling, embed_scale)
-    dims = check_assemble_inputs_args(*args)
-    if use_triton(backend, word_embeddings.device):
-        from .kernels import assemble_inputs as kernels
-
-        reason = kernels.unsupported(dims["r"])
-        if reason is None:
-            _require_frozen_table(word_embeddings)
-            return kernels.fused_assemble_inputs(*args)
-        _reference_instead(backend, "assemble_inputs", reason)
-    return reference.assemble_inputs(*args, validate=False)
+    return _dispatch_assembly("assemble_inputs", args, check_assemble_inputs_args(*args), backend)
 
 
 def assemble_inputs_mixed(
@@ -138,13 +140,5 @@ def assemble_inputs_mixed(
     ``ept_fast.reference.assemble_inputs_mixed`` for the rule and shapes."""
     args = (input_ids, attention_mask, word_embeddings, prompts, prompt_lengths, lora_a, lora_b, scalings, adapter_ids,
             embed_scale, padding_side)
-    dims = check_assemble_inputs_mixed_args(*args, max_lengths)
-    if use_triton(backend, word_embeddings.device):
-        from .kernels import assemble_inputs as kernels
-
-        reason = kernels.unsupported(dims["r"])
-        if reason is None:
-            _require_frozen_table(word_embeddings)
-            return kernels.fused_assemble_inputs_mixed(*args)
-        _reference_instead(backend, "assemble_inputs_mixed", reason)
-    return reference.assemble_inputs_mixed(*args, validate=False)
+    return _dispatch_assembly("assemble_inputs_mixed", args, check_assemble_inputs_mixed_args(*args, max_lengths),
+                              backend)

@@ -460,12 +460,13 @@ class EPTModel(nn.Module):
         files and a model card (README.md), never the backbone. Returns the hub's commit info."""
         name = adapter_name or self._active_adapter
         self._check_adapter(name)
-        trainable = sum(t.numel() for key, t in self.adapter_state_dict(name).items()
+        tensors = self.adapter_state_dict(name)
+        trainable = sum(t.numel() for key, t in tensors.items()
                         if key != "prompt_encoder.fusion_scale" or self.peft_config[name].trains_fusion)
 
         def write(folder: Path) -> None:
             config, task = self.peft_config[name].to_dict(), self.adapter_task_metadata[name]
-            save_adapter(folder, config, self.adapter_state_dict(name), task=task)
+            save_adapter(folder, config, tensors, task=task)
             (folder / CARD_NAME).write_text(model_card(config, trainable, task, metrics), encoding="utf-8")
 
         return push_folder(repo_id, write, commit_message=commit_message, private=private, token=token,
