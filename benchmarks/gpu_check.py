@@ -11,7 +11,10 @@ Phases (one failing phase does not lose the others' numbers):
      the shared memory, registers, spills and dot units reported are those of these launches;
   3. the sm_90a compile check of the CLI default on the Hopper stand-in (CPU-side);
   4. one training step of a randomly initialised T5-base-sized model: EPT m=60 vs DePT m=60
-     vs prompt tuning m=100, with the prompt on the fused kernels vs the eager reference.
+     vs prompt tuning m=100, with the prompt on the fused kernels vs the eager reference;
+  5. serving 8 adapters: a mixed batch against a loop over the adapters
+     (benchmarks/test_mixed_serving_speed.py: the assembly on both backends, and the packaged
+     MiniLM classifier where it is installed).
 The card and the versions head the report.
 The dry run exercises the same code on tiny shapes so that the script cannot rot; its
 times are the interpreter's and mean nothing.
@@ -54,7 +57,8 @@ def main(argv=None) -> int:
     args.out_dir.mkdir(parents=True, exist_ok=True)
     report = {"dry_run": args.dry_run, "machine": machine_info(), "phases": {}}
     phases = [("cuda_tests", lambda: cuda_tests(args)), ("kernels", lambda: kernel_timings(args.dry_run)),
-              ("compile_check", lambda: compile_check(args)), ("training_step", lambda: training_step(args.dry_run))]
+              ("compile_check", lambda: compile_check(args)), ("training_step", lambda: training_step(args.dry_run)),
+              ("mixed_serving", lambda: mixed_serving(args))]
     for name, run in phases:
         started = time.perf_counter()
         try:
@@ -309,10 +313,29 @@ def summary(report) -> str:
     if "predicted_pt_over_ept" in step:
         lines.append(f"T5 step, prompt tuning over EPT (fused prompt): {step['pt_over_ept']:.2f}x "
                      f"(model {step['predicted_pt_over_ept']:.2f}x)")
+    for row in phases.get("mixed_serving", {}).get("rows", []):
+        lines.append(f"8 adapters, {row['what']} on {row['backend']} ({row['prompts']}): mixed {row['mixed_ms']:.3f} ms, "
+                     f"loop {row['loop_ms']:.3f} ms: speed-up of the mixed batch {row['speedup']:.2f}x")
     for name, result in phases.items():
         if "error" in result:
             lines.append(f"{name}: ERROR {result['error']}")
     return "\n".join(lines)
+
+
+def mixed_serving(args) -> dict:
+    """benchmarks/test_mixed_serving_speed.py with its JSON kept; the rows as report.py tables
+    them (a dry run: the CPU assembly only, one round each)."""
+    from report import serving_rows
+
+    path = args.out_dir / "mixed_serving.json"
+    command = [sys.executable, "-m", "pytest", "benchmarks/test_mixed_serving_speed.py", "-q", "-p", "no:cacheprovider",
+               f"--benchmark-json={path}"]
+    if args.dry_run:
+        command += ["-k", "assembly", "--benchmark-min-rounds=1", "--benchmark-max-time=0", "--benchmark-warmup=off"]
+    done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=args.test_timeout)
+    (args.out_dir / "mixed_serving.log").write_text(done.stdout + done.stderr, encoding="utf-8")
+    rows = serving_rows(json.loads(path.read_text())) if path.exists() else []
+    return {"returncode": done.returncode, "rows": rows, "command": " ".join(command)}
 
 
 def plot(report, path: Path) -> None:

@@ -1,6 +1,7 @@
 """Summarise a pytest-benchmark JSON of this suite as Markdown: times, speed-ups of the
 fused kernels over the eager reference and torch.compile, peak memory, and the assembly's
-bandwidth against the device-to-device copy measured in the same run.
+bandwidth against the device-to-device copy measured in the same run; for the mixed-serving
+benchmark, the mixed batch against the loop over adapters.
 
     python benchmarks/report.py benchmarks/results.json > docs/benchmarks-run.md
 """
@@ -28,6 +29,8 @@ def summarise(data) -> str:
     copies = {}
     for bench in data["benchmarks"]:
         info = bench["extra_info"]
+        if "strategy" in info:  # the mixed-serving benchmark: its own table
+            continue
         if info["op"] == "device_copy":
             copies[f"b={info['b']} T={info['T']} d={info['d']} {info['dtype']}"] = info["bytes"] / _milliseconds(bench)
             continue
@@ -38,6 +41,12 @@ def summarise(data) -> str:
         f"GPU: {machine.get('gpu')}; torch {machine.get('torch')}, triton {machine.get('triton')}, "
         f"ept_fast {machine.get('ept_fast')}, commit {machine.get('commit', '')[:10]}",
         "",
+    ]
+    if serving_rows(data):
+        lines += _serving_table(data) + [""]
+    if not rows:
+        return "\n".join(lines) + "\n"
+    lines += [
         "| op | shape | mode | triton ms | eager ms | compile ms | eager/triton | compile/triton | triton peak MB | bandwidth vs copy |",
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
@@ -60,6 +69,32 @@ def summarise(data) -> str:
             f"{ratio('compile')} | {'-' if peak is None else f'{peak:.1f}'} | {bandwidth} |"
         )
     return "\n".join(lines) + "\n"
+
+
+def serving_rows(data) -> list:
+    """The mixed-serving benchmark's pairs: one dict per (what, backend, prompts) that ran both
+    the mixed batch and the loop, with both times (median ms) and the mixed batch's speed-up."""
+    runs, examples = defaultdict(dict), {}
+    for bench in data["benchmarks"]:
+        info = bench["extra_info"]
+        if "strategy" in info:  # benchmarks/test_mixed_serving_speed.py
+            key = (info["group"], info["backend"], info["prompts"])
+            runs[key][info["strategy"]], examples[key] = _milliseconds(bench), info["examples"]
+    return [{"what": key[0], "backend": key[1], "prompts": key[2], "examples": examples[key],
+             "mixed_ms": times["mixed"], "loop_ms": times["loop"], "speedup": times["loop"] / times["mixed"]}
+            for key, times in sorted(runs.items()) if {"mixed", "loop"} <= times.keys()]
+
+
+def _serving_table(data) -> list:
+    lines = ["| what | backend | prompts | mixed batch | loop over adapters | speed-up of the mixed batch |",
+             "|---|---|---|---|---|---|"]
+    for row in serving_rows(data):
+        def cell(ms):
+            return f"{ms:.2f} ms ({row['examples'] / ms * 1e3:,.0f} examples/s)"
+
+        lines.append(f"| {row['what']} | {row['backend']} | {row['prompts']} | {cell(row['mixed_ms'])} | "
+                     f"{cell(row['loop_ms'])} | {row['speedup']:.2f}x |")
+    return lines
 
 
 if __name__ == "__main__":

@@ -167,12 +167,26 @@ def check_mixed_layout(input_ids, attention_mask, word_embeddings, prompts, prom
     return dims
 
 
+def _values_unreadable(tensor: torch.Tensor) -> bool:
+    """True under ``torch.compile`` and while a CUDA graph is captured: reading a value there would
+    break the graph, so the value checks become device-side asserts (``torch._assert_async``)."""
+    return torch.compiler.is_compiling() or (tensor.is_cuda and torch.cuda.is_current_stream_capturing())
+
+
 def check_mixed_values(adapter_ids: torch.Tensor, prompt_lengths: torch.Tensor, lengths: torch.Tensor,
                        max_lengths: Optional[torch.Tensor], adapters: int, m: int) -> None:
     """Every row names an adapter in [0, N); every prompt length is in [1, m]; no row holds
-    more attended tokens than its adapter's ``max_lengths`` (when given). One device sync."""
+    more attended tokens than its adapter's ``max_lengths`` (when given). One device sync (device
+    asserts under ``torch.compile`` and CUDA-graph capture, as in ``check_token_values``)."""
     limits = max_lengths[adapter_ids.clamp(0, adapters - 1)] if max_lengths is not None else lengths
     excess = lengths - limits
+    if _values_unreadable(adapter_ids):
+        torch._assert_async((adapter_ids.min() >= 0) & (adapter_ids.max() < adapters),
+                            f"adapter_ids: expected ids in [0, {adapters}) (one per stacked adapter)")
+        torch._assert_async((prompt_lengths.min() >= 1) & (prompt_lengths.max() <= m),
+                            f"prompt_lengths: expected lengths in [1, {m}] (m, the stacked prompts' rows)")
+        torch._assert_async(excess.max() <= 0, "input_ids: a row has more attended tokens than its adapter's max_length")
+        return
     lowest, highest, shortest, longest, worst, worst_row = torch.stack([
         adapter_ids.min(), adapter_ids.max(), prompt_lengths.min(), prompt_lengths.max(), excess.max(), excess.argmax(),
     ]).tolist()
@@ -198,8 +212,7 @@ def check_token_values(input_ids: torch.Tensor, lengths: torch.Tensor, vocab: in
     Reads values from the tensors (one device synchronisation); under ``torch.compile`` and
     while a CUDA graph is captured these become device-side asserts (``torch._assert_async``).
     """
-    capturing = input_ids.is_cuda and torch.cuda.is_current_stream_capturing()
-    if torch.compiler.is_compiling() or capturing:  # reading values would break the graph: assert on the device
+    if _values_unreadable(input_ids):
         torch._assert_async((input_ids.min() >= 0) & (input_ids.max() < vocab),
                             f"input_ids: expected ids in [0, {vocab}) (the rows of word_embeddings)")
         if max_length is not None:

@@ -2,7 +2,9 @@
 
 Written to read like the equations of ``docs/ept.md``. The low-rank rows
 ``L = s · A · B`` are never materialised as an (n, d) matrix: every use factors
-through A and B.
+through A and B. The assembly fills each slot of its (b, m+T, d) output once, in place:
+as the CPU fallback it is memory-bound, so it makes one pass where a lookup, a sum and a
+concatenation would make three.
 
 Both ops validate their arguments (``validate=False`` skips it, for a caller that already
 ran the same check: ``check_ept_prompt_args`` and ``check_assemble_inputs_args`` here are
@@ -15,6 +17,7 @@ import math
 from typing import NamedTuple, Optional, Sequence, Tuple
 
 import torch
+import torch.nn.functional as F
 
 from ._validation import Dims, check_assemble_inputs_layout, check_ept_prompt_args, check_mixed_layout, \
     check_mixed_values, check_token_values
@@ -112,27 +115,32 @@ def assemble_inputs(
                                    embed_scale)
     b, T = input_ids.shape
     m = prompt_out.shape[0]
-    E = word_embeddings[input_ids]  # (b, T, d)
-    sum_dtype = torch.promote_types(E.dtype, torch.promote_types(lora_a.dtype, torch.float32))
-    widened = E.to(sum_dtype) if embed_scale == 1.0 else E.to(sum_dtype) * embed_scale  # no extra op when unscaled
-    looked_up = E if embed_scale == 1.0 else widened.to(E.dtype)
-
-    if lora_a.shape[1] == 0:  # r = 0: no low-rank update (vanilla prompt tuning)
-        tokens = looked_up
-    else:
-        attended = attended_mask(input_ids, attention_mask)
-        pos = torch.cumsum(attended, dim=1) - 1  # k-th attended token -> k
-        rows_of_a = lora_a[pos.clamp(min=0)]  # (b, T, r); unattended tokens are masked below
-        L_rows = scaling * (rows_of_a @ lora_b)  # (b, T, d)
-        updated = (widened + L_rows.to(sum_dtype)).to(E.dtype)
-        tokens = torch.where(attended.unsqueeze(-1), updated, looked_up)
-
-    prefix = prompt_out.to(E.dtype).unsqueeze(0).expand(b, m, -1)
-    inputs_embeds = torch.cat([prefix, tokens], dim=1)
-
+    sum_dtype = _sum_dtype(word_embeddings, lora_a)
+    attended = attended_mask(input_ids, attention_mask)
+    pos = torch.cumsum(attended, dim=1) - 1  # k-th attended token -> k: its row of A
+    weights = (attended & (pos < lora_a.shape[0])).to(sum_dtype) * scaling  # (b, T); r = 0 may pass n
+    rows_of_a = lora_a[pos.clamp(0, max(lora_a.shape[0] - 1, 0))].to(sum_dtype) * weights.unsqueeze(-1)  # (b, T, r)
+    # Row i's m + T slots: m prompt slots (their lookups are overwritten), then its tokens.
+    out = _tokens_into_slots(word_embeddings, F.pad(input_ids, (m, 0)), F.pad(rows_of_a, (0, 0, m, 0)),
+                             lora_b.to(sum_dtype).expand(b, -1, -1), embed_scale, sum_dtype)
+    out[:, :m] = prompt_out.to(word_embeddings.dtype)
     mask = attention_mask if attention_mask is not None else torch.ones_like(input_ids, dtype=torch.long)
-    prompt_mask = torch.ones(b, m, dtype=mask.dtype, device=mask.device)
-    return inputs_embeds, torch.cat([prompt_mask, mask], dim=1)
+    return out.to(word_embeddings.dtype), F.pad(mask, (m, 0), value=1)
+
+
+def _sum_dtype(word_embeddings: torch.Tensor, lora_a: torch.Tensor) -> torch.dtype:
+    """The dtype a token's sum is formed in: float32 at least (cast once, on the way out)."""
+    return torch.promote_types(word_embeddings.dtype, torch.promote_types(lora_a.dtype, torch.float32))
+
+
+def _tokens_into_slots(word_embeddings, slot_ids, rows_of_a, lora_b, embed_scale, sum_dtype) -> torch.Tensor:
+    """embed_scale·E[id] + (s·A[pos])·B for every slot (b, S) of the output, in one (b, S, d) buffer
+    of ``sum_dtype``: rows_of_a (b, S, r) is zero where nothing is added, lora_b (b, r, d) each
+    row's B. The buffer is written in place, one pass each: the lookup, the scale, the update."""
+    out = F.embedding(slot_ids, word_embeddings).to(sum_dtype)  # index_select: whole rows, a memcpy each
+    if embed_scale != 1.0:
+        out.mul_(embed_scale)
+    return out.baddbmm_(rows_of_a, lora_b)
 
 
 def check_assemble_inputs_mixed_args(input_ids, attention_mask, word_embeddings, prompts, prompt_lengths, lora_a,
@@ -182,37 +190,43 @@ def assemble_inputs_mixed(
     if validate:
         check_assemble_inputs_mixed_args(input_ids, attention_mask, word_embeddings, prompts, prompt_lengths, lora_a,
                                          lora_b, scalings, adapter_ids, embed_scale, padding_side, max_lengths)
+    # Every output slot holds a token (slot - start: start is the row's prompt length l on the
+    # right, m on the left) or a row of the adapter's stacked prompt: the k-th non-token slot holds
+    # stacked row k on the right ([prompt, tokens, padding]) and row (k + l) mod m on the left
+    # ([padding, prompt, tokens]); stacked rows l..m-1 are zeros, so the padding is zeros.
     b, T = input_ids.shape
-    m = prompts.shape[1]
-    E = word_embeddings[input_ids]  # (b, T, d)
-    sum_dtype = torch.promote_types(E.dtype, torch.promote_types(lora_a.dtype, torch.float32))
-    attended = attended_mask(input_ids, attention_mask)
-    pos = torch.cumsum(attended, dim=1) - 1  # k-th attended token -> k
-    # s·A[pos] on the small (b, T, r) side, zero for unattended tokens and past A's n rows (a
-    # prompt-tuning adapter's row may be longer): one fused E·scale + (s·A)·B.
-    updated = attended & (pos < lora_a.shape[1])
-    weights = (updated.to(sum_dtype) * scalings[adapter_ids].to(sum_dtype)[:, None]).unsqueeze(-1)
-    rows_of_a = lora_a[adapter_ids[:, None], pos.clamp(0, lora_a.shape[1] - 1)].to(sum_dtype) * weights  # (b, T, r)
-    tokens = torch.baddbmm(E.to(sum_dtype), rows_of_a, lora_b[adapter_ids].to(sum_dtype), beta=embed_scale)
-    tokens = tokens.to(E.dtype)
-    mask = attention_mask if attention_mask is not None else torch.ones_like(input_ids, dtype=torch.long)
-    prefix = prompts[adapter_ids].to(E.dtype)  # (b, m, d); rows past a prompt's length are zeros (stacked so)
+    m, d = prompts.shape[1:]
+    n = lora_a.shape[1]
+    device = input_ids.device
+    sum_dtype = _sum_dtype(word_embeddings, lora_a)
+    lengths = prompt_lengths[adapter_ids].unsqueeze(1)  # (b, 1): l of each row's adapter
+    start = lengths if padding_side == "right" else torch.full_like(lengths, m)
+    token = torch.arange(m + T, device=device) - start  # (b, m+T): the token each slot holds, if in [0, T)
+    is_token = (token >= 0) & (token < T)
+    token = token.clamp(0, T - 1)
 
-    lengths = prompt_lengths.tolist()
-    if min(lengths) == m:  # every prompt fills the m rows: no padding to place
-        prompt_mask = torch.ones(b, m, dtype=mask.dtype, device=mask.device)
-        return torch.cat([prefix, tokens], dim=1), torch.cat([prompt_mask, mask], dim=1)
-    inputs_embeds = E.new_zeros(b, m + T, E.shape[2])
-    extended = mask.new_zeros(b, m + T)
-    row_lengths = prompt_lengths[adapter_ids]
-    for length in sorted(set(lengths)):  # rows grouped by prompt length: one copy each
-        rows = (row_lengths == length).nonzero().flatten()
-        start = m - length if padding_side == "left" else 0  # where the row's prompt starts
-        inputs_embeds[rows, start:start + length] = prefix[rows, :length]
-        inputs_embeds[rows, start + length:start + length + T] = tokens[rows]
-        extended[rows, start:start + length] = 1
-        extended[rows, start + length:start + length + T] = mask[rows]
-    return inputs_embeds, extended
+    attended = attended_mask(input_ids, attention_mask)
+    pos = torch.cumsum(attended, dim=1) - 1  # k-th attended token -> k: its row of A
+    updated = (attended & (pos < n)).gather(1, token) & is_token  # (b, m+T); a prompt-tuning row may pass n
+    weights = updated.to(sum_dtype) * scalings[adapter_ids].to(sum_dtype).unsqueeze(1)
+    rows_of_a = lora_a[adapter_ids.unsqueeze(1), pos.gather(1, token).clamp(0, max(n - 1, 0))]  # (b, m+T, r)
+    rows_of_a = rows_of_a.to(sum_dtype) * weights.unsqueeze(-1)
+    out = _tokens_into_slots(word_embeddings, input_ids.gather(1, token), rows_of_a, lora_b[adapter_ids].to(sum_dtype),
+                             embed_scale, sum_dtype)
+
+    k = torch.arange(m, device=device).expand(b, m)  # the k-th non-token slot of each row
+    if padding_side == "right":
+        prompt_slot, prompt_row = torch.where(k < lengths, k, k + T), k
+    else:
+        prompt_slot, prompt_row = k, (k + lengths) % m
+    prefix = prompts[adapter_ids.unsqueeze(1), prompt_row].to(word_embeddings.dtype).to(sum_dtype)  # (b, m, d)
+    rows = torch.arange(b, device=device).unsqueeze(1) * (m + T)  # each row's first slot in out.view(-1, d)
+    out.view(-1, d).index_copy_(0, (rows + prompt_slot).flatten(), prefix.flatten(0, 1))
+
+    mask = attention_mask if attention_mask is not None else torch.ones_like(input_ids, dtype=torch.long)
+    real_prompt = torch.zeros(b, m + T, dtype=torch.bool, device=device).scatter_(1, prompt_slot, prompt_row < lengths)
+    extended = torch.where(is_token, mask.gather(1, token), real_prompt.to(mask.dtype))
+    return out.to(word_embeddings.dtype), extended
 
 
 class StackedAdapters(NamedTuple):

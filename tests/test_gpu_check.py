@@ -16,7 +16,8 @@ def test_the_dry_run_runs_every_phase_and_writes_its_report(tmp_path):
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     report = json.loads((tmp_path / "gpu_check.json").read_text())
     phases = report["phases"]
-    assert report["dry_run"] and list(phases) == ["cuda_tests", "kernels", "compile_check", "training_step"]
+    assert report["dry_run"] and list(phases) == ["cuda_tests", "kernels", "compile_check", "training_step",
+                                                  "mixed_serving"]
     assert not [name for name, phase in phases.items() if "error" in phase]
     assert phases["cuda_tests"]["returncode"] == 0 and "skipped" in phases["cuda_tests"]["summary"]
     (prompt,) = phases["kernels"]["ept_prompt"]
@@ -29,5 +30,8 @@ def test_the_dry_run_runs_every_phase_and_writes_its_report(tmp_path):
     assert steps == {(method, prompt, False) for method in ("ept", "dept", "pt") for prompt in ("fused", "eager")} | {
         ("ept", "fused", True)}
     assert phases["training_step"]["predicted_pt_over_ept"] > 1
+    serving = {(row["what"], row["backend"], row["prompts"]) for row in phases["mixed_serving"]["rows"]}
+    assert serving == {("assembly", "torch", "same-m"), ("assembly", "torch", "m-differs")}
+    assert all(row["mixed_ms"] > 0 and row["loop_ms"] > 0 for row in phases["mixed_serving"]["rows"])
     assert (tmp_path / "gpu_check.png").stat().st_size > 10_000
     assert "T5 step ept" in done.stdout  # the summary table comes last

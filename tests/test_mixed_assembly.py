@@ -69,6 +69,35 @@ def test_each_row_equals_its_adapter_run_alone(left, side):
         assert torch.allclose(mixed, torch.zeros_like(mixed) if alone is None else alone, rtol=1e-12, atol=1e-12)
 
 
+@pytest.mark.parametrize("side", ["left", "right"])
+def test_rows_laid_out_by_hand(side):
+    """The layout rule written out row by row: prompt, then E[id] + s·A[k]·B for the k-th attended
+    token (unattended tokens as looked up), and m - m_a zero rows masked out on ``side``."""
+    d, T = 4, 3
+    g = torch.Generator().manual_seed(0)
+    E, B = torch.randn(10, d, generator=g, dtype=torch.float64), torch.randn(2, 2, d, generator=g, dtype=torch.float64)
+    P, A = torch.randn(2, 3, d, generator=g, dtype=torch.float64), torch.randn(2, 3, 2, generator=g, dtype=torch.float64)
+    P[1, 1:] = 0  # adapter 1's prompt is one row long, zero-padded to m = 3
+    scalings, lengths = torch.tensor([2.0, 0.5], dtype=torch.float64), torch.tensor([3, 1])
+    ids, mask = torch.tensor([[4, 5, 6], [7, 8, 9], [1, 2, 3]]), torch.tensor([[1, 1, 0], [0, 1, 1], [1, 1, 1]])
+    adapter_ids = torch.tensor([1, 0, 1])
+    out, ext = reference.assemble_inputs_mixed(ids, mask, E, P, lengths, A, B, scalings, adapter_ids,
+                                               padding_side=side)
+    for i, a in enumerate(adapter_ids.tolist()):
+        tokens, k = [], 0
+        for t in range(T):
+            tokens.append(E[ids[i, t]] + (scalings[a] * A[a, k] @ B[a] if mask[i, t] else 0))
+            k += int(mask[i, t])
+        prompt, pad = P[a, :lengths[a]], torch.zeros(3 - lengths[a], d, dtype=torch.float64)
+        ones, zeros = torch.ones(int(lengths[a]), dtype=torch.long), torch.zeros(3 - int(lengths[a]), dtype=torch.long)
+        if side == "right":
+            expected, expected_mask = torch.cat([prompt, torch.stack(tokens), pad]), torch.cat([ones, mask[i], zeros])
+        else:
+            expected, expected_mask = torch.cat([pad, prompt, torch.stack(tokens)]), torch.cat([zeros, ones, mask[i]])
+        assert_close(out[i], expected, 1e-14, 1e-14, f"row {i}")
+        assert torch.equal(ext[i], expected_mask)
+
+
 def _run(fn, ids, mask, E, adapters, adapter_ids, grad_out, embed_scale, side):
     out, ext_mask = _mixed(fn, ids, mask, E, adapters, adapter_ids, embed_scale, side)
     leaves = [t for a in adapters for t in a[:3]]
@@ -97,7 +126,8 @@ def test_fused_mixed_assembly_matches_the_reference(table_dtype, left, side):
         assert_close(grad, ref_grad, rtol, atol * scale, f"gradient {index}")
 
 
-def test_gradcheck_of_the_fused_mixed_op():
+@pytest.mark.parametrize("op", [reference.assemble_inputs_mixed, fused_assemble_inputs_mixed], ids=["reference", "fused"])
+def test_gradcheck_of_the_mixed_op(op):
     adapters = _adapters(16, torch.float64)
     ids, mask, adapter_ids = _batch(True)
     E = table(50, 16, device=DEVICE)
@@ -105,7 +135,7 @@ def test_gradcheck_of_the_fused_mixed_op():
 
     def fn(*flat):
         grouped = [list(flat[i:i + 3]) + [adapters[i // 3][3]] for i in range(0, len(flat), 3)]
-        return _mixed(fused_assemble_inputs_mixed, ids, mask, E, grouped, adapter_ids, 1.0, side)[0]
+        return _mixed(op, ids, mask, E, grouped, adapter_ids, 1.0, side)[0]
 
     for side in ("left", "right"):
         assert torch.autograd.gradcheck(fn, leaves, fast_mode=True)
@@ -134,6 +164,19 @@ def test_functional_dispatch_and_errors():
     with pytest.raises(ValueError, match=r"stack_adapters: every adapter must have the same hidden size d, got \[16, 24\]"):
         reference.stack_adapters([adapters[0][0], torch.zeros(2, 24)], [a[1] for a in adapters[:2]],
                                  [adapters[0][2], torch.zeros(1, 24)], [1.0, 1.0])
+
+
+@pytest.mark.parametrize("backend", ["torch", "triton"])
+def test_torch_compile_traces_without_graph_breaks(backend):
+    """The value checks become device asserts under torch.compile: no host read, no graph break."""
+    adapters = _adapters(16, torch.float32)
+    ids, mask, adapter_ids = _batch(True)
+    E = table(50, 16, dtype=torch.float32, device=DEVICE)
+    s = _stacked(adapters)
+    args = (ids, mask, E, s.prompts, s.prompt_lengths, s.lora_a, s.lora_b, s.scalings, adapter_ids)
+    fn = lambda *a: functional.assemble_inputs_mixed(*a, backend=backend, max_lengths=s.max_lengths)[0] * 2  # noqa: E731
+    compiled = torch.compile(fn, backend="aot_eager", fullgraph=True)
+    assert_close(compiled(*args), fn(*args), 1e-6, 1e-6)
 
 
 @pytest.mark.cuda
