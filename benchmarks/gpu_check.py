@@ -43,6 +43,8 @@ def parse_args(argv=None):
     parser.add_argument("out_dir", type=Path, help="folder for gpu_check.json, gpu_check.png and the logs")
     parser.add_argument("--dry-run", action="store_true", help="tiny shapes on the CPU, kernels in the interpreter")
     parser.add_argument("--test-timeout", type=int, default=240, help="seconds for the cuda tests (default: 240)")
+    parser.add_argument("--serving-timeout", type=int, default=300,
+                        help="seconds for the mixed-serving benchmark (default: 300)")
     return parser.parse_args(argv)
 
 
@@ -100,15 +102,24 @@ def cuda_tests(args) -> dict:
     command = [sys.executable, "-m", "pytest", "-m", "cuda", "tests", "-q", "-p", "no:cacheprovider"]
     if importlib.util.find_spec("xdist") is not None:
         command += ["-n", "8"]
+    done = _run_logged(command, args.out_dir / "cuda_tests.log", args.test_timeout)
+    if "error" in done:
+        return done
+    last = [line for line in done["stdout"].splitlines() if line.strip()][-1:] or [""]
+    return {"returncode": done["returncode"], "summary": last[0], "command": done["command"]}
+
+
+def _run_logged(command, log: Path, timeout: int) -> dict:
+    """Run ``command`` in the checkout with its output kept in ``log`` (also when it times out):
+    {returncode, stdout, command}, or {error, command}."""
     try:
-        done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=args.test_timeout)
+        done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=timeout)
     except subprocess.TimeoutExpired as expired:
-        output = (expired.stdout or b"").decode() if isinstance(expired.stdout, bytes) else (expired.stdout or "")
-        (args.out_dir / "cuda_tests.log").write_text(output, encoding="utf-8")
-        return {"error": f"timed out after {args.test_timeout} s", "command": " ".join(command)}
-    (args.out_dir / "cuda_tests.log").write_text(done.stdout + done.stderr, encoding="utf-8")
-    last = [line for line in done.stdout.splitlines() if line.strip()][-1:] or [""]
-    return {"returncode": done.returncode, "summary": last[0], "command": " ".join(command)}
+        output = expired.stdout.decode() if isinstance(expired.stdout, bytes) else (expired.stdout or "")
+        log.write_text(output, encoding="utf-8")
+        return {"error": f"timed out after {timeout} s", "command": " ".join(command)}
+    log.write_text(done.stdout + done.stderr, encoding="utf-8")
+    return {"returncode": done.returncode, "stdout": done.stdout, "command": " ".join(command)}
 
 
 def _timer(dry_run: bool):
@@ -332,10 +343,11 @@ def mixed_serving(args) -> dict:
                f"--benchmark-json={path}"]
     if args.dry_run:
         command += ["-k", "assembly", "--benchmark-min-rounds=1", "--benchmark-max-time=0", "--benchmark-warmup=off"]
-    done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=args.test_timeout)
-    (args.out_dir / "mixed_serving.log").write_text(done.stdout + done.stderr, encoding="utf-8")
+    done = _run_logged(command, args.out_dir / "mixed_serving.log", args.serving_timeout)
+    if "error" in done:
+        return done
     rows = serving_rows(json.loads(path.read_text())) if path.exists() else []
-    return {"returncode": done.returncode, "rows": rows, "command": " ".join(command)}
+    return {"returncode": done["returncode"], "rows": rows, "command": done["command"]}
 
 
 def plot(report, path: Path) -> None:

@@ -109,8 +109,8 @@ def check_assemble_inputs_layout(
     """The kinds, shapes, dtypes and devices of ``assemble_inputs``' arguments (no values read);
     returns the sizes b, T, V, d, m, n, r."""
     _require_tensor("input_ids", input_ids)
-    if input_ids.is_floating_point() or input_ids.is_complex() or input_ids.dtype == torch.bool:
-        raise TypeError(f"input_ids: expected an integer tensor, got dtype {input_ids.dtype}")
+    if input_ids.dtype not in (torch.int64, torch.int32):  # what an embedding lookup takes
+        raise TypeError(f"input_ids: expected an int64 or int32 tensor, got dtype {input_ids.dtype}")
     dims: Dims = {}
     _match_shape("input_ids", input_ids, ("b", "T"), dims)
     if dims["b"] < 1 or dims["T"] < 1:

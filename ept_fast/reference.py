@@ -2,9 +2,9 @@
 
 Written to read like the equations of ``docs/ept.md``. The low-rank rows
 ``L = s · A · B`` are never materialised as an (n, d) matrix: every use factors
-through A and B. The assembly fills each slot of its (b, m+T, d) output once, in place:
-as the CPU fallback it is memory-bound, so it makes one pass where a lookup, a sum and a
-concatenation would make three.
+through A and B. The assembly builds its (b, m+T, d) output in one buffer: the lookup writes
+it, the low-rank update and the prompt rows go in in place (as the CPU fallback it is
+memory-bound: no (b, T, d) intermediates, no concatenation).
 
 Both ops validate their arguments (``validate=False`` skips it, for a caller that already
 ran the same check: ``check_ept_prompt_args`` and ``check_assemble_inputs_args`` here are
@@ -119,7 +119,7 @@ def assemble_inputs(
     attended = attended_mask(input_ids, attention_mask)
     pos = torch.cumsum(attended, dim=1) - 1  # k-th attended token -> k: its row of A
     weights = (attended & (pos < lora_a.shape[0])).to(sum_dtype) * scaling  # (b, T); r = 0 may pass n
-    rows_of_a = lora_a[pos.clamp(0, max(lora_a.shape[0] - 1, 0))].to(sum_dtype) * weights.unsqueeze(-1)  # (b, T, r)
+    rows_of_a = _rows_of(lora_a.unsqueeze(0), torch.zeros_like(pos), pos).to(sum_dtype) * weights.unsqueeze(-1)
     # Row i's m + T slots: m prompt slots (their lookups are overwritten), then its tokens.
     out = _tokens_into_slots(word_embeddings, F.pad(input_ids, (m, 0)), F.pad(rows_of_a, (0, 0, m, 0)),
                              lora_b.to(sum_dtype).expand(b, -1, -1), embed_scale, sum_dtype)
@@ -131,6 +131,14 @@ def assemble_inputs(
 def _sum_dtype(word_embeddings: torch.Tensor, lora_a: torch.Tensor) -> torch.dtype:
     """The dtype a token's sum is formed in: float32 at least (cast once, on the way out)."""
     return torch.promote_types(word_embeddings.dtype, torch.promote_types(lora_a.dtype, torch.float32))
+
+
+def _rows_of(lora_a: torch.Tensor, adapters: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+    """lora_a (N, n, r) at each (adapter, position) pair, (b, S) each: (b, S, r). Positions past
+    n (a prompt-tuning row) read row n - 1; their weight is zero. No rows at all (n = 0): zeros."""
+    if lora_a.shape[1] == 0:
+        return lora_a.new_zeros(*positions.shape, lora_a.shape[2])
+    return lora_a[adapters, positions.clamp(0, lora_a.shape[1] - 1)]
 
 
 def _tokens_into_slots(word_embeddings, slot_ids, rows_of_a, lora_b, embed_scale, sum_dtype) -> torch.Tensor:
@@ -178,14 +186,15 @@ def assemble_inputs_mixed(
 ) -> Tuple[torch.Tensor, torch.Tensor]:
     """``assemble_inputs`` for a batch whose rows run different adapters (docs/kernels.md).
 
-    Shapes: the stacked adapters prompts (N, m, d) (adapter a's P* in rows [0, prompt_lengths[a]),
-    zeros after), lora_a (N, n, r), lora_b (N, r, d), zero-padded to the largest n and r, and
-    scalings (N,) (each adapter's s); adapter_ids (b,) picks row i's adapter. Row i of the
-    output is a's prompt (prompt_lengths[a] rows) followed by the tokens as ``assemble_inputs``
-    builds them with a's A, B and s, exactly as a alone builds it, plus m - prompt_lengths[a]
-    padding rows (zeros, mask 0) on ``padding_side``: "right" after the tokens (every position
-    as alone: for encoders and seq2seq), "left" before the prompt (the last position is a real
-    token: for generation with causal LMs). Returns (b, m+T, d) and (b, m+T).
+    Shapes: the stacked adapters prompts (N, m, d) (adapter a's P* in rows [0, prompt_lengths[a]);
+    the rows after are ignored: no value, no gradient), lora_a (N, n, r), lora_b (N, r, d),
+    zero-padded to the largest n and r, and scalings (N,) (each adapter's s); adapter_ids (b,)
+    picks row i's adapter. Row i of the output is a's prompt (prompt_lengths[a] rows) followed by
+    the tokens as ``assemble_inputs`` builds them with a's A, B and s, exactly as a alone builds
+    it, plus m - prompt_lengths[a] padding rows (zeros, mask 0) on ``padding_side``: "right" after
+    the tokens (every position as alone: for encoders and seq2seq), "left" before the prompt (the
+    last position is a real token: for generation with causal LMs). Returns (b, m+T, d) and
+    (b, m+T).
     """
     if validate:
         check_assemble_inputs_mixed_args(input_ids, attention_mask, word_embeddings, prompts, prompt_lengths, lora_a,
@@ -193,7 +202,7 @@ def assemble_inputs_mixed(
     # Every output slot holds a token (slot - start: start is the row's prompt length l on the
     # right, m on the left) or a row of the adapter's stacked prompt: the k-th non-token slot holds
     # stacked row k on the right ([prompt, tokens, padding]) and row (k + l) mod m on the left
-    # ([padding, prompt, tokens]); stacked rows l..m-1 are zeros, so the padding is zeros.
+    # ([padding, prompt, tokens]); the slots of stacked rows l..m-1 are the padding (zeros, mask 0).
     b, T = input_ids.shape
     m, d = prompts.shape[1:]
     n = lora_a.shape[1]
@@ -209,8 +218,7 @@ def assemble_inputs_mixed(
     pos = torch.cumsum(attended, dim=1) - 1  # k-th attended token -> k: its row of A
     updated = (attended & (pos < n)).gather(1, token) & is_token  # (b, m+T); a prompt-tuning row may pass n
     weights = updated.to(sum_dtype) * scalings[adapter_ids].to(sum_dtype).unsqueeze(1)
-    rows_of_a = lora_a[adapter_ids.unsqueeze(1), pos.gather(1, token).clamp(0, max(n - 1, 0))]  # (b, m+T, r)
-    rows_of_a = rows_of_a.to(sum_dtype) * weights.unsqueeze(-1)
+    rows_of_a = _rows_of(lora_a, adapter_ids.unsqueeze(1), pos.gather(1, token)).to(sum_dtype) * weights.unsqueeze(-1)
     out = _tokens_into_slots(word_embeddings, input_ids.gather(1, token), rows_of_a, lora_b[adapter_ids].to(sum_dtype),
                              embed_scale, sum_dtype)
 
@@ -219,6 +227,8 @@ def assemble_inputs_mixed(
         prompt_slot, prompt_row = torch.where(k < lengths, k, k + T), k
     else:
         prompt_slot, prompt_row = k, (k + lengths) % m
+    stacked_rows = torch.arange(m, device=device)  # rows past an adapter's l: zeros, whatever the tensor holds
+    prompts = torch.where((stacked_rows < prompt_lengths.unsqueeze(1)).unsqueeze(-1), prompts, 0)
     prefix = prompts[adapter_ids.unsqueeze(1), prompt_row].to(word_embeddings.dtype).to(sum_dtype)  # (b, m, d)
     rows = torch.arange(b, device=device).unsqueeze(1) * (m + T)  # each row's first slot in out.view(-1, d)
     out.view(-1, d).index_copy_(0, (rows + prompt_slot).flatten(), prefix.flatten(0, 1))

@@ -141,6 +141,33 @@ def test_gradcheck_of_the_mixed_op(op):
         assert torch.autograd.gradcheck(fn, leaves, fast_mode=True)
 
 
+def test_stacked_rows_past_a_prompt_are_ignored_by_both_backends():
+    """Rows of the stacked prompts past an adapter's length give no value and get no gradient,
+    whatever they hold (a caller's own (N, m, d) leaf, not only stack_adapters' zero padding)."""
+    ids, mask, adapter_ids = _batch(False)
+    E = table(50, 16, dtype=torch.float64, device=DEVICE)
+    s = _stacked(_adapters(16, torch.float64))
+    prompts = s.prompts.detach().clone()
+    for a, length in enumerate(s.prompt_lengths.tolist()):
+        prompts[a, length:] = 7.0
+    outs, grads = [], []
+    for backend in ("torch", "triton"):
+        leaf = prompts.clone().requires_grad_()
+        for side in ("left", "right"):
+            out, _ = functional.assemble_inputs_mixed(ids, mask, E, leaf, s.prompt_lengths, s.lora_a.detach(),
+                                                      s.lora_b.detach(), s.scalings, adapter_ids, backend=backend,
+                                                      padding_side=side)
+            out.sum().backward()
+            outs.append(out)
+        grads.append(leaf.grad)
+    assert_close(outs[0], outs[2], 1e-12, 1e-12, "left")
+    assert_close(outs[1], outs[3], 1e-12, 1e-12, "right")
+    for grad in grads:
+        for a, length in enumerate(s.prompt_lengths.tolist()):
+            assert torch.all(grad[a, length:] == 0) and torch.all(grad[a, :length] != 0)
+    assert not any((out == 7.0).any() for out in outs)
+
+
 def test_functional_dispatch_and_errors():
     adapters = _adapters(16, torch.float32)
     ids, mask, adapter_ids = _batch(False)

@@ -133,6 +133,13 @@ def test_pt_reduction_is_plain_concatenation():
     assert torch.equal(embeds, torch.cat([P.expand(2, -1, -1), E[ids]], dim=1))
 
 
+def test_prompt_tuning_without_rows_of_a():
+    """r = 0 and n = 0 (no low-rank update at all): still [P ; E]."""
+    ids, mask, E, P, _, _ = _assembly_inputs([3, 1], T=3, V=30, d=8, n=4, r=2, m=2, left=False, dtype=torch.float32)
+    embeds, _ = reference.assemble_inputs(ids, mask, E, P, torch.zeros(0, 0), torch.zeros(0, 8), 0.0)
+    assert torch.equal(embeds, torch.cat([P.expand(2, -1, -1), E[ids]], dim=1))
+
+
 def test_sum_is_formed_in_float32_and_cast_once():
     ids, mask, E, P, A, B = _assembly_inputs([4, 2], T=4, V=30, d=8, n=4, r=2, m=2, left=False, dtype=torch.float32)
     E16 = E.to(torch.bfloat16)

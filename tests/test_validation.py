@@ -55,7 +55,9 @@ def test_ept_prompt_errors(entry, overrides, error, message):
 
 
 ASSEMBLY_ERRORS = [
-    (dict(input_ids=torch.zeros(2, 4)), TypeError, r"input_ids: expected an integer tensor, got dtype torch.float32"),
+    (dict(input_ids=torch.zeros(2, 4)), TypeError, r"input_ids: expected an int64 or int32 tensor, got dtype torch.float32"),
+    (dict(input_ids=torch.zeros(2, 4, dtype=torch.uint8)), TypeError,
+     r"input_ids: expected an int64 or int32 tensor, got dtype torch.uint8"),
     (dict(input_ids=torch.zeros(8, dtype=torch.long)), ValueError, r"input_ids: expected a 2-d tensor of shape \(b, T\), got shape \(8,\)"),
     (dict(input_ids=torch.zeros(2, 0, dtype=torch.long), attention_mask=None), ValueError, r"input_ids: expected at least one row and one token"),
     (dict(attention_mask=torch.ones(2, 5)), ValueError, r"attention_mask: expected shape \(b=2, T=4\), got \(2, 5\)"),
