@@ -119,7 +119,7 @@ def assemble_inputs(
     attended = attended_mask(input_ids, attention_mask)
     pos = torch.cumsum(attended, dim=1) - 1  # k-th attended token -> k: its row of A
     weights = (attended & (pos < lora_a.shape[0])).to(sum_dtype) * scaling  # (b, T); r = 0 may pass n
-    rows_of_a = _rows_of(lora_a.unsqueeze(0), torch.zeros_like(pos), pos).to(sum_dtype) * weights.unsqueeze(-1)
+    rows_of_a = _rows_of(lora_a, pos).to(sum_dtype) * weights.unsqueeze(-1)  # (b, T, r)
     # Row i's m + T slots: m prompt slots (their lookups are overwritten), then its tokens.
     out = _tokens_into_slots(word_embeddings, F.pad(input_ids, (m, 0)), F.pad(rows_of_a, (0, 0, m, 0)),
                              lora_b.to(sum_dtype).expand(b, -1, -1), embed_scale, sum_dtype)
@@ -133,12 +133,15 @@ def _sum_dtype(word_embeddings: torch.Tensor, lora_a: torch.Tensor) -> torch.dty
     return torch.promote_types(word_embeddings.dtype, torch.promote_types(lora_a.dtype, torch.float32))
 
 
-def _rows_of(lora_a: torch.Tensor, adapters: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
-    """lora_a (N, n, r) at each (adapter, position) pair, (b, S) each: (b, S, r). Positions past
-    n (a prompt-tuning row) read row n - 1; their weight is zero. No rows at all (n = 0): zeros."""
-    if lora_a.shape[1] == 0:
-        return lora_a.new_zeros(*positions.shape, lora_a.shape[2])
-    return lora_a[adapters, positions.clamp(0, lora_a.shape[1] - 1)]
+def _rows_of(lora_a: torch.Tensor, positions: torch.Tensor, adapters: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """The rows of A at ``positions`` (b, S): (b, S, r), from lora_a (n, r), or (N, n, r) with
+    each position's adapter in ``adapters`` (b, S). Positions past n (a prompt-tuning row) read
+    row n - 1: their weight is zero. No rows at all (n = 0): zeros."""
+    n, r = lora_a.shape[-2:]
+    if n == 0:
+        return lora_a.new_zeros(*positions.shape, r)
+    positions = positions.clamp(0, n - 1)
+    return lora_a[positions] if adapters is None else lora_a[adapters, positions]
 
 
 def _tokens_into_slots(word_embeddings, slot_ids, rows_of_a, lora_b, embed_scale, sum_dtype) -> torch.Tensor:
@@ -218,7 +221,7 @@ def assemble_inputs_mixed(
     pos = torch.cumsum(attended, dim=1) - 1  # k-th attended token -> k: its row of A
     updated = (attended & (pos < n)).gather(1, token) & is_token  # (b, m+T); a prompt-tuning row may pass n
     weights = updated.to(sum_dtype) * scalings[adapter_ids].to(sum_dtype).unsqueeze(1)
-    rows_of_a = _rows_of(lora_a, adapter_ids.unsqueeze(1), pos.gather(1, token)).to(sum_dtype) * weights.unsqueeze(-1)
+    rows_of_a = _rows_of(lora_a, pos.gather(1, token), adapter_ids.unsqueeze(1)).to(sum_dtype) * weights.unsqueeze(-1)
     out = _tokens_into_slots(word_embeddings, input_ids.gather(1, token), rows_of_a, lora_b[adapter_ids].to(sum_dtype),
                              embed_scale, sum_dtype)
 
