@@ -34,6 +34,22 @@ def rowwise(heads: Sequence[nn.Module], adapter_ids: torch.Tensor) -> Callable:
     return run
 
 
+def last_attended_pooled(head: Callable, attention_mask: torch.Tensor) -> Callable:
+    """``head``, a decoder classifier's per-position head (output (b, S, labels)), with each
+    row's output at its last attended position (``attention_mask`` (b, S)) also put at the last
+    position. Given ``inputs_embeds`` such a classifier pools the last position (it needs
+    ``input_ids`` to find the padding), which in a right-padded row is padding."""
+    positions = torch.arange(attention_mask.shape[1], device=attention_mask.device)
+    last = (positions * (attention_mask != 0)).argmax(dim=1)  # (b,)
+
+    def run(*args, **kwargs):
+        output = head(*args, **kwargs)
+        pooled = output[torch.arange(output.shape[0], device=output.device), last]
+        return torch.cat([output[:, :-1], pooled.unsqueeze(1)], dim=1)
+
+    return run
+
+
 @contextlib.contextmanager
 def heads_replaced(heads: Sequence[nn.Module], replacements: Sequence[Callable]) -> Iterator[None]:
     """Within the block, each of ``heads`` returns its replacement's output for the same input."""

@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from .config import EPTConfig, PromptInit, TaskType, infer_task_type
-from .heads import head_copy, heads_replaced, rowwise
+from .heads import head_copy, heads_replaced, last_attended_pooled, rowwise
 from .hub import CARD_NAME, adapter_folder, model_card, push_folder
 from .interop import dept_checkpoint, export_peft_prompt_tuning
 from .prompt_encoder import EPTPromptEncoder, assemble_mixed_inputs, embedding_scale
@@ -27,6 +27,13 @@ logger = logging.getLogger(__name__)
 
 DEFAULT_ADAPTER = "default"
 _ADAPTER_NAME = re.compile(r"[A-Za-z0-9_-]+")  # also a folder name in save_pretrained
+
+
+def check_adapter_name(name, argument: str = "adapter_name") -> None:
+    """An adapter's name: letters, digits, '_' or '-', and not a ModuleDict method's name."""
+    if not isinstance(name, str) or not _ADAPTER_NAME.fullmatch(name) or hasattr(nn.ModuleDict, name):
+        raise ValueError(f"{argument}: expected letters, digits, '_' or '-' (and not a ModuleDict method name), "
+                         f"got {name!r}")
 _DEFAULT_HEADS = ("classifier", "score")  # PEFT's automatic modules_to_save for SEQ_CLS
 # Adapter and hub methods of PEFT and transformers that EPTModel does not have: they must never
 # reach the backbone through __getattr__ (its push_to_hub would upload the whole model).
@@ -84,9 +91,7 @@ class EPTModel(nn.Module):
 
     # ------------------------------------------------------------ adapters
     def _create_adapter(self, name: str, config: EPTConfig, tokenizer, initialize_prompt: bool) -> None:
-        if not isinstance(name, str) or not _ADAPTER_NAME.fullmatch(name) or hasattr(nn.ModuleDict, name):
-            raise ValueError(f"adapter_name: expected letters, digits, '_' or '-' (and not a ModuleDict method "
-                             f"name), got {name!r}")
+        check_adapter_name(name)
         if name in self.peft_config:
             raise ValueError(f"adapter_name: an adapter named {name!r} exists already; delete_adapter it first")
         task_type = config.task_type or self.task_type
@@ -120,10 +125,14 @@ class EPTModel(nn.Module):
             )
         return list(names)
 
-    def _heads_routed(self):
-        """While the backbone runs for this model: its heads answer with the active adapter's copies."""
-        return heads_replaced([self.base_model.get_submodule(head) for head in self.heads],
-                              self.head_copies[self._active_adapter])
+    def _heads_routed(self, replacements: Sequence, attention_mask: torch.Tensor):
+        """While the backbone runs for this model its heads answer with ``replacements`` (the
+        adapters' copies), and a decoder classifier's head, ``score``, also pools each row's last
+        attended position of ``attention_mask`` (``heads.last_attended_pooled``): right-padded rows
+        classify as they do unpadded."""
+        replacements = [last_attended_pooled(replacement, attention_mask) if head == "score" else replacement
+                        for head, replacement in zip(self.heads, replacements)]
+        return heads_replaced([self.base_model.get_submodule(head) for head in self.heads], replacements)
 
     def _check_adapter(self, name: str) -> None:
         if name not in self.peft_config:
@@ -278,11 +287,15 @@ class EPTModel(nn.Module):
         with ``adapter_names``, one adapter per row."""
         if adapter_names is None:
             embeds, mask = self.assemble_inputs(input_ids, attention_mask)
-            return embeds, mask, self.active_peft_config.num_virtual_tokens, None, self._heads_routed()
+            heads = self._heads_routed(self.head_copies[self._active_adapter], mask)
+            return embeds, mask, self.active_peft_config.num_virtual_tokens, None, heads
         names = [adapter_names] if isinstance(adapter_names, str) else list(adapter_names)
         if len(names) != input_ids.shape[0]:
             raise ValueError(f"adapter_names: expected one name per row of input_ids ({input_ids.shape[0]}), "
                              f"got {len(names)}")
+        if not all(isinstance(name, str) for name in names):
+            raise ValueError(f"adapter_names: expected one adapter name (a str) per row, got "
+                             f"{[name for name in names if not isinstance(name, str)][:3]} among them")
         unknown = sorted(set(names) - set(self.peft_config))
         if unknown:
             raise ValueError(f"adapter_names: no adapter named {unknown}; this model has {sorted(self.peft_config)}")
@@ -293,9 +306,8 @@ class EPTModel(nn.Module):
         embeds, mask, lengths = assemble_mixed_inputs([self.prompt_encoders[name] for name in used], prompts, adapter_ids,
                                                       input_ids, attention_mask, self.word_embeddings,
                                                       self._padding_side)
-        heads = heads_replaced([self.base_model.get_submodule(head) for head in self.heads],
-                               [rowwise([self.head_copies[name][i] for name in used], adapter_ids)
-                                for i in range(len(self.heads))])
+        heads = self._heads_routed([rowwise([self.head_copies[name][i] for name in used], adapter_ids)
+                                    for i in range(len(self.heads))], mask)
         return embeds, mask, embeds.shape[1] - input_ids.shape[1], lengths, heads
 
     @property
@@ -377,6 +389,11 @@ class EPTModel(nn.Module):
         self._drop_unsupported(kwargs)
         if kwargs.pop("encoder_outputs", None) is not None:
             logger.warning("encoder_outputs: ignored; the encoder runs on the prompted input")
+        if self.task_type is TaskType.CAUSAL_LM and "max_new_tokens" not in kwargs:
+            # Given inputs_embeds the backbone counts the prompt (and a mixed batch's padding) in
+            # max_length; the length the user means is that of input_ids, as in PEFT.
+            max_length = kwargs.pop("max_length", None) or self.base_model.generation_config.max_length
+            kwargs["max_new_tokens"] = max_length - input_ids.shape[1]
         embeds, mask, _, _, heads = self._prompted(input_ids, kwargs.pop("attention_mask", None), adapter_names)
         with heads:
             output = self.base_model.generate(inputs_embeds=embeds, attention_mask=mask, **kwargs)

@@ -249,7 +249,7 @@ def read_rows(path) -> List[dict]:
         raise FileNotFoundError(f"data file {path}: not found")
     if path.suffix.lower() in (".jsonl", ".json"):
         rows = []
-        with path.open(encoding="utf-8") as handle:
+        with path.open(encoding="utf-8-sig") as handle:
             for number, line in enumerate(handle, start=1):
                 if not line.strip():
                     continue
@@ -262,7 +262,7 @@ def read_rows(path) -> List[dict]:
                 rows.append(row)
         return rows
     if path.suffix.lower() in (".csv", ".tsv"):
-        with path.open(encoding="utf-8", newline="") as handle:
+        with path.open(encoding="utf-8-sig", newline="") as handle:  # -sig: spreadsheet exports start with a BOM
             reader = csv.DictReader(handle, delimiter="\t" if path.suffix.lower() == ".tsv" else ",")
             rows = []
             for row in reader:

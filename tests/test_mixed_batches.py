@@ -67,6 +67,19 @@ def test_generation_per_row_matches_generation_alone(task, builder, use_cache):
         assert torch.equal(mixed[i, :alone.shape[1]], alone[0]), (task, name)
 
 
+def test_max_length_counts_input_ids_as_in_peft():
+    """generate(max_length=L) on a causal LM: L counts input_ids and the new tokens, not the prompt
+    (nor a mixed batch's padding), so every row gets as many tokens mixed as alone."""
+    model = _model("CAUSAL_LM", tiny_gpt2)
+    ids, mask, _ = task_batch("CAUSAL_LM", left=True)
+    options = dict(max_length=ids.shape[1] + 3, do_sample=False, pad_token_id=0)
+    mixed = model.generate(ids, attention_mask=mask, adapter_names=ROWS, **options)
+    assert mixed.shape[1] == ids.shape[1] + 3
+    for i, name in enumerate(ROWS):
+        alone = _alone(model, name, i, lambda i: model.generate(ids[i:i + 1], attention_mask=mask[i:i + 1], **options))
+        assert torch.equal(mixed[i], alone[0]), name
+
+
 def test_training_through_a_mixed_batch_reaches_each_rows_adapter():
     model = _model("SEQ_CLS", tiny_bert_classifier)
     for parameter in model.parameters():
@@ -88,6 +101,8 @@ def test_adapter_name_errors():
         model(input_ids=ids, attention_mask=mask, adapter_names=["a", "zz", "b"])
     with pytest.raises(ValueError, match=r"adapter_names: expected one name per row of input_ids \(3\), got 2"):
         model(input_ids=ids, attention_mask=mask, adapter_names=["a", "b"])
+    with pytest.raises(ValueError, match=r"adapter_names: expected one adapter name \(a str\) per row, got \[None\]"):
+        model(input_ids=ids, attention_mask=mask, adapter_names=["zz", None, "b"])
     with model.disable_adapter(), pytest.raises(ValueError, match=r"adapter_names: adapters are disabled"):
         model(input_ids=ids, attention_mask=mask, adapter_names=ROWS)
 
@@ -104,7 +119,8 @@ def test_a_row_longer_than_its_adapters_reach_is_refused():
 
 
 def test_a_decoder_classifier_pools_each_rows_own_last_token():
-    """GPT-2's classifier (head `score`) pools the last position: shorter prompts pad on the left."""
+    """GPT-2's classifier (head `score`) pools the last position: shorter prompts pad on the left,
+    and a right-padded row is pooled at its last attended token."""
     from transformers import GPT2Config, GPT2ForSequenceClassification
 
     def classifier():
@@ -119,3 +135,16 @@ def test_a_decoder_classifier_pools_each_rows_own_last_token():
         for i, name in enumerate(ROWS):
             alone = _alone(model, name, i, lambda i: model(input_ids=ids[i:i + 1]).logits)
             assert torch.allclose(mixed[i:i + 1], alone, rtol=1e-5, atol=1e-5), name
+
+        # Right-padded rows (as the CLI batches them) classify as they do unpadded, mixed or not:
+        # given inputs_embeds the backbone pools the last position, so the head moves each row's
+        # last attended position there.
+        lengths = [6, 3, 1]
+        mask = torch.tensor([[1] * n + [0] * (6 - n) for n in lengths])
+        padded = torch.where(mask.bool(), ids, 0)
+        mixed = model(input_ids=padded, attention_mask=mask, adapter_names=ROWS).logits
+        for i, (name, n) in enumerate(zip(ROWS, lengths)):
+            unpadded = _alone(model, name, i, lambda i: model(input_ids=ids[i:i + 1, :n]).logits)
+            in_a_batch = _alone(model, name, i, lambda i: model(input_ids=padded, attention_mask=mask).logits[i:i + 1])
+            assert torch.allclose(mixed[i:i + 1], unpadded, rtol=1e-5, atol=1e-5), name
+            assert torch.allclose(in_a_batch, unpadded, rtol=1e-5, atol=1e-5), name

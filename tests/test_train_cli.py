@@ -428,14 +428,40 @@ def test_predict_errors_are_clear(two_adapters, sst2_files, tiny_models, tmp_pat
     served = ["--adapter", f"sst2={two_adapters / 'sst2'}", "--adapter", f"custom={two_adapters / 'custom'}"]
     unknown = _requests(sst2_files, tmp_path / "unknown.jsonl", ["sst2", "nope"])
     assert cli_main(["predict", *served, "--input-file", str(unknown), "--device", "cpu"]) == 2
-    assert "unknown.jsonl, row 2: expected one of ['custom', 'sst2'] naming the row's adapter, got 'nope'" in \
-        capsys.readouterr().err
+    assert "unknown.jsonl, row 2: expected one of ['custom', 'sst2'] in column 'adapter', naming the row's adapter, " \
+        "got 'nope'" in capsys.readouterr().err
     plain = tmp_path / "plain.jsonl"
     plain.write_text(json.dumps({"sentence": "fine"}) + "\n")
     assert cli_main(["predict", *served, "--input-file", str(plain), "--device", "cpu"]) == 2
-    assert "row 1: expected a column 'adapter' naming the row's adapter" in capsys.readouterr().err
+    assert "row 1: expected one of ['custom', 'sst2'] in a column 'adapter' (--adapter-column)" in \
+        capsys.readouterr().err
+    blank = tmp_path / "blank.csv"
+    blank.write_text("adapter,sentence\n,fine\n")
+    assert cli_main(["predict", *served, "--input-file", str(blank), "--device", "cpu"]) == 2
+    assert "row 1: expected one of ['custom', 'sst2'] in column 'adapter', naming the row's adapter, got ''" in \
+        capsys.readouterr().err
     assert cli_main(["predict", "--adapter", f"sst2={two_adapters / 'sst2'}", "--input-file", str(plain),
                      "--device", "cpu"]) == 0  # one adapter: no column needed
+    numbered = tmp_path / "numbered.csv"  # a spreadsheet export: BOM, and adapters named by numbers
+    numbered.write_text("\ufeffadapter,sentence\n1,fine\n", encoding="utf-8")
+    assert cli_main(["predict", "--adapter", f"1={two_adapters / 'sst2'}", "--input-file", str(numbered),
+                     "--output-file", str(tmp_path / "numbered.csv.jsonl"), "--device", "cpu"]) == 0
+    assert json.loads((tmp_path / "numbered.csv.jsonl").read_text())["adapter"] == "1"
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("")
+    assert cli_main(["predict", *served, "--input-file", str(empty), "--device", "cpu"]) == 2
+    assert f"--input-file: {empty} has no rows to predict" in capsys.readouterr().err
+    assert cli_main(["predict", *served, "--task-type", "CAUSAL_LM", "--input-file", str(plain), "--device",
+                     "cpu"]) == 2
+    assert "--task-type: the adapters were trained as SEQ_CLS, got CAUSAL_LM" in capsys.readouterr().err
+    (tmp_path / "eval").symlink_to(two_adapters / "sst2")
+    assert cli_main(["predict", "--adapter", str(tmp_path / "eval"), "--input-file", str(plain), "--device",
+                     "cpu"]) == 2
+    assert f"--adapter {tmp_path / 'eval'}: expected letters, digits, '_' or '-' (and not a ModuleDict method " \
+        "name), got 'eval'; name it with NAME=PATH" in capsys.readouterr().err
+    assert cli_main(["predict", "--adapter", f"sst2={two_adapters / 'sst2'}", "--model", str(tmp_path / "nowhere"),
+                     "--input-file", str(plain), "--device", "cpu"]) == 2
+    assert f"--model: cannot load a backbone from '{tmp_path / 'nowhere'}'" in capsys.readouterr().err
     wider = tmp_path / "wide"
     from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification
     BertForSequenceClassification(BertConfig(vocab_size=AutoTokenizer.from_pretrained(tiny_models / "bert").vocab_size,

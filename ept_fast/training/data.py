@@ -63,7 +63,13 @@ def load_backbone(args: RunArguments, task: Task, source: Optional[str] = None):
     from ..offline import minilm_path
 
     source = source or args.model or str(minilm_path())
-    config = AutoConfig.from_pretrained(source)
+    if Path(source).exists():  # a local folder: recorded absolute, so the adapter finds it from anywhere
+        source = str(Path(source).resolve())
+    try:
+        config = AutoConfig.from_pretrained(source)
+    except OSError as error:
+        raise ValueError(f"--model: cannot load a backbone from {source!r} (not a model folder here, and hub "
+                         f"downloads need the network): {error}") from None
     task_type = TaskType(args.task_type) if args.task_type else infer_task_type(config, default=TaskType.SEQ_CLS)
     if task_type is TaskType.SEQ_CLS:
         problem = "regression" if task.is_regression else "single_label_classification"

@@ -19,7 +19,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ..config import TaskType
-from ..model import EPTModel
+from ..model import EPTModel, check_adapter_name
 from ..serialization import atomic_write, load_adapter
 from ..tasks import Task, format_input, parse_prediction, read_rows
 from .data import Collator, load_backbone
@@ -53,10 +53,15 @@ class PredictArguments(RunArguments):
         named: Dict[str, Path] = {}
         for item in self.adapter:
             name, _, path = item.partition("=")
-            if not path or "/" in name or Path(item).exists():  # a bare PATH (which may hold a '=' itself)
+            bare = not path or "/" in name or Path(item).exists()  # a bare PATH (which may hold a '=' itself)
+            if bare:
                 name, path = Path(item).name, item
             if not name or not path:
                 raise ValueError(f"--adapter: expected NAME=PATH, got {item!r}")
+            try:
+                check_adapter_name(name, f"--adapter {item}")
+            except ValueError as error:
+                raise ValueError(f"{error}{'; name it with NAME=PATH' if bare else ''}") from None
             if name in named:
                 raise ValueError(f"--adapter: the name {name!r} is given twice")
             named[name] = Path(path)
@@ -82,6 +87,9 @@ def load_served_model(args: PredictArguments) -> Tuple[EPTModel, object, Dict[st
     if len(set(kinds.values())) > 1:
         raise ValueError(f"--adapter: the adapters are of different task types ({kinds}); serve them apart")
     first = next(iter(adapters))
+    if args.task_type is not None and args.task_type != kinds[first]:
+        raise ValueError(f"--task-type: the adapters were trained as {kinds[first]}, got {args.task_type}; leave "
+                         f"it out (predict serves each adapter as it was trained)")
     if kinds[first] == TaskType.SEQ_CLS.value:
         sizes = {name: task.num_labels for name, task in tasks.items()}
         if len(set(sizes.values())) > 1:
@@ -159,25 +167,32 @@ def predict_file(args: PredictArguments) -> dict:
     device = torch.device("cuda" if args.device != "cpu" and torch.cuda.is_available() else "cpu")
     model.to(device).eval()
     rows = read_rows(args.input_file)
+    if not rows:
+        raise ValueError(f"--input-file: {args.input_file} has no rows to predict")
     only = next(iter(tasks)) if len(tasks) == 1 else None
     requests: List[Tuple[str, dict]] = []
     for number, row in enumerate(rows, start=1):
-        name = row.get(args.adapter_column) or only
+        cell = row.get(args.adapter_column)
+        name = str(cell) if cell not in (None, "") else only
         if name not in tasks:
-            expected = f"one of {sorted(tasks)}" if name is not None else f"a column {args.adapter_column!r}"
-            raise ValueError(f"{args.input_file}, row {number}: expected {expected} naming the row's adapter, got "
-                             f"{name!r}")
+            where = f"in column {args.adapter_column!r}" if args.adapter_column in row else \
+                f"in a column {args.adapter_column!r} (--adapter-column)"
+            raise ValueError(f"{args.input_file}, row {number}: expected one of {sorted(tasks)} {where}, naming the "
+                             f"row's adapter, got {cell!r}")
         try:
             requests.append((name, format_input(tasks[name], row)))
         except KeyError as error:
             raise ValueError(f"{args.input_file}, row {number} (adapter {name}): {error.args[0]}") from None
     predictions: List[dict] = []
+    precision = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(args.mixed_precision)
     start = time.perf_counter()
     for begin in tqdm(range(0, len(requests), args.eval_batch_size), desc="predict", unit="batch"):
         chunk = requests[begin:begin + args.eval_batch_size]
         batch = {k: v.to(device) for k, v in _batch(model, tokenizer, tasks, chunk, args.max_new_tokens).items()}
         names = [name for name, _ in chunk]
-        for offset, result in enumerate(_predict_batch(model, tokenizer, tasks, names, batch, args.max_new_tokens)):
+        with torch.autocast(device.type, dtype=precision, enabled=precision is not None):
+            results = _predict_batch(model, tokenizer, tasks, names, batch, args.max_new_tokens)
+        for offset, result in enumerate(results):
             predictions.append({"row": begin + offset + 1, "adapter": names[offset], **result})
     seconds = time.perf_counter() - start
     out = Path(args.output_file or f"{args.input_file}.predictions.jsonl")
