@@ -119,11 +119,21 @@ class EPTConfig:
     prompt_tuning_init: dataclasses.InitVar[Optional[str]] = None
     prompt_tuning_init_text: dataclasses.InitVar[Optional[str]] = None
 
+    def _alias(self, field: str, alias: str, alias_value, parse=lambda value: value):
+        """``field``'s value given PEFT's ``alias`` for it: an error when both are set and differ."""
+        value = getattr(self, field)
+        if alias_value is None:
+            return value
+        default = next(f.default for f in dataclasses.fields(self) if f.name == field)
+        if parse(value) != parse(default) and parse(value) != parse(alias_value):
+            raise ValueError(f"{alias}: PEFT's name for {field}; got both, and they differ ({field}={value!r}, "
+                             f"{alias}={alias_value!r})")
+        return alias_value
+
     def __post_init__(self, prompt_tuning_init=None, prompt_tuning_init_text=None) -> None:
-        if prompt_tuning_init is not None:
-            self.prompt_init = prompt_tuning_init
-        if prompt_tuning_init_text is not None:
-            self.prompt_init_text = prompt_tuning_init_text
+        self.prompt_init = self._alias("prompt_init", "prompt_tuning_init", prompt_tuning_init,
+                                       lambda value: parse_enum(PromptInit, "prompt_init", value))
+        self.prompt_init_text = self._alias("prompt_init_text", "prompt_tuning_init_text", prompt_tuning_init_text)
         self.method = parse_enum(Method, "method", self.method)
         if self.task_type is not None:
             self.task_type = parse_enum(TaskType, "task_type", self.task_type)

@@ -75,6 +75,8 @@ def push_folder(repo_id: str, write: Callable[[Path], None], *, commit_message: 
     """Create ``repo_id`` if needed and upload the folder ``write(folder)`` fills, nothing else."""
     api = HfApi(token=token)
     api.create_repo(repo_id, private=private, exist_ok=True, repo_type="model")
+    if revision is not None:  # as transformers' push_to_hub: a new branch is created first
+        api.create_branch(repo_id, branch=revision, exist_ok=True, repo_type="model")
     with tempfile.TemporaryDirectory(prefix="ept_fast-upload-") as folder:
         write(Path(folder))
         return api.upload_folder(repo_id=repo_id, folder_path=folder, commit_message=commit_message,

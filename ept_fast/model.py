@@ -31,7 +31,7 @@ _ADAPTER_NAME = re.compile(r"[A-Za-z0-9_-]+")  # also a folder name in save_pret
 
 def check_adapter_name(name, argument: str = "adapter_name") -> None:
     """An adapter's name: letters, digits, '_' or '-', and not a ModuleDict method's name."""
-    if not isinstance(name, str) or not _ADAPTER_NAME.fullmatch(name) or hasattr(nn.ModuleDict, name):
+    if not isinstance(name, str) or not _ADAPTER_NAME.fullmatch(name) or hasattr(nn.ModuleDict(), name):
         raise ValueError(f"{argument}: expected letters, digits, '_' or '-' (and not a ModuleDict method name), "
                          f"got {name!r}")
 _DEFAULT_HEADS = ("classifier", "score")  # PEFT's automatic modules_to_save for SEQ_CLS
@@ -459,14 +459,21 @@ class EPTModel(nn.Module):
         return tensors
 
     def save_pretrained(self, save_directory: Union[str, os.PathLike], selected_adapters: Optional[List[str]] = None,
-                        is_main_process: bool = True) -> None:
-        """Write ``adapter_config.json`` and ``adapter_model.safetensors`` (each written, then
+                        is_main_process: bool = True, safe_serialization: bool = True) -> None:
+        """Write ``adapter_config.json`` and ``adapter_model.safetensors`` (both written, then
         renamed) per adapter: ``default`` in ``save_directory``, any other in
-        ``save_directory/<name>``, as PEFT does. Only the main process writes."""
+        ``save_directory/<name>``, as PEFT does; ``selected_adapters`` (default: all) are checked
+        before anything is written. Only the main process writes. Only safetensors is written."""
+        if not safe_serialization:
+            raise ValueError("safe_serialization: ept_fast writes adapter_model.safetensors only, got False")
+        names = list(self.peft_config) if selected_adapters is None else (
+            [selected_adapters] if isinstance(selected_adapters, str) else list(selected_adapters))
+        unknown = [name for name in names if name not in self.peft_config]
+        if unknown:
+            raise ValueError(f"selected_adapters: no adapter named {unknown}; this model has {sorted(self.peft_config)}")
         if not is_main_process:
             return
-        for name in selected_adapters or list(self.peft_config):
-            self._check_adapter(name)
+        for name in names:
             save_adapter(adapter_subfolder(save_directory, name), self.peft_config[name].to_dict(), self.adapter_state_dict(name),
                          task=self.adapter_task_metadata[name])
 
@@ -541,7 +548,8 @@ class EPTModel(nn.Module):
             if tensor.shape != expected[key].shape:
                 raise ValueError(
                     f"adapter {source}: {key} has shape {tuple(tensor.shape)}, but this backbone needs "
-                    f"{tuple(expected[key].shape)} (was it saved for a backbone of another hidden size?)"
+                    f"{tuple(expected[key].shape)} (was it saved for another hidden size, or a head with another "
+                    f"number of labels?)"
                 )
         with torch.no_grad():
             for key, parameter in self.prompt_encoders[name].named_parameters():

@@ -1,5 +1,6 @@
 """Adapter files: ``adapter_config.json`` + ``adapter_model.safetensors`` (PEFT's names),
-always written to a temporary file first and renamed, so a crash never leaves a torn file."""
+both written to temporary files first and renamed only when both are written, so a failed save
+leaves the previous pair as it was and a crash never leaves a torn file."""
 
 from __future__ import annotations
 
@@ -27,18 +28,29 @@ PathLike = Union[str, os.PathLike]
 
 def atomic_write(path: PathLike, write: Callable[[str], None]) -> None:
     """Call ``write(temporary_path)`` in the target's folder, then rename over ``path``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(handle)
+    atomic_write_all({path: write})
+
+
+def atomic_write_all(writers: Dict[PathLike, Callable[[str], None]]) -> None:
+    """Each ``writers[path](temporary_path)`` in the target's folder, and only when every one has
+    succeeded, each temporary renamed over its path: a failed write replaces none of them."""
+    temporaries = {}
     try:
-        write(temporary)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(temporary, 0o666 & ~umask)  # mkstemp creates 0600; keep the usual permissions
-        os.replace(temporary, path)
+        for path, write in writers.items():
+            path = Path(path)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+            os.close(handle)
+            temporaries[path] = temporary
+            write(temporary)
+            umask = os.umask(0)
+            os.umask(umask)
+            os.chmod(temporary, 0o666 & ~umask)  # mkstemp creates 0600; keep the usual permissions
+        for path, temporary in temporaries.items():
+            os.replace(temporary, path)
     except BaseException:
-        Path(temporary).unlink(missing_ok=True)
+        for temporary in temporaries.values():
+            Path(temporary).unlink(missing_ok=True)
         raise
 
 
@@ -55,9 +67,9 @@ def save_adapter(directory: PathLike, config: dict, tensors: Dict[str, torch.Ten
     document = {"peft_type": PEFT_TYPE, "format_version": FORMAT_VERSION, "ept_fast_version": __version__,
                 "inference_mode": True, **config, **({"task": task} if task else {})}
     contiguous = {name: tensor.detach().contiguous().cpu() for name, tensor in tensors.items()}
-    atomic_write(directory / WEIGHTS_NAME, lambda tmp: save_file(contiguous, tmp, metadata={"format": "pt"}))
     text = json.dumps(document, indent=2, sort_keys=True) + "\n"
-    atomic_write(directory / CONFIG_NAME, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
+    atomic_write_all({directory / WEIGHTS_NAME: lambda tmp: save_file(contiguous, tmp, metadata={"format": "pt"}),
+                      directory / CONFIG_NAME: lambda tmp: Path(tmp).write_text(text, encoding="utf-8")})
 
 
 def load_adapter(directory: PathLike) -> AdapterFiles:

@@ -48,6 +48,8 @@ class _EPTTrainerMixin:
         return self.optimizer
 
     def _save(self, output_dir: Optional[str] = None, state_dict=None) -> None:
+        if not self.args.should_save:  # as Trainer._save: only the process that saves writes
+            return
         output_dir = output_dir or self.args.output_dir
         os.makedirs(output_dir, exist_ok=True)
         self.accelerator.unwrap_model(self.model).save_pretrained(output_dir)

@@ -158,6 +158,48 @@ def test_save_pretrained_writes_each_adapter_as_peft_does_and_only_on_the_main_p
     loaded = EPTModel.from_pretrained(tiny_t5(), tmp_path / "all", subfolder="extra")
     assert loaded.active_peft_config.num_virtual_tokens == 2
 
+    # selected_adapters as in PEFT: every name checked before anything is written; [] writes none.
+    with pytest.raises(ValueError, match=r"selected_adapters: no adapter named \['nope'\]; this model has "
+                                         r"\['default', 'extra'\]"):
+        model.save_pretrained(tmp_path / "some", selected_adapters=["extra", "nope"])
+    assert not (tmp_path / "some").exists()
+    model.save_pretrained(tmp_path / "none", selected_adapters=[])
+    assert not (tmp_path / "none").exists()
+    model.save_pretrained(tmp_path / "one", selected_adapters="extra", safe_serialization=True)
+    assert sorted(p.name for p in (tmp_path / "one").iterdir()) == ["extra"]
+    with pytest.raises(ValueError, match=r"safe_serialization: ept_fast writes adapter_model.safetensors only"):
+        model.save_pretrained(tmp_path / "bin", safe_serialization=False)
+
+
+def test_a_failed_save_leaves_the_previous_pair_of_files(tmp_path, monkeypatch):
+    """The weights are renamed in only once the config is written too: no new weights with an old config."""
+    import pathlib
+
+    model = get_ept_model(tiny_bert_classifier(), adapter_config("SEQ_CLS"))
+    model.save_pretrained(tmp_path)
+    before = {name: (tmp_path / name).read_bytes() for name in ("adapter_config.json", "adapter_model.safetensors")}
+    with torch.no_grad():
+        model.prompt_encoder.prompt.add_(1.0)
+    model.active_peft_config.lora_alpha = 3.0
+
+    def failing_write_text(self, *args, **kwargs):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(pathlib.Path, "write_text", failing_write_text)
+    with pytest.raises(OSError, match="disk full"):
+        model.save_pretrained(tmp_path)
+    monkeypatch.undo()
+    assert {name: (tmp_path / name).read_bytes() for name in before} == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(before)  # no temporary left behind
+
+
+def test_adapter_names_that_clash_with_module_attributes_are_refused():
+    model = get_ept_model(tiny_bert_classifier(), adapter_config("SEQ_CLS"))
+    for name in ("training", "_modules", "keys"):
+        with pytest.raises(ValueError, match=rf"adapter_name: expected letters, digits, '_' or '-' \(and not a "
+                                             rf"ModuleDict method name\), got '{name}'"):
+            model.add_adapter(name, adapter_config("SEQ_CLS"))
+
 
 @pytest.mark.parametrize("task,builder", [("SEQ_2_SEQ_LM", tiny_t5), ("CAUSAL_LM", tiny_gpt2)])
 def test_generate_takes_input_ids_by_position(task, builder):
@@ -193,6 +235,9 @@ class RecordingHfApi:
     def create_repo(self, repo_id, **kwargs):
         self.calls.append(("create_repo", repo_id, kwargs))
 
+    def create_branch(self, repo_id, **kwargs):
+        self.calls.append(("create_branch", repo_id, kwargs))
+
     def upload_folder(self, *, repo_id, folder_path, **kwargs):
         files = {p.name: p.read_bytes() for p in sorted(Path(folder_path).rglob("*"))}
         self.calls.append(("upload_folder", repo_id, files, kwargs))
@@ -218,6 +263,12 @@ def test_push_to_hub_uploads_the_adapter_files_and_a_card_only(monkeypatch):
         assert expected in card
     backbone_bytes = sum(p.numel() * p.element_size() for p in model.base_model.parameters())
     assert len(files["adapter_model.safetensors"]) < backbone_bytes / 4  # the adapter, not the model
+
+    RecordingHfApi.calls = []  # to a branch: created first (it may not exist yet), as transformers does
+    model.push_to_hub("me/topics", revision="v2")
+    assert [call[0] for call in RecordingHfApi.calls] == ["create_repo", "create_branch", "upload_folder"]
+    assert RecordingHfApi.calls[1][2] == {"branch": "v2", "exist_ok": True, "repo_type": "model"}
+    assert RecordingHfApi.calls[2][3]["revision"] == "v2"
 
 
 def _fill_hub_cache(cache, repo_id, folder, commit, branch="main", subfolder=None):

@@ -48,6 +48,16 @@ def test_the_optimizer_has_the_two_learning_rate_groups(tmp_path):
         EPTTrainer(model=tiny_bert_classifier(), args=_arguments(tmp_path))
 
 
+def test_only_the_process_that_saves_writes(tmp_path, monkeypatch):
+    trainer = EPTTrainer(model=_classifier(), args=_arguments(tmp_path / "run"))
+    monkeypatch.setattr(type(trainer.args), "should_save", property(lambda self: False))
+    trainer.save_model(str(tmp_path / "worker"))
+    assert not (tmp_path / "worker").exists()
+    monkeypatch.undo()
+    trainer.save_model(str(tmp_path / "main"))
+    assert sorted(p.name for p in (tmp_path / "main").iterdir()) == sorted(ADAPTER_FILES + ["training_args.bin"])
+
+
 @pytest.mark.parametrize("adapter_name", ["default", "topics"])
 def test_checkpoints_hold_the_adapter_only_and_the_best_one_is_loaded_at_the_end(adapter_name, tmp_path):
     torch.manual_seed(0)
