@@ -8,7 +8,6 @@ covered by the low-rank update, r its rank, K subspaces of rank h.
 
 from __future__ import annotations
 
-import math
 from numbers import Real
 from typing import Dict, Optional, Sequence, Tuple
 
@@ -71,8 +70,8 @@ def _require_same_device(named: Sequence[Tuple[str, torch.Tensor]]) -> None:
 def check_scaling(scaling, name: str = "scaling") -> None:
     if isinstance(scaling, bool) or not isinstance(scaling, Real):
         raise TypeError(f"{name}: expected a Python float, got {type(scaling).__name__}")
-    if not math.isfinite(scaling):
-        raise ValueError(f"{name}: expected a finite number, got {scaling}")
+    if not abs(scaling) <= torch.finfo(torch.float32).max:  # the kernels take it as float32
+        raise ValueError(f"{name}: expected a finite number within float32's range, got {scaling}")
 
 
 def check_ept_prompt_args(

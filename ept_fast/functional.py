@@ -52,10 +52,10 @@ def use_triton(backend, device: torch.device) -> bool:
 
 
 def _reference_instead(backend, op: str, reason: str, stacklevel: int = 3) -> None:
-    """Sizes past what the fused kernels take: an error for backend='triton', a warning (at the
-    user's call, ``stacklevel`` frames up) and the reference for 'auto'."""
+    """Inputs the fused kernels do not take (``reason``): an error for backend='triton', a warning
+    (at the user's call, ``stacklevel`` frames up) and the reference for 'auto'."""
     if parse_enum(Backend, "backend", backend) is Backend.TRITON:
-        raise ValueError(f"backend: 'triton' cannot run {op} at these sizes ({reason}); use backend='auto', "
+        raise ValueError(f"backend: 'triton' cannot run {op} here ({reason}); use backend='auto', "
                          f"which then runs the PyTorch reference, or backend='torch'")
     warnings.warn(f"ept_fast: {op} runs the PyTorch reference, not the fused kernels: {reason}", stacklevel=stacklevel)
 
@@ -68,12 +68,10 @@ def _dispatch_assembly(op: str, args: tuple, dims: dict, backend):
         from .kernels import assemble_inputs as kernels
 
         reason = kernels.unsupported(dims["r"])
+        if reason is None and word_embeddings.requires_grad and torch.is_grad_enabled():
+            reason = ("word_embeddings requires grad, but the fused assembly treats the table as frozen "
+                      "(freeze it: requires_grad_(False))")
         if reason is None:
-            if word_embeddings.requires_grad and torch.is_grad_enabled():
-                raise ValueError(
-                    "word_embeddings: the fused assembly treats the table as frozen, but it requires grad; "
-                    "freeze it (requires_grad_(False)) or use backend='torch'"
-                )
             return getattr(kernels, f"fused_{op}")(*args)
         _reference_instead(backend, op, reason, stacklevel=4)  # warn at the caller of the public op
     return getattr(reference, op)(*args, validate=False)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import os
 import struct
 
@@ -52,6 +54,25 @@ def options(cfg: dict) -> dict:
 def new_buffer(like: torch.Tensor, shape, dtype=None) -> torch.Tensor:
     """An uninitialised buffer for a kernel to fill (the tests poison it with NaN)."""
     return like.new_empty(shape, dtype=like.dtype if dtype is None else dtype)
+
+
+def device_of(tensor: torch.Tensor):
+    """The context to launch kernels for ``tensor`` in: its CUDA device made current (Triton
+    launches on the current device and stream), nothing on the CPU."""
+    return torch.cuda.device(tensor.device) if tensor.is_cuda else contextlib.nullcontext()
+
+
+def on_the_inputs_device(launch):
+    """``launch(tensor, ...)`` with ``tensor``'s CUDA device made current: Triton launches on the
+    current device (and its stream), which need not be the one the tensors are on."""
+    @functools.wraps(launch)
+    def run(tensor, *args, **kwargs):
+        if not tensor.is_cuda:
+            return launch(tensor, *args, **kwargs)
+        with torch.cuda.device(tensor.device):
+            return launch(tensor, *args, **kwargs)
+
+    return run
 
 
 def multiprocessors(device: torch.device) -> int:

@@ -125,7 +125,7 @@ def _assemble_fwd_kernel(
 
     if HAS_LOW_RANK:
         if first_col_block & (t_end == T):  # the row's last segment: its length, and the positions no token holds
-            tl.store(LENGTHS + row, count)
+            tl.store(LENGTHS + row, tl.minimum(count, n))  # tokens past n hold no position of A
             for p0 in range(count, n, BT):
                 tail = p0 + tl.arange(0, BT)
                 tl.store(TOKEN_INDEX + row * n + tail, tl.full((BT,), -1, tl.int32), mask=tail < n)
@@ -283,6 +283,7 @@ class Routing(NamedTuple):
     pad_left: bool
 
 
+@_launch.on_the_inputs_device
 def _launch_forward(input_ids, attention_mask, word_embeddings, prompts, lora_a, lora_b, scaling: float,
                     embed_scale: float, routing: Optional[Routing]) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
     """The forward launch for one adapter (``prompts`` (m, d), A (n, r), B (r, d)) or a mixed
@@ -324,6 +325,7 @@ def _allocate_outputs(input_ids, attention_mask, word_embeddings, prompts, lora_
     )
 
 
+@_launch.on_the_inputs_device
 def _launch_backward(grad, token_index, lengths, prompts, lora_a, lora_b, scaling: float,
                      routing: Optional[Routing]) -> Tuple[Tensor, Tensor, Tensor]:
     """Gradients of (prompts, lora_a, lora_b), shaped as they are, from the gradient of inputs_embeds.
@@ -393,7 +395,7 @@ assemble_inputs_backward_op = torch.library.custom_op("ept_fast::assemble_inputs
 
 @assemble_inputs_backward_op.register_fake
 def _(grad, token_index, lengths, prompt_out, lora_a, lora_b, scaling):
-    return torch.empty_like(prompt_out), torch.empty_like(lora_a), torch.empty_like(lora_b)
+    return prompt_out.new_empty(prompt_out.shape), lora_a.new_empty(lora_a.shape), lora_b.new_empty(lora_b.shape)
 
 
 def _setup_context(ctx, inputs, output):
@@ -462,7 +464,7 @@ assemble_inputs_mixed_backward_op = torch.library.custom_op(
 
 @assemble_inputs_mixed_backward_op.register_fake
 def _(grad, token_index, lengths, prompts, prompt_lengths, lora_a, lora_b, scalings, adapter_ids, pad_left):
-    return torch.empty_like(prompts), torch.empty_like(lora_a), torch.empty_like(lora_b)
+    return prompts.new_empty(prompts.shape), lora_a.new_empty(lora_a.shape), lora_b.new_empty(lora_b.shape)
 
 
 def _setup_mixed_context(ctx, inputs, output):

@@ -534,6 +534,11 @@ def ept_prompt_forward(
     proj_up: Tensor, gate_weight: Tensor, gate_bias: Tensor, scaling: float,
 ) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
     """Returns (P*, R, log-sum-exp, F·[W_g | D̃], C, F); the last five are saved for the backward."""
+    return _launch_forward(prompt, lora_a, lora_b, fusion_scale, proj_down, proj_up, gate_weight, gate_bias, scaling)
+
+
+@_launch.on_the_inputs_device
+def _launch_forward(prompt, lora_a, lora_b, fusion_scale, proj_down, proj_up, gate_weight, gate_bias, scaling):
     m, d, n, r, K, h = _sizes(prompt, lora_a, proj_down)
     reason = unsupported(m, r, prompt.dtype)
     if reason is not None:
@@ -575,6 +580,13 @@ def ept_prompt_backward(
     coefficients: Tensor, fusion: Tensor, scaling: float,
 ) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
     """Gradients of (prompt, lora_a, lora_b, fusion_scale, proj_down, proj_up, gate_weight, gate_bias)."""
+    return _launch_backward(grad, prompt, lora_a, lora_b, fusion_scale, proj_down, proj_up, gate_weight, gate_bias,
+                            reduced, lse, fused, coefficients, fusion, scaling)
+
+
+@_launch.on_the_inputs_device
+def _launch_backward(grad, prompt, lora_a, lora_b, fusion_scale, proj_down, proj_up, gate_weight, gate_bias, reduced,
+                     lse, fused, coefficients, fusion, scaling):
     m, d, n, r, K, h = _sizes(prompt, lora_a, proj_down)
     KH = K * h
     NC = m + r + KH
@@ -620,8 +632,8 @@ ept_prompt_backward_op = torch.library.custom_op("ept_fast::ept_prompt_backward"
 @ept_prompt_backward_op.register_fake
 def _(grad, prompt, lora_a, lora_b, fusion_scale, proj_down, proj_up, gate_weight, gate_bias, reduced, lse, fused,
       coefficients, fusion, scaling):
-    return tuple(torch.empty_like(t) for t in (prompt, lora_a, lora_b, fusion_scale, proj_down, proj_up, gate_weight,
-                                               gate_bias))
+    return tuple(t.new_empty(t.shape) for t in (prompt, lora_a, lora_b, fusion_scale, proj_down, proj_up, gate_weight,
+                                                gate_bias))  # contiguous, as the op's own buffers
 
 
 def _setup_context(ctx, inputs, output):

@@ -1,6 +1,7 @@
 """The fused input assembly against the reference: forward, the gradients of P*, A and B,
 gradcheck, determinism, opcheck, random shapes (CPU: Triton interpreter; CUDA where present)."""
 
+import contextlib
 import pytest
 import torch
 from hypothesis import given, settings
@@ -139,10 +140,37 @@ def test_torch_compile_traces_without_graph_breaks(device):
                  1e-5, 1e-6)
 
 
-def test_frozen_table_is_required(device):
+def test_the_backward_ops_fake_kernels_give_the_real_strides(device):
+    """torch.compile plans with the fake kernels: their outputs must be laid out as the real ones
+    (contiguous), also for a non-contiguous parameter."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    ids, mask, E, P, A, B, _ = _inputs("odd-right", torch.float32, device)
+    P, A, s = P.t().contiguous().t(), A.t().contiguous().t(), 1.5  # P, A: the same values, column-major
+    _, _, token_index, lengths = torch.ops.ept_fast.assemble_inputs(ids, mask, E, P, A, B, s, 1.0)
+    grad = torch.randn(ids.shape[0], P.shape[0] + ids.shape[1], P.shape[1], device=device)
+    args = (grad, token_index, lengths, P, A, B, s)
+    real = torch.ops.ept_fast.assemble_inputs_backward(*args)
+    with FakeTensorMode(allow_non_fake_inputs=True) as mode:
+        fake = torch.ops.ept_fast.assemble_inputs_backward(*(mode.from_tensor(t) if isinstance(t, torch.Tensor)
+                                                             else t for t in args))
+    assert [t.stride() for t in fake] == [t.stride() for t in real] == [t.contiguous().stride() for t in real]
+
+
+def test_a_table_that_requires_grad_runs_on_the_reference(device):
+    """The fused assembly treats the table as frozen: 'triton' refuses a table that requires grad,
+    'auto' warns and runs the reference (which gives the table its gradient)."""
     ids, mask, E, P, A, B, _ = _inputs("odd-left", torch.float32, device)
-    with pytest.raises(ValueError, match=r"word_embeddings: the fused assembly treats the table as frozen"):
-        functional.assemble_inputs(ids, mask, E.requires_grad_(), P, A, B, 2.0, backend="triton")
+    E.requires_grad_()
+    with pytest.raises(ValueError, match=r"backend: 'triton' cannot run assemble_inputs here \(word_embeddings "
+                                         r"requires grad, but the fused assembly treats the table as frozen"):
+        functional.assemble_inputs(ids, mask, E, P, A, B, 2.0, backend="triton")
+    warned = pytest.warns(UserWarning, match=r"assemble_inputs runs the PyTorch reference, not the fused kernels: "
+                                             r"word_embeddings requires grad")  # on the CPU 'auto' is the reference
+    with warned if torch.device(device).type == "cuda" else contextlib.nullcontext():
+        out, _ = functional.assemble_inputs(ids, mask, E, P, A, B, 2.0, backend="auto")
+    out.sum().backward()
+    assert E.grad is not None and E.grad.abs().sum() > 0
 
 
 @settings(max_examples=12, deadline=None)
@@ -194,7 +222,7 @@ def test_ranks_past_the_kernels_are_refused_or_run_on_the_reference(monkeypatch,
     args = (ids, mask, E, x["prompt"], x["lora_a"], x["lora_b"], 0.5)
     with pytest.raises(ValueError, match=r"assemble_inputs: the fused kernels cannot take these sizes: r=257 is over 256"):
         fused_assemble_inputs(*args)
-    with pytest.raises(ValueError, match=r"backend: 'triton' cannot run assemble_inputs at these sizes \(r=257"):
+    with pytest.raises(ValueError, match=r"backend: 'triton' cannot run assemble_inputs here \(r=257"):
         functional.assemble_inputs(*args, backend="triton")
     monkeypatch.setattr(functional, "use_triton", lambda backend, device: True)  # as on a GPU
     with pytest.warns(UserWarning, match=r"assemble_inputs runs the PyTorch reference"):

@@ -117,7 +117,7 @@ def test_sizes_past_the_kernels_are_refused_or_run_on_the_reference(monkeypatch,
     with pytest.raises(ValueError, match=r"ept_prompt: the fused kernels cannot take these sizes: "
                                          r"num_virtual_tokens=513 is over 512"):
         fused_ept_prompt(*args, 2.0)
-    with pytest.raises(ValueError, match=r"backend: 'triton' cannot run ept_prompt at these sizes "
+    with pytest.raises(ValueError, match=r"backend: 'triton' cannot run ept_prompt here "
                                          r"\(num_virtual_tokens=513 is over 512\); use backend='auto'"):
         functional.ept_prompt(*args, 2.0, backend="triton")
     monkeypatch.setattr(functional, "use_triton", lambda backend, device: True)  # as on a GPU

@@ -235,3 +235,15 @@ def test_a_prompt_tuning_row_may_be_longer_than_the_stacked_reach():
     for out in outs:
         assert torch.allclose(out[1:], alone, rtol=1e-12, atol=1e-12)
     assert torch.allclose(outs[0], outs[1], rtol=1e-10, atol=1e-10)
+
+    # The backward too: the long row's tokens past n hold no position of A (no read past A's rows).
+    grads = []
+    for backend in ("torch", "triton"):
+        leaves = [t.detach().clone().to(DEVICE).requires_grad_() for t in (stacked.prompts, stacked.lora_a,
+                                                                         stacked.lora_b)]
+        out, _ = functional.assemble_inputs_mixed(ids, mask, E, leaves[0], args[4], leaves[1], leaves[2], scalings,
+                                                  args[8], backend=backend, max_lengths=stacked.max_lengths.to(DEVICE))
+        out.backward(torch.linspace(-1, 1, out.numel(), dtype=out.dtype, device=DEVICE).view_as(out))
+        grads.append([leaf.grad for leaf in leaves])
+    for torch_grad, triton_grad in zip(*grads):
+        assert torch.allclose(torch_grad, triton_grad, rtol=1e-10, atol=1e-10)

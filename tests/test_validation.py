@@ -43,7 +43,8 @@ PROMPT_ERRORS = [
     (dict(proj_up=torch.zeros(3, 2, 8, dtype=torch.float64)), TypeError, r"proj_up: expected dtype torch.float32 \(the dtype of prompt\), got torch.float64"),
     (dict(gate_bias=torch.zeros(3, device="meta")), ValueError, r"gate_bias: expected a tensor on cpu \(the device of prompt\), got one on meta"),
     (dict(scaling="2"), TypeError, r"scaling: expected a Python float, got str"),
-    (dict(scaling=float("nan")), ValueError, r"scaling: expected a finite number, got nan"),
+    (dict(scaling=float("nan")), ValueError, r"scaling: expected a finite number within float32's range, got nan"),
+    (dict(scaling=1e39), ValueError, r"scaling: expected a finite number within float32's range, got 1e\+39"),
 ]
 
 
