@@ -44,4 +44,10 @@ def fit_budget(config: EPTConfig, budget: int, token_dim: int) -> EPTConfig:
             f"num_virtual_tokens={config.num_virtual_tokens} and r >= 1 ({fixed} parameters before the low-rank "
             f"pair); give a larger budget or a smaller num_virtual_tokens"
         )
+    if r > min(config.max_length, d):
+        raise ValueError(
+            f"param_budget: {budget} parameters would make r={r}, past min(max_length, d)="
+            f"{min(config.max_length, d)} (a rank past that adds nothing); give a smaller budget or a larger "
+            f"num_virtual_tokens"
+        )
     return dataclasses.replace(config, r=r, space_rank=h)

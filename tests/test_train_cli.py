@@ -70,6 +70,28 @@ def _args(tiny_models, files, out, *extra):
             "--device", "cpu", *extra]
 
 
+def test_inputs_longer_than_max_length_are_counted_and_reported(tiny_models, sst2_files, tmp_path, capsys):
+    from transformers import AutoTokenizer
+
+    long_files = []
+    for index, path in enumerate(sst2_files):  # every third sentence made longer than --max-length 16
+        rows = [json.loads(line) for line in Path(path).read_text().splitlines()]
+        for i, row in enumerate(rows):
+            row["sentence"] += " and the plot was slow" * 3 if i % 3 == 0 else ""
+        long_files.append(tmp_path / f"{index}.jsonl")
+        long_files[-1].write_text("".join(json.dumps(row) + "\n" for row in rows))
+    assert main(_args(tiny_models, [str(p) for p in long_files], tmp_path / "run", "--task", "sst2")) == 0
+    tokenizer = AutoTokenizer.from_pretrained(tiny_models / "bert")
+    expected = {split: sum(len(tokenizer(json.loads(line)["sentence"])["input_ids"]) > 16
+                           for line in path.read_text().splitlines())
+                for split, path in zip(("train", "validation", "test"), long_files)}
+    assert expected["train"] > 0
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert metrics["inputs_cut_to_max_length"] == expected
+    assert (f"inputs longer than --max-length=16 tokens, cut to it: train {expected['train']} of 48, validation "
+            f"{expected['validation']} of 16, test {expected['test']} of 16") in capsys.readouterr().out
+
+
 def test_a_run_writes_adapter_metrics_and_plot(tiny_models, sst2_files, tmp_path, capsys):
     assert main(_args(tiny_models, sst2_files, tmp_path / "run", "--task", "sst2")) == 0
     out = tmp_path / "run"
@@ -168,6 +190,18 @@ def test_user_errors_are_clear_and_lose_nothing(tiny_models, sst2_files, tmp_pat
     assert "nope.jsonl: not found" in capsys.readouterr().err
     assert main(_args(tiny_models, sst2_files, tmp_path / "z", "--label-column", "stars")) == 2
     assert "label column 'stars' is absent" in capsys.readouterr().err
+    empty = list(sst2_files)
+    empty[2] = str(tmp_path / "empty.jsonl")
+    Path(empty[2]).write_text("")
+    assert main(_args(tiny_models, empty, tmp_path / "e", "--task", "sst2")) == 2
+    assert f"--test-file {empty[2]}: no rows" in capsys.readouterr().err
+    assert not any((tmp_path / "e").iterdir())  # refused before anything ran: a rerun needs no --overwrite
+    for option, value, expected in (("--limit-train-examples", "0", "an integer >= 1, got 0"),
+                                    ("--early-stopping-patience", "0", "an integer >= 1, got 0"),
+                                    ("--max-steps", "-1", "an integer >= 1, got -1"),
+                                    ("--num-epochs", "-1", "a number > 0, got -1.0")):
+        assert main(_args(tiny_models, sst2_files, tmp_path / "o", option, value)) == 2
+        assert f"{option}: expected {expected}" in capsys.readouterr().err
     if not torch.cuda.is_available():
         assert main(_args(tiny_models, sst2_files, tmp_path / "w", "--device", "cuda")) == 2
         assert "--device: cuda was requested, but no CUDA device is available" in capsys.readouterr().err
@@ -217,6 +251,37 @@ def test_the_embedded_default_runs_offline(tmp_path):
     assert set(metrics["test"]) == {"accuracy", "f1_macro"}
     saved = json.loads((out / "adapter_config.json").read_text())
     assert saved["method"] == "ept" and saved["token_dim"] == 384 and saved["modules_to_save"] == ["classifier"]
+
+
+def test_eval_scores_a_decoder_classifier_as_it_was_trained(tiny_models, sst2_files, tmp_path):
+    """A GPT-2 checkpoint trained with --task-type SEQ_CLS is scored as a classifier, not guessed
+    to be the causal LM its config names."""
+    from transformers import AutoTokenizer, GPT2Config, GPT2LMHeadModel
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_models / "bert")
+    GPT2LMHeadModel(GPT2Config(vocab_size=tokenizer.vocab_size, n_positions=64, n_embd=32, n_layer=1, n_head=2,
+                               pad_token_id=tokenizer.pad_token_id)).save_pretrained(tmp_path / "gpt2")
+    tokenizer.save_pretrained(tmp_path / "gpt2")
+    args = _args(tiny_models, sst2_files, tmp_path / "cls", "--task", "sst2", "--task-type", "SEQ_CLS")
+    args[1] = str(tmp_path / "gpt2")
+    assert main(args) == 0
+    assert cli_main(["eval", "--adapter", str(tmp_path / "cls"), "--task", "sst2", "--validation-file",
+                     sst2_files[1], "--test-file", sst2_files[2], "--device", "cpu"]) == 0
+    trained = json.loads((tmp_path / "cls" / "metrics.json").read_text())
+    scored = json.loads((tmp_path / "cls" / "eval" / "metrics.json").read_text())
+    assert scored["task_type"] == "SEQ_CLS" and scored["test"] == trained["test"]
+
+
+def test_eval_scores_on_the_split_the_adapter_was_trained_with(tmp_path, capsys):
+    """The embedded data's split depends on the seed: eval uses the one the adapter recorded."""
+    out = tmp_path / "seed43"
+    assert main(["--output-dir", str(out), "--seed", "43", "--max-steps", "1", "--eval-steps", "1",
+                 "--limit-train-examples", "8", "--limit-eval-examples", "8", "--batch-size", "4", "--max-length",
+                 "32", "--num-virtual-tokens", "2", "--r", "2", "--device", "cpu"]) == 0
+    trained = json.loads((out / "metrics.json").read_text())
+    assert cli_main(["eval", "--adapter", str(out), "--limit-eval-examples", "8", "--device", "cpu"]) == 0
+    scored = json.loads((out / "eval" / "metrics.json").read_text())
+    assert scored["split_seed"] == 43 and scored["test"] == trained["test"]
 
 
 def _named_label_files(root, names=("negative", "positive")):
@@ -368,6 +433,14 @@ def test_compare_runs_methods_at_one_budget_over_seeds(tiny_models, sst2_files, 
     assert (out / "compare.png").read_bytes()[:4] == b"\x89PNG" and (out / "dept-seed8" / "metrics.json").is_file()
     printed = capsys.readouterr().out
     assert "adapter budget" in printed and "wins on accuracy, paired by seed" in printed
+    # A second comparison into the folder is refused; --resume reads the finished runs back.
+    assert cli_main(["compare", *args]) == 2
+    assert "already holds a comparison; pass --resume" in capsys.readouterr().err
+    stamp = (out / "dept-seed8" / "metrics.json").stat().st_mtime_ns
+    assert cli_main(["compare", *args, "--resume"]) == 0
+    assert "finished before, read back" in capsys.readouterr().out
+    assert (out / "dept-seed8" / "metrics.json").stat().st_mtime_ns == stamp
+    assert json.loads((out / "compare.json").read_text())["methods"] == methods
     assert cli_main(["compare", "--methods", "ept,lora"]) == 2
     assert "--methods: expected ept, dept or pt, got 'lora'" in capsys.readouterr().err
 
@@ -382,9 +455,12 @@ def test_param_budget_sizes_the_method(tiny_models, sst2_files, tmp_path, capsys
     args.remove("2")
     args.remove("--num-spaces")
     args.remove("2")
+    assert main(args) == 2  # r = 18 would pass min(n, d) = 16
+    assert "param_budget: 1000 parameters would make r=18, past min(max_length, d)=16" in capsys.readouterr().err
+    args[args.index("1000")] = "800"
     assert main(args) == 0
     metrics = json.loads((tmp_path / "b" / "metrics.json").read_text())
-    assert metrics["adapter"]["r"] == (1000 - 4 * 32) // (16 + 32) and metrics["adapter_parameters"] <= 1000
+    assert metrics["adapter"]["r"] == (800 - 4 * 32) // (16 + 32) and metrics["adapter_parameters"] <= 800
 
 
 @pytest.fixture(scope="module")

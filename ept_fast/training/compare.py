@@ -6,10 +6,12 @@ training time; ``compare.json`` and ``compare.png`` beside the runs."""
 from __future__ import annotations
 
 import dataclasses
+import json
 import statistics
 from pathlib import Path
 from typing import Dict, List, Optional
 
+from .checkpoints import CHECKPOINT
 from .data import data_name
 from .loop import train
 from .options import TrainArguments, option
@@ -54,11 +56,15 @@ def run_arguments(args: CompareArguments, method: str, seed: int, out: Path, bud
 
 def compare(args: CompareArguments) -> dict:
     out = Path(args.output_dir or Path("runs") / f"compare-{data_name(args)}")
+    if out.exists() and any(out.iterdir()) and not (args.overwrite or args.resume):
+        raise FileExistsError(f"--output-dir: {out} already holds a comparison; pass --resume to finish it (runs "
+                              f"that finished are read back, an interrupted one continues from its checkpoint) "
+                              f"or --overwrite to redo it")
     runs: Dict[str, List[dict]] = {method: [] for method in args.methods}
     budget = args.param_budget
     for seed in range(args.seed, args.seed + args.seeds):
         for method in args.methods:
-            summary = train(run_arguments(args, method, seed, out, budget))
+            summary = _run(args, run_arguments(args, method, seed, out, budget))
             if budget is None:  # every method gets the first method's budget (by default EPT's)
                 budget = summary["adapter_parameters"]
             runs[method].append(summary)
@@ -68,6 +74,18 @@ def compare(args: CompareArguments) -> dict:
     plot(result, out / "compare.png")
     print(table(result))
     return result
+
+
+def _run(args: CompareArguments, run: TrainArguments) -> dict:
+    """One run of the comparison; with --resume, a finished run is read back and an interrupted
+    one continues from its checkpoint."""
+    folder = Path(run.output_dir)
+    if args.resume and (folder / "metrics.json").is_file():
+        print(f"{folder}: finished before, read back")
+        return json.loads((folder / "metrics.json").read_text(encoding="utf-8"))
+    if args.resume and (folder / CHECKPOINT).is_dir():
+        run = dataclasses.replace(run, resume=True, overwrite=False)
+    return train(run)
 
 
 def summarise(runs: Dict[str, List[dict]], budget: int) -> dict:

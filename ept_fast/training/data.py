@@ -28,6 +28,9 @@ def load_data(args: DataArguments, task: Optional[Task] = None, files_needed=("t
         if missing:
             raise ValueError(f"{', '.join(missing)}: needed with the other data files, but not given")
         rows = {split: read_rows(path) if path else [] for split, path in paths.items()}
+        empty = [f"--{split}-file {paths[split]}" for split in paths if paths[split] and not rows[split]]
+        if empty:
+            raise ValueError(f"{', '.join(empty)}: no rows")
         if task is None and args.task:
             task = get_task(args.task)
         elif task is None:
@@ -42,6 +45,15 @@ def load_data(args: DataArguments, task: Optional[Task] = None, files_needed=("t
     if args.limit_eval_examples:
         splits[1], splits[2] = splits[1][: args.limit_eval_examples], splits[2][: args.limit_eval_examples]
     return (task, *splits)
+
+
+def report_inputs_cut(collate: Collator, splits: Dict[str, List[Example]]) -> Dict[str, int]:
+    """Per split, how many inputs the batches cut to --max-length; printed when any are."""
+    cut = {split: collate.inputs_cut(examples) for split, examples in splits.items()}
+    if any(cut.values()):
+        print(f"inputs longer than --max-length={collate.max_length} tokens, cut to it: "
+              + ", ".join(f"{split} {cut[split]} of {len(examples)}" for split, examples in splits.items()))
+    return cut
 
 
 def data_name(args: DataArguments) -> str:
@@ -90,11 +102,28 @@ def load_backbone(args: RunArguments, task: Task, source: Optional[str] = None):
 
 
 class Collator:
-    """Examples -> a tokenized batch for the task type (inputs cut to ``max_length`` tokens)."""
+    """Examples -> a tokenized batch for the task type. Inputs are cut to ``max_length`` tokens,
+    as DePT's and PEFT's training scripts cut them (the library itself never cuts: it refuses
+    rows longer than the adapter's n); ``inputs_cut`` counts them, and the runs report it."""
 
     def __init__(self, tokenizer, task_type: TaskType, task: Task, max_length: int, max_new_tokens: int):
         self.tokenizer, self.task_type, self.task = tokenizer, task_type, task
         self.max_length, self.max_new_tokens = max_length, max_new_tokens
+
+    def inputs_cut(self, examples: List[dict]) -> int:
+        """How many of ``examples`` are longer than ``max_length`` tokens (for a causal LM, than
+        what is left of it for the answer): the batches cut them to it."""
+        tok = self.tokenizer
+        if self.task_type is TaskType.SEQ_CLS:
+            pairs = [e["text_pair"] for e in examples] if examples and examples[0]["text_pair"] is not None else None
+            lengths = [len(ids) for ids in tok([e["text"] for e in examples], pairs, verbose=False)["input_ids"]] \
+                if examples else []
+            return sum(length > self.max_length for length in lengths)
+        if self.task_type is TaskType.SEQ_2_SEQ_LM:
+            sources = tok([e["source"] for e in examples], verbose=False)["input_ids"] if examples else []
+            return sum(len(ids) > self.max_length for ids in sources)
+        budget = self.max_length - self.max_new_tokens
+        return sum(len(tok(e["source"] + " answer:", verbose=False)["input_ids"]) > budget for e in examples)
 
     def __call__(self, examples: List[dict], for_generation: bool = False) -> Dict[str, torch.Tensor]:
         tok = self.tokenizer

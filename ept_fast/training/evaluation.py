@@ -13,7 +13,7 @@ from ..config import TaskType
 from ..model import EPTModel
 from ..serialization import load_adapter
 from ..tasks import Example, Task, compute_metrics, get_task, parse_prediction
-from .data import Collator, load_backbone, load_data
+from .data import Collator, load_backbone, load_data, report_inputs_cut
 from .options import EvalArguments
 from .report import peak_memory_mb, summary_table, versions, write_results
 
@@ -58,15 +58,18 @@ def evaluate(model: EPTModel, examples: List[Example], collate: Collator, batch_
     return compute_metrics(collate.task, predictions, [e["label"] for e in examples], groups)
 
 
-def task_metadata(task: Task) -> dict:
-    """What an adapter saves of its task, so that ``ept-fast eval`` scores it the same way."""
-    return dataclasses.asdict(task)
+def task_metadata(task: Task, split_seed: int) -> dict:
+    """What an adapter saves of its task, so that ``ept-fast eval`` scores it the same way: the
+    task, and the seed its registry or embedded data was split with."""
+    return {**dataclasses.asdict(task), "split_seed": split_seed}
 
 
 def task_from_metadata(metadata: Optional[dict]) -> Optional[Task]:
     if not metadata:
         return None
-    return Task(**{key: tuple(value) if isinstance(value, list) else value for key, value in metadata.items()})
+    fields = {field.name for field in dataclasses.fields(Task)}
+    return Task(**{key: tuple(value) if isinstance(value, list) else value for key, value in metadata.items()
+                   if key in fields})
 
 
 def score_adapter(args: EvalArguments) -> dict:
@@ -79,6 +82,11 @@ def score_adapter(args: EvalArguments) -> dict:
         raise ValueError(f"--adapter: {args.adapter} records no task; pass --task or --validation-file/--test-file")
     if any((args.validation_file, args.test_file)) and not args.train_file and task is None:
         raise ValueError("--validation-file/--test-file: the adapter records no task to read them with; pass --task")
+    split_seed = (files.task or {}).get("split_seed")
+    if split_seed is not None and not any((args.train_file, args.validation_file, args.test_file)):
+        args = dataclasses.replace(args, seed=split_seed)  # the split the adapter was trained on, not --seed's
+    if args.task_type is None:  # as trained (a decoder classifier's would be guessed as a causal LM)
+        args = dataclasses.replace(args, task_type=files.config.get("task_type"))
     task, _, validation, test = load_data(args, task, files_needed=())
     if not (validation or test):
         raise ValueError("--validation-file/--test-file: nothing to score; give at least one of them")
@@ -87,11 +95,15 @@ def score_adapter(args: EvalArguments) -> dict:
     device = torch.device("cuda" if args.device != "cpu" and torch.cuda.is_available() else "cpu")
     model = EPTModel.from_pretrained(backbone, args.adapter).to(device)
     collate = Collator(tokenizer, task_type, task, model.active_peft_config.max_length, args.max_new_tokens)
-    summary = {
-        split: evaluate(model, examples, collate, args.eval_batch_size, device, args.max_new_tokens)
-        for split, examples in (("validation", validation), ("test", test)) if examples
-    }
+    inputs_cut = report_inputs_cut(collate, {"validation": validation, "test": test})
+    precision = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(args.mixed_precision)
+    with torch.autocast(device.type, dtype=precision, enabled=precision is not None):
+        summary = {
+            split: evaluate(model, examples, collate, args.eval_batch_size, device, args.max_new_tokens)
+            for split, examples in (("validation", validation), ("test", test)) if examples
+        }
     summary.update({
+        "inputs_cut_to_max_length": inputs_cut, "split_seed": args.seed,
         "task": task.name, "task_type": task_type.value, "adapter": str(args.adapter),
         "validation_examples": len(validation), "test_examples": len(test),
         "peak_memory_mb": peak_memory_mb(), "config": dataclasses.asdict(args), "versions": versions(),

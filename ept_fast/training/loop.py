@@ -24,7 +24,7 @@ from ..budget import adapter_parameters
 from ..model import get_ept_model
 from ..serialization import load_adapter
 from .checkpoints import BEST, TrainState, checkpoint_folder, load_checkpoint, save_checkpoint
-from .data import Collator, data_name, load_backbone, load_data
+from .data import Collator, data_name, load_backbone, load_data, report_inputs_cut
 from .evaluation import evaluate, task_metadata
 from .options import TrainArguments
 from .report import (
@@ -86,9 +86,11 @@ def train(args: TrainArguments, stop_after_steps: Optional[int] = None) -> dict:
     backbone, tokenizer, task_type = load_backbone(args, task)
     token_dim = backbone.get_input_embeddings().embedding_dim
     model = get_ept_model(backbone, args.adapter_config(task, task_type, token_dim), tokenizer=tokenizer)
-    model.task_metadata = task_metadata(task)
+    model.task_metadata = task_metadata(task, split_seed=args.seed)
     model.to(accelerator.device)
     collate = Collator(tokenizer, task_type, task, model.active_peft_config.max_length, args.max_new_tokens)
+    splits = {"train": train_set, "validation": validation_set, "test": test_set}
+    inputs_cut = report_inputs_cut(collate, splits) if accelerator.is_main_process else {}
     device = accelerator.device
     scoring = dict(batch_size=args.eval_batch_size, device=device, max_new_tokens=args.max_new_tokens,
                    accelerator=accelerator)
@@ -178,6 +180,7 @@ def train(args: TrainArguments, stop_after_steps: Optional[int] = None) -> dict:
         "task": task.name, "task_type": task_type.value, "metric_for_best_model": metric,
         "best_step": state.best_step, "steps": state.step, "epoch": state.step / steps_per_epoch,
         "train_examples": len(train_set), "validation_examples": len(validation_set), "test_examples": len(test_set),
+        "inputs_cut_to_max_length": inputs_cut,
         "train_loss": sum(h["loss"] for h in state.history) / max(len(state.history), 1),
         "train_time_s": state.train_seconds,
         "train_examples_per_s": state.examples_seen / max(state.train_seconds, 1e-9),

@@ -63,6 +63,11 @@ class DataArguments:
                                                 aliases=("max_eval_samples",))
     seed: int = option(42, "seed of the splits, the initialisation, the example order and dropout")
 
+    def __post_init__(self):
+        for name in ("limit_train_examples", "limit_eval_examples"):
+            if getattr(self, name) is not None and getattr(self, name) < 1:
+                raise ValueError(f"--{name.replace('_', '-')}: expected an integer >= 1, got {getattr(self, name)}")
+
 
 @dataclasses.dataclass
 class RunArguments:
@@ -77,6 +82,7 @@ class RunArguments:
     device: str = option("auto", "auto, cpu or cuda")
 
     def __post_init__(self):
+        getattr(super(), "__post_init__", lambda: None)()  # DataArguments', for the commands that take data
         if self.eval_batch_size < 1:
             raise ValueError(f"--eval-batch-size: expected an integer >= 1, got {self.eval_batch_size}")
         if self.task_type is not None:
@@ -91,6 +97,11 @@ class RunArguments:
             raise ValueError(f"--mixed-precision {self.mixed_precision}: needs a CUDA device; use 'no' on the CPU")
 
 
+# Where the command line does more than EPTConfig: it tokenizes, so it cuts long texts.
+_CLI_HELP = {"max_length": "n: positions the low-rank update A·B covers; longer inputs are cut to it while "
+                           "tokenizing, and the run reports how many"}
+
+
 def _adapter_options():
     """EPTConfig's option fields, with None meaning "the method's default" (``method`` keeps
     EPTConfig's default: it picks the row of METHOD_DEFAULTS)."""
@@ -102,7 +113,7 @@ def _adapter_options():
         kind = typing.get_args(hints[name])[0] if typing.get_origin(hints[name]) is Union else hints[name]
         if isinstance(kind, type) and issubclass(kind, str):  # the enums are given by their values
             kind = str
-        specs.append((name, Optional[kind], option(help=fields[name].metadata["help"])))
+        specs.append((name, Optional[kind], option(help=_CLI_HELP.get(name, fields[name].metadata["help"]))))
     return specs
 
 
@@ -144,9 +155,12 @@ class TrainArguments(AdapterArguments, RunArguments, DataArguments):
 
     def __post_init__(self):
         super().__post_init__()
-        for name in ("batch_size", "gradient_accumulation_steps", "eval_steps", "save_steps"):
-            if getattr(self, name) < 1:
+        for name in ("batch_size", "gradient_accumulation_steps", "eval_steps", "save_steps", "max_steps",
+                     "early_stopping_patience"):
+            if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise ValueError(f"--{name.replace('_', '-')}: expected an integer >= 1, got {getattr(self, name)}")
+        if not self.num_epochs > 0:
+            raise ValueError(f"--num-epochs: expected a number > 0, got {self.num_epochs}")
         config = self.adapter_config()  # a value that contradicts the method fails now, as EPTConfig says
         if self.param_budget is not None:
             fitted = "num_virtual_tokens" if config.method is Method.PT else "r"
