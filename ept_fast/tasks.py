@@ -102,6 +102,8 @@ def custom_task(rows: List[dict], label_column: str, text_columns: Sequence[str]
         if row.get(label_column) is None:
             raise ValueError(f"{source}, row {number}: label column {label_column!r} is absent "
                              f"(the row has {sorted(row)})")
+        if isinstance(row[label_column], str) and not row[label_column].strip():
+            raise ValueError(f"{source}, row {number}: label column {label_column!r} is empty")
         labels.append(row[label_column])
     if not labels:
         raise ValueError(f"{source}: no rows")
@@ -111,7 +113,12 @@ def custom_task(rows: List[dict], label_column: str, text_columns: Sequence[str]
             raise ValueError(f"--label-names: expected distinct names, got {list(names)}")
         num_labels = len(names)
     elif all(_is_integer(label) for label in labels):
-        names, num_labels = None, max(int(label) for label in labels) + 1
+        ids = {int(label) for label in labels}
+        if min(ids) != 0:
+            raise ValueError(f"{source}: integer labels are class ids 0 … k-1, but the smallest is {min(ids)}; "
+                             f"relabel from 0, or pass --label-names {' '.join(map(str, sorted(ids)))} to take them "
+                             f"as names")
+        names, num_labels = None, max(ids) + 1
     elif all(_is_number(label) for label in labels):
         names, num_labels = None, 1
     else:

@@ -8,7 +8,7 @@ from scipy.stats import pearsonr, spearmanr
 from sklearn.metrics import accuracy_score, f1_score, matthews_corrcoef
 
 from ept_fast.tasks import (
-    TASKS, bbc_headlines, compute_metrics, format_rows, get_task, label_text, parse_prediction, read_rows,
+    TASKS, bbc_headlines, compute_metrics, custom_task, format_rows, get_task, label_text, parse_prediction, read_rows,
     split_validation_test, stratified_split,
 )
 from helpers import needs_offline_data
@@ -152,3 +152,16 @@ def test_bbc_headlines_split_the_distinct_headlines_by_topic_name():
     assert not heads[0] & heads[1] and not heads[0] & heads[2] and not heads[1] & heads[2]
     assert {row["label"] for row in test} == {"business", "entertainment", "politics", "sports", "tech"}
     assert bbc_headlines(seed=3)[1] == validation and all(len(row["text"].split()) < 15 for row in train)
+
+
+def test_labels_of_users_files_that_would_be_misread_are_errors():
+    """Integer labels are class ids from 0: ids from 1 would leave a class 0 that never appears (and
+    count it in macro-F1), so they are refused with the way out; an empty label cell is refused."""
+    rows = [{"text": "a", "label": 1}, {"text": "b", "label": 2}]
+    with pytest.raises(ValueError, match=r"train.jsonl: integer labels are class ids 0 … k-1, but the smallest is 1; "
+                                         r"relabel from 0, or pass --label-names 1 2 to take them as names"):
+        custom_task(rows, "label", ["text"], "train.jsonl")
+    task = custom_task(rows, "label", ["text"], "train.jsonl", label_names=["1", "2"])
+    assert [e["label"] for e in format_rows(task, rows, "train.jsonl")] == [0, 1]
+    with pytest.raises(ValueError, match=r"train.csv, row 2: label column 'label' is empty"):
+        custom_task([{"text": "a", "label": "0"}, {"text": "b", "label": " "}], "label", ["text"], "train.csv")
