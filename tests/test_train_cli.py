@@ -132,7 +132,12 @@ def test_resumed_run_ends_with_the_same_adapter(tiny_models, sst2_files, tmp_pat
     interrupted = parse_args(_args(tiny_models, sst2_files, tmp_path / "resumed", "--task", "sst2"))
     assert train(interrupted, stop_after_steps=4) == {"stopped_at_step": 4}
     assert not (tmp_path / "resumed" / "metrics.json").exists()
-    train(parse_args(_args(tiny_models, sst2_files, tmp_path / "resumed", "--task", "sst2", "--resume")))
+    with pytest.raises(ValueError, match=r"--resume: the checkpoint in .* was made with other options \(--max-steps "
+                                         r"6 -> 9\); resume with the same options, or start over with --overwrite"):
+        train(parse_args(_args(tiny_models, sst2_files, tmp_path / "resumed", "--task", "sst2", "--resume",
+                               "--max-steps", "9")))
+    train(parse_args(_args(tiny_models, sst2_files, tmp_path / "resumed", "--task", "sst2", "--resume",
+                           "--eval-batch-size", "5")))  # how it is run may change
     a = load_file(str(tmp_path / "straight" / "adapter_model.safetensors"))
     b = load_file(str(tmp_path / "resumed" / "adapter_model.safetensors"))
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)

@@ -71,10 +71,22 @@ def checkpoint_folder(output_dir: Path, resume) -> Path:
     return folder
 
 
-def load_checkpoint(folder: Path, model: EPTModel, optimizer, scheduler) -> TrainState:
-    """Put the adapter, optimizer and scheduler of ``folder`` back; returns the loop's state."""
-    model.load_adapter_state_dict(load_adapter(folder).tensors, str(folder))
+# Options that may change when a run is resumed: where it runs and how it is called, not what it computes.
+RESUMABLE_CHANGES = frozenset({"resume", "overwrite", "output_dir", "device", "eval_batch_size"})
+
+
+def load_checkpoint(folder: Path, model: EPTModel, optimizer, scheduler, options: dict) -> TrainState:
+    """Put the adapter, optimizer and scheduler of ``folder`` back; returns the loop's state.
+    ``options`` (the resumed run's) must be those the checkpoint was made with, but for
+    ``RESUMABLE_CHANGES``: an exact resume continues the same run."""
     saved = torch.load(folder / STATE_FILE, map_location="cpu", weights_only=True)
+    changed = {key: (saved["args"].get(key), value) for key, value in options.items()
+               if key not in RESUMABLE_CHANGES and key in saved["args"] and saved["args"][key] != value}
+    if changed:
+        listed = ", ".join(f"--{key.replace('_', '-')} {before!r} -> {now!r}" for key, (before, now) in changed.items())
+        raise ValueError(f"--resume: the checkpoint in {folder} was made with other options ({listed}); resume with "
+                         f"the same options, or start over with --overwrite")
+    model.load_adapter_state_dict(load_adapter(folder).tensors, str(folder))
     optimizer.load_state_dict(saved["optimizer"])
     scheduler.load_state_dict(saved["scheduler"])
     return TrainState(**saved["state"])

@@ -103,8 +103,8 @@ def train(args: TrainArguments, stop_after_steps: Optional[int] = None) -> dict:
     lr, lr_lowrank = args.learning_rates()
     optimizer = torch.optim.AdamW(model.param_groups(lr, lr_lowrank), weight_decay=args.weight_decay)
     scheduler = get_linear_schedule_with_warmup(optimizer, int(args.warmup_ratio * total_steps), total_steps)
-    state = load_checkpoint(checkpoint_folder(out, args.resume), model, optimizer, scheduler) if args.resume \
-        else TrainState()
+    state = load_checkpoint(checkpoint_folder(out, args.resume), model, optimizer, scheduler,
+                            dataclasses.asdict(args)) if args.resume else TrainState()
     wrapped, optimizer = accelerator.prepare(model, optimizer)
     parameters = [p for p in model.parameters() if p.requires_grad]
 
