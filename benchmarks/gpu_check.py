@@ -325,7 +325,8 @@ def summary(report) -> str:
         lines.append(f"T5 step, prompt tuning over EPT (fused prompt): {step['pt_over_ept']:.2f}x "
                      f"(model {step['predicted_pt_over_ept']:.2f}x)")
     for row in phases.get("mixed_serving", {}).get("rows", []):
-        lines.append(f"8 adapters, {row['what']} on {row['backend']} ({row['prompts']}): mixed {row['mixed_ms']:.3f} ms, "
+        lines.append(f"8 adapters, {row['what']} on {row['backend']} ({row['prompts']}): "
+                     f"mixed {row['mixed_ms']:.3f} ms, "
                      f"loop {row['loop_ms']:.3f} ms: speed-up of the mixed batch {row['speedup']:.2f}x")
     for name, result in phases.items():
         if "error" in result:

@@ -184,7 +184,8 @@ def check_mixed_values(adapter_ids: torch.Tensor, prompt_lengths: torch.Tensor, 
                             f"adapter_ids: expected ids in [0, {adapters}) (one per stacked adapter)")
         torch._assert_async((prompt_lengths.min() >= 1) & (prompt_lengths.max() <= m),
                             f"prompt_lengths: expected lengths in [1, {m}] (m, the stacked prompts' rows)")
-        torch._assert_async(excess.max() <= 0, "input_ids: a row has more attended tokens than its adapter's max_length")
+        torch._assert_async(excess.max() <= 0,
+                            "input_ids: a row has more attended tokens than its adapter's max_length")
         return
     lowest, highest, shortest, longest, worst, worst_row = torch.stack([
         adapter_ids.min(), adapter_ids.max(), prompt_lengths.min(), prompt_lengths.max(), excess.max(), excess.argmax(),

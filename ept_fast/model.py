@@ -29,11 +29,6 @@ DEFAULT_ADAPTER = "default"
 _ADAPTER_NAME = re.compile(r"[A-Za-z0-9_-]+")  # also a folder name in save_pretrained
 
 
-def check_adapter_name(name, argument: str = "adapter_name") -> None:
-    """An adapter's name: letters, digits, '_' or '-', and not a ModuleDict method's name."""
-    if not isinstance(name, str) or not _ADAPTER_NAME.fullmatch(name) or hasattr(nn.ModuleDict(), name):
-        raise ValueError(f"{argument}: expected letters, digits, '_' or '-' (and not a ModuleDict method name), "
-                         f"got {name!r}")
 _DEFAULT_HEADS = ("classifier", "score")  # PEFT's automatic modules_to_save for SEQ_CLS
 # Adapter and hub methods of PEFT and transformers that EPTModel does not have: they must never
 # reach the backbone through __getattr__ (its push_to_hub would upload the whole model).
@@ -43,6 +38,13 @@ _NOT_FORWARDED = frozenset({
     "merge_adapter", "merge_and_unload", "set_additional_trainable_modules", "unload", "unmerge_adapter",
     "_hf_peft_config_loaded", "_dispatch_accelerate_model", "_prepare_peft_hotswap_kwargs",
 })
+
+
+def check_adapter_name(name, argument: str = "adapter_name") -> None:
+    """An adapter's name: letters, digits, '_' or '-', and not an attribute of nn.ModuleDict."""
+    if not isinstance(name, str) or not _ADAPTER_NAME.fullmatch(name) or hasattr(nn.ModuleDict(), name):
+        raise ValueError(f"{argument}: expected letters, digits, '_' or '-' (and not an attribute of "
+                         f"nn.ModuleDict), got {name!r}")
 
 
 def _input_embeddings(model: nn.Module) -> nn.Embedding:
@@ -389,10 +391,14 @@ class EPTModel(nn.Module):
         self._drop_unsupported(kwargs)
         if kwargs.pop("encoder_outputs", None) is not None:
             logger.warning("encoder_outputs: ignored; the encoder runs on the prompted input")
-        if self.task_type is TaskType.CAUSAL_LM and "max_new_tokens" not in kwargs:
+        if self.task_type is TaskType.CAUSAL_LM and kwargs.get("max_length") is not None \
+                and "max_new_tokens" not in kwargs:
             # Given inputs_embeds the backbone counts the prompt (and a mixed batch's padding) in
             # max_length; the length the user means is that of input_ids, as in PEFT.
-            max_length = kwargs.pop("max_length", None) or self.base_model.generation_config.max_length
+            max_length = kwargs.pop("max_length")
+            if max_length <= input_ids.shape[1]:
+                raise ValueError(f"max_length: counts input_ids ({input_ids.shape[1]} tokens) and the new tokens, "
+                                 f"so it leaves none at {max_length}; give a larger one or max_new_tokens")
             kwargs["max_new_tokens"] = max_length - input_ids.shape[1]
         embeds, mask, _, _, heads = self._prompted(input_ids, kwargs.pop("attention_mask", None), adapter_names)
         with heads:
@@ -470,12 +476,13 @@ class EPTModel(nn.Module):
             [selected_adapters] if isinstance(selected_adapters, str) else list(selected_adapters))
         unknown = [name for name in names if name not in self.peft_config]
         if unknown:
-            raise ValueError(f"selected_adapters: no adapter named {unknown}; this model has {sorted(self.peft_config)}")
+            raise ValueError(f"selected_adapters: no adapter named {unknown}; this model has "
+                             f"{sorted(self.peft_config)}")
         if not is_main_process:
             return
         for name in names:
-            save_adapter(adapter_subfolder(save_directory, name), self.peft_config[name].to_dict(), self.adapter_state_dict(name),
-                         task=self.adapter_task_metadata[name])
+            save_adapter(adapter_subfolder(save_directory, name), self.peft_config[name].to_dict(),
+                         self.adapter_state_dict(name), task=self.adapter_task_metadata[name])
 
     def push_to_hub(self, repo_id: str, adapter_name: Optional[str] = None, metrics: Optional[dict] = None,
                     commit_message: str = "Upload EPT adapter", private: Optional[bool] = None,

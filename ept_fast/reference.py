@@ -4,7 +4,8 @@ Written to read like the equations of ``docs/ept.md``. The low-rank rows
 ``L = s · A · B`` are never materialised as an (n, d) matrix: every use factors
 through A and B. The assembly builds its (b, m+T, d) output in one buffer: the lookup writes
 it, the low-rank update and the prompt rows go in in place (as the CPU fallback it is
-memory-bound: no (b, T, d) intermediates, no concatenation).
+memory-bound: no (b, T, d) intermediates, no concatenation). A 16-bit table adds a float32
+working copy and the cast back (the sum is formed in float32).
 
 Both ops validate their arguments (``validate=False`` skips it, for a caller that already
 ran the same check: ``check_ept_prompt_args`` and ``check_assemble_inputs_args`` here are

@@ -1,6 +1,7 @@
 """Adapter files: ``adapter_config.json`` + ``adapter_model.safetensors`` (PEFT's names),
-both written to temporary files first and renamed only when both are written, so a failed save
-leaves the previous pair as it was and a crash never leaves a torn file."""
+both written to temporary files first and renamed only when both are written: a failed write
+leaves the previous pair as it was, and no file is ever torn (only a crash between the two
+renames, two system calls apart, could pair new weights with the old config)."""
 
 from __future__ import annotations
 

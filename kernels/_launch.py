@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import os
 import struct
@@ -54,12 +53,6 @@ def options(cfg: dict) -> dict:
 def new_buffer(like: torch.Tensor, shape, dtype=None) -> torch.Tensor:
     """An uninitialised buffer for a kernel to fill (the tests poison it with NaN)."""
     return like.new_empty(shape, dtype=like.dtype if dtype is None else dtype)
-
-
-def device_of(tensor: torch.Tensor):
-    """The context to launch kernels for ``tensor`` in: its CUDA device made current (Triton
-    launches on the current device and stream), nothing on the CPU."""
-    return torch.cuda.device(tensor.device) if tensor.is_cuda else contextlib.nullcontext()
 
 
 def on_the_inputs_device(launch):

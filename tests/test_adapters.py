@@ -196,8 +196,8 @@ def test_a_failed_save_leaves_the_previous_pair_of_files(tmp_path, monkeypatch):
 def test_adapter_names_that_clash_with_module_attributes_are_refused():
     model = get_ept_model(tiny_bert_classifier(), adapter_config("SEQ_CLS"))
     for name in ("training", "_modules", "keys"):
-        with pytest.raises(ValueError, match=rf"adapter_name: expected letters, digits, '_' or '-' \(and not a "
-                                             rf"ModuleDict method name\), got '{name}'"):
+        with pytest.raises(ValueError, match=rf"adapter_name: expected letters, digits, '_' or '-' \(and not an "
+                                             rf"attribute of nn.ModuleDict\), got '{name}'"):
             model.add_adapter(name, adapter_config("SEQ_CLS"))
 
 

@@ -1,7 +1,6 @@
 """The fused input assembly against the reference: forward, the gradients of P*, A and B,
 gradcheck, determinism, opcheck, random shapes (CPU: Triton interpreter; CUDA where present)."""
 
-import contextlib
 import pytest
 import torch
 from hypothesis import given, settings
@@ -157,17 +156,18 @@ def test_the_backward_ops_fake_kernels_give_the_real_strides(device):
     assert [t.stride() for t in fake] == [t.stride() for t in real] == [t.contiguous().stride() for t in real]
 
 
-def test_a_table_that_requires_grad_runs_on_the_reference(device):
+def test_a_table_that_requires_grad_runs_on_the_reference(device, monkeypatch):
     """The fused assembly treats the table as frozen: 'triton' refuses a table that requires grad,
-    'auto' warns and runs the reference (which gives the table its gradient)."""
+    'auto' (made to pick the kernels, as it does on CUDA) warns and runs the reference, which gives
+    the table its gradient."""
     ids, mask, E, P, A, B, _ = _inputs("odd-left", torch.float32, device)
     E.requires_grad_()
     with pytest.raises(ValueError, match=r"backend: 'triton' cannot run assemble_inputs here \(word_embeddings "
                                          r"requires grad, but the fused assembly treats the table as frozen"):
         functional.assemble_inputs(ids, mask, E, P, A, B, 2.0, backend="triton")
-    warned = pytest.warns(UserWarning, match=r"assemble_inputs runs the PyTorch reference, not the fused kernels: "
-                                             r"word_embeddings requires grad")  # on the CPU 'auto' is the reference
-    with warned if torch.device(device).type == "cuda" else contextlib.nullcontext():
+    monkeypatch.setattr(functional, "use_triton", lambda backend, device: True)
+    with pytest.warns(UserWarning, match=r"assemble_inputs runs the PyTorch reference, not the fused kernels: "
+                                         r"word_embeddings requires grad"):
         out, _ = functional.assemble_inputs(ids, mask, E, P, A, B, 2.0, backend="auto")
     out.sum().backward()
     assert E.grad is not None and E.grad.abs().sum() > 0

@@ -76,7 +76,8 @@ def test_rows_laid_out_by_hand(side):
     d, T = 4, 3
     g = torch.Generator().manual_seed(0)
     E, B = torch.randn(10, d, generator=g, dtype=torch.float64), torch.randn(2, 2, d, generator=g, dtype=torch.float64)
-    P, A = torch.randn(2, 3, d, generator=g, dtype=torch.float64), torch.randn(2, 3, 2, generator=g, dtype=torch.float64)
+    P = torch.randn(2, 3, d, generator=g, dtype=torch.float64)
+    A = torch.randn(2, 3, 2, generator=g, dtype=torch.float64)
     P[1, 1:] = 0  # adapter 1's prompt is one row long, zero-padded to m = 3
     scalings, lengths = torch.tensor([2.0, 0.5], dtype=torch.float64), torch.tensor([3, 1])
     ids, mask = torch.tensor([[4, 5, 6], [7, 8, 9], [1, 2, 3]]), torch.tensor([[1, 1, 0], [0, 1, 1], [1, 1, 1]])
@@ -126,7 +127,8 @@ def test_fused_mixed_assembly_matches_the_reference(table_dtype, left, side):
         assert_close(grad, ref_grad, rtol, atol * scale, f"gradient {index}")
 
 
-@pytest.mark.parametrize("op", [reference.assemble_inputs_mixed, fused_assemble_inputs_mixed], ids=["reference", "fused"])
+@pytest.mark.parametrize("op", [reference.assemble_inputs_mixed, fused_assemble_inputs_mixed],
+                         ids=["reference", "fused"])
 def test_gradcheck_of_the_mixed_op(op):
     adapters = _adapters(16, torch.float64)
     ids, mask, adapter_ids = _batch(True)
@@ -201,7 +203,10 @@ def test_torch_compile_traces_without_graph_breaks(backend):
     E = table(50, 16, dtype=torch.float32, device=DEVICE)
     s = _stacked(adapters)
     args = (ids, mask, E, s.prompts, s.prompt_lengths, s.lora_a, s.lora_b, s.scalings, adapter_ids)
-    fn = lambda *a: functional.assemble_inputs_mixed(*a, backend=backend, max_lengths=s.max_lengths)[0] * 2  # noqa: E731
+
+    def fn(*a):
+        return functional.assemble_inputs_mixed(*a, backend=backend, max_lengths=s.max_lengths)[0] * 2
+
     compiled = torch.compile(fn, backend="aot_eager", fullgraph=True)
     assert_close(compiled(*args), fn(*args), 1e-6, 1e-6)
 

@@ -75,6 +75,10 @@ def test_max_length_counts_input_ids_as_in_peft():
     options = dict(max_length=ids.shape[1] + 3, do_sample=False, pad_token_id=0)
     mixed = model.generate(ids, attention_mask=mask, adapter_names=ROWS, **options)
     assert mixed.shape[1] == ids.shape[1] + 3
+    with pytest.raises(ValueError, match=r"max_length: counts input_ids \(\d+ tokens\) and the new tokens, so it "
+                                         r"leaves none"):
+        model.generate(ids, attention_mask=mask, adapter_names=ROWS, max_length=ids.shape[1], pad_token_id=0)
+    assert model.generate(ids, attention_mask=mask, adapter_names=ROWS, pad_token_id=0).shape[0] == ids.shape[0]
     for i, name in enumerate(ROWS):
         alone = _alone(model, name, i, lambda i: model.generate(ids[i:i + 1], attention_mask=mask[i:i + 1], **options))
         assert torch.equal(mixed[i], alone[0]), name

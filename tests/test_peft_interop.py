@@ -120,7 +120,8 @@ def test_peft_spellings_are_aliases():
     assert "prompt_tuning_init" not in config.to_dict()
     with pytest.raises(ValueError, match=r"prompt_init: expected one of 'TEXT', 'RANDOM_VOCAB', 'RANDOM', got 'WORDS'"):
         EPTConfig(prompt_tuning_init="WORDS")
-    assert EPTConfig(prompt_init="RANDOM_VOCAB", prompt_tuning_init="SAMPLE_VOCAB").prompt_init is PromptInit.RANDOM_VOCAB
+    same = EPTConfig(prompt_init="RANDOM_VOCAB", prompt_tuning_init="SAMPLE_VOCAB")  # one init, two spellings
+    assert same.prompt_init is PromptInit.RANDOM_VOCAB
     with pytest.raises(ValueError, match=r"prompt_tuning_init: PEFT's name for prompt_init; got both, and they differ "
                                          r"\(prompt_init='RANDOM_VOCAB', prompt_tuning_init='RANDOM'\)"):
         EPTConfig(prompt_init="RANDOM_VOCAB", prompt_tuning_init="RANDOM")

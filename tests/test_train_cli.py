@@ -446,6 +446,8 @@ def test_compare_runs_methods_at_one_budget_over_seeds(tiny_models, sst2_files, 
     assert "finished before, read back" in capsys.readouterr().out
     assert (out / "dept-seed8" / "metrics.json").stat().st_mtime_ns == stamp
     assert json.loads((out / "compare.json").read_text())["methods"] == methods
+    assert cli_main(["compare", *args, "--resume", "--lr", "0.5"]) == 2  # finished runs made with other options
+    assert "--resume: the finished run in" in capsys.readouterr().err
     assert cli_main(["compare", "--methods", "ept,lora"]) == 2
     assert "--methods: expected ept, dept or pt, got 'lora'" in capsys.readouterr().err
 
@@ -538,8 +540,8 @@ def test_predict_errors_are_clear(two_adapters, sst2_files, tiny_models, tmp_pat
     (tmp_path / "eval").symlink_to(two_adapters / "sst2")
     assert cli_main(["predict", "--adapter", str(tmp_path / "eval"), "--input-file", str(plain), "--device",
                      "cpu"]) == 2
-    assert f"--adapter {tmp_path / 'eval'}: expected letters, digits, '_' or '-' (and not a ModuleDict method " \
-        "name), got 'eval'; name it with NAME=PATH" in capsys.readouterr().err
+    assert f"--adapter {tmp_path / 'eval'}: expected letters, digits, '_' or '-' (and not an attribute of " \
+        "nn.ModuleDict), got 'eval'; name it with NAME=PATH" in capsys.readouterr().err
     assert cli_main(["predict", "--adapter", f"sst2={two_adapters / 'sst2'}", "--model", str(tmp_path / "nowhere"),
                      "--input-file", str(plain), "--device", "cpu"]) == 2
     assert f"--model: cannot load a backbone from '{tmp_path / 'nowhere'}'" in capsys.readouterr().err

@@ -56,7 +56,8 @@ def test_ept_prompt_errors(entry, overrides, error, message):
 
 
 ASSEMBLY_ERRORS = [
-    (dict(input_ids=torch.zeros(2, 4)), TypeError, r"input_ids: expected an int64 or int32 tensor, got dtype torch.float32"),
+    (dict(input_ids=torch.zeros(2, 4)), TypeError,
+     r"input_ids: expected an int64 or int32 tensor, got dtype torch.float32"),
     (dict(input_ids=torch.zeros(2, 4, dtype=torch.uint8)), TypeError,
      r"input_ids: expected an int64 or int32 tensor, got dtype torch.uint8"),
     (dict(input_ids=torch.zeros(8, dtype=torch.long)), ValueError, r"input_ids: expected a 2-d tensor of shape \(b, T\), got shape \(8,\)"),

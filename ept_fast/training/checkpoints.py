@@ -6,6 +6,7 @@ checkpoint folder from elsewhere runs no code."""
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import os
 import shutil
@@ -71,21 +72,29 @@ def checkpoint_folder(output_dir: Path, resume) -> Path:
     return folder
 
 
-# Options that may change when a run is resumed: where it runs and how it is called, not what it computes.
-RESUMABLE_CHANGES = frozenset({"resume", "overwrite", "output_dir", "device", "eval_batch_size"})
+# Options that may change when a run is resumed: where and how it runs, not what it computes.
+RESUMABLE_CHANGES = frozenset({"resume", "overwrite", "output_dir", "device", "backend", "eval_batch_size",
+                               "max_new_tokens"})
+
+
+def check_same_options(saved: dict, options: dict, what: str) -> None:
+    """``options`` (a resumed run's) must be those ``what`` was made with (``saved``), but for
+    ``RESUMABLE_CHANGES``: a resume continues the same run. Compared as JSON writes them."""
+    saved, options = json.loads(json.dumps(saved)), json.loads(json.dumps(options))
+    changed = {key: (saved[key], value) for key, value in options.items()
+               if key not in RESUMABLE_CHANGES and key in saved and saved[key] != value}
+    if changed:
+        listed = ", ".join(f"--{key.replace('_', '-')} {before!r} -> {now!r}" for key, (before, now) in changed.items())
+        raise ValueError(f"--resume: {what} was made with other options ({listed}); resume with the same options, "
+                         f"or start over with --overwrite")
 
 
 def load_checkpoint(folder: Path, model: EPTModel, optimizer, scheduler, options: dict) -> TrainState:
     """Put the adapter, optimizer and scheduler of ``folder`` back; returns the loop's state.
-    ``options`` (the resumed run's) must be those the checkpoint was made with, but for
-    ``RESUMABLE_CHANGES``: an exact resume continues the same run."""
+    ``options`` (the resumed run's) must be those the checkpoint was made with
+    (``check_same_options``)."""
     saved = torch.load(folder / STATE_FILE, map_location="cpu", weights_only=True)
-    changed = {key: (saved["args"].get(key), value) for key, value in options.items()
-               if key not in RESUMABLE_CHANGES and key in saved["args"] and saved["args"][key] != value}
-    if changed:
-        listed = ", ".join(f"--{key.replace('_', '-')} {before!r} -> {now!r}" for key, (before, now) in changed.items())
-        raise ValueError(f"--resume: the checkpoint in {folder} was made with other options ({listed}); resume with "
-                         f"the same options, or start over with --overwrite")
+    check_same_options(saved["args"], options, f"the checkpoint in {folder}")
     model.load_adapter_state_dict(load_adapter(folder).tensors, str(folder))
     optimizer.load_state_dict(saved["optimizer"])
     scheduler.load_state_dict(saved["scheduler"])

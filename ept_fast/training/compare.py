@@ -11,7 +11,7 @@ import statistics
 from pathlib import Path
 from typing import Dict, List, Optional
 
-from .checkpoints import CHECKPOINT
+from .checkpoints import CHECKPOINT, check_same_options
 from .data import data_name
 from .loop import train
 from .options import TrainArguments, option
@@ -81,8 +81,10 @@ def _run(args: CompareArguments, run: TrainArguments) -> dict:
     one continues from its checkpoint."""
     folder = Path(run.output_dir)
     if args.resume and (folder / "metrics.json").is_file():
+        finished = json.loads((folder / "metrics.json").read_text(encoding="utf-8"))
+        check_same_options(finished["config"], dataclasses.asdict(run), f"the finished run in {folder}")
         print(f"{folder}: finished before, read back")
-        return json.loads((folder / "metrics.json").read_text(encoding="utf-8"))
+        return finished
     if args.resume and (folder / CHECKPOINT).is_dir():
         run = dataclasses.replace(run, resume=True, overwrite=False)
     return train(run)

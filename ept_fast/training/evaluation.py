@@ -84,7 +84,10 @@ def score_adapter(args: EvalArguments) -> dict:
         raise ValueError("--validation-file/--test-file: the adapter records no task to read them with; pass --task")
     split_seed = (files.task or {}).get("split_seed")
     if split_seed is not None and not any((args.train_file, args.validation_file, args.test_file)):
-        args = dataclasses.replace(args, seed=split_seed)  # the split the adapter was trained on, not --seed's
+        if args.seed != split_seed:
+            print(f"eval: the split of seed {split_seed}, the one the adapter was trained with "
+                  f"(not --seed {args.seed})")
+        args = dataclasses.replace(args, seed=split_seed)
     if args.task_type is None:  # as trained (a decoder classifier's would be guessed as a causal LM)
         args = dataclasses.replace(args, task_type=files.config.get("task_type"))
     task, _, validation, test = load_data(args, task, files_needed=())
