@@ -330,6 +330,12 @@ class EPTModel(nn.Module):
         index = torch.arange(width, device=lengths.device)[None, :]
         return (index - (m - lengths[:, None])).clamp(min=0)
 
+    def _runs_bare(self, adapter_names) -> bool:
+        """Inside ``disable_adapter()`` the backbone runs alone, and naming adapters is an error."""
+        if self._adapters_disabled and adapter_names is not None:
+            raise ValueError("adapter_names: adapters are disabled inside disable_adapter()")
+        return self._adapters_disabled
+
     def _place_tokens(self, values: torch.Tensor, lengths: Optional[torch.Tensor], m: int, fill) -> torch.Tensor:
         """A per-token tensor (b, T) laid out as the prompted rows: ``fill`` over the prompt and
         any padding, ``values`` where each row's tokens are."""
@@ -354,9 +360,7 @@ class EPTModel(nn.Module):
         this model) runs each row under its own adapter, head included, in one batch."""
         if labels is not None:
             kwargs["labels"] = labels
-        if self._adapters_disabled:
-            if adapter_names is not None:
-                raise ValueError("adapter_names: adapters are disabled inside disable_adapter()")
+        if self._runs_bare(adapter_names):
             return self.base_model(input_ids=input_ids, attention_mask=attention_mask, inputs_embeds=inputs_embeds,
                                    **kwargs)
         self._check_inputs(input_ids, inputs_embeds)
@@ -382,9 +386,7 @@ class EPTModel(nn.Module):
         so the padding after a shorter prompt is skipped)."""
         if self.task_type not in (TaskType.SEQ_2_SEQ_LM, TaskType.CAUSAL_LM):
             raise ValueError(f"generate: needs task_type SEQ_2_SEQ_LM or CAUSAL_LM, this model is {self.task_type.value}")
-        if self._adapters_disabled:
-            if adapter_names is not None:
-                raise ValueError("adapter_names: adapters are disabled inside disable_adapter()")
+        if self._runs_bare(adapter_names):
             return self.base_model.generate(input_ids=input_ids, **kwargs)
         kwargs = dict(kwargs)
         self._check_inputs(input_ids, kwargs.pop("inputs_embeds", None))

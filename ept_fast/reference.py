@@ -123,7 +123,7 @@ def assemble_inputs(
     rows_of_a = _rows_of(lora_a, pos).to(sum_dtype) * weights.unsqueeze(-1)  # (b, T, r)
     # Row i's m + T slots: m prompt slots (their lookups are overwritten), then its tokens.
     out = _tokens_into_slots(word_embeddings, F.pad(input_ids, (m, 0)), F.pad(rows_of_a, (0, 0, m, 0)),
-                             lora_b.to(sum_dtype).expand(b, -1, -1), embed_scale, sum_dtype)
+                             lora_b.to(sum_dtype).expand(b, -1, -1), embed_scale)
     out[:, :m] = prompt_out.to(word_embeddings.dtype)
     mask = attention_mask if attention_mask is not None else torch.ones_like(input_ids, dtype=torch.long)
     return out.to(word_embeddings.dtype), F.pad(mask, (m, 0), value=1)
@@ -145,11 +145,12 @@ def _rows_of(lora_a: torch.Tensor, positions: torch.Tensor, adapters: Optional[t
     return lora_a[positions] if adapters is None else lora_a[adapters, positions]
 
 
-def _tokens_into_slots(word_embeddings, slot_ids, rows_of_a, lora_b, embed_scale, sum_dtype) -> torch.Tensor:
+def _tokens_into_slots(word_embeddings, slot_ids, rows_of_a, lora_b, embed_scale) -> torch.Tensor:
     """embed_scale·E[id] + (s·A[pos])·B for every slot (b, S) of the output, in one (b, S, d) buffer
-    of ``sum_dtype``: rows_of_a (b, S, r) is zero where nothing is added, lora_b (b, r, d) each
-    row's B. The buffer is written in place, one pass each: the lookup, the scale, the update."""
-    out = F.embedding(slot_ids, word_embeddings).to(sum_dtype)  # index_select: whole rows, a memcpy each
+    of the sum's dtype (``lora_b``'s, as the callers give it): rows_of_a (b, S, r) is zero where
+    nothing is added, lora_b (b, r, d) each row's B. The buffer is written in place, one pass
+    each: the lookup, the scale, the update."""
+    out = F.embedding(slot_ids, word_embeddings).to(lora_b.dtype)  # index_select: whole rows, a memcpy each
     if embed_scale != 1.0:
         out.mul_(embed_scale)
     return out.baddbmm_(rows_of_a, lora_b)
@@ -224,7 +225,7 @@ def assemble_inputs_mixed(
     weights = updated.to(sum_dtype) * scalings[adapter_ids].to(sum_dtype).unsqueeze(1)
     rows_of_a = _rows_of(lora_a, pos.gather(1, token), adapter_ids.unsqueeze(1)).to(sum_dtype) * weights.unsqueeze(-1)
     out = _tokens_into_slots(word_embeddings, input_ids.gather(1, token), rows_of_a, lora_b[adapter_ids].to(sum_dtype),
-                             embed_scale, sum_dtype)
+                             embed_scale)
 
     k = torch.arange(m, device=device).expand(b, m)  # the k-th non-token slot of each row
     if padding_side == "right":
@@ -269,14 +270,13 @@ def stack_adapters(prompts: Sequence[torch.Tensor], lora_as: Sequence[torch.Tens
     m = max(p.shape[0] for p in prompts)
     n = max(a.shape[0] for a in lora_as)
     r = max(a.shape[1] for a in lora_as)
-    pad = torch.nn.functional.pad
     device = prompts[0].device
     long = dict(dtype=torch.long, device=device)
     return StackedAdapters(
-        torch.stack([pad(p, (0, 0, 0, m - p.shape[0])) for p in prompts]),
+        torch.stack([F.pad(p, (0, 0, 0, m - p.shape[0])) for p in prompts]),
         torch.tensor([p.shape[0] for p in prompts], **long),
-        torch.stack([pad(a, (0, r - a.shape[1], 0, n - a.shape[0])) for a in lora_as]),
-        torch.stack([pad(b, (0, 0, 0, r - b.shape[0])) for b in lora_bs]),
+        torch.stack([F.pad(a, (0, r - a.shape[1], 0, n - a.shape[0])) for a in lora_as]),
+        torch.stack([F.pad(b, (0, 0, 0, r - b.shape[0])) for b in lora_bs]),
         torch.tensor([float(s) for s in scalings], dtype=lora_as[0].dtype, device=device),
         torch.tensor([a.shape[0] if a.shape[1] > 0 else torch.iinfo(torch.int32).max for a in lora_as], **long),
     )

@@ -95,12 +95,11 @@ def score_adapter(args: EvalArguments) -> dict:
         raise ValueError("--validation-file/--test-file: nothing to score; give at least one of them")
     source = args.model or files.config.get("base_model_name_or_path")
     backbone, tokenizer, task_type = load_backbone(args, task, source)
-    device = torch.device("cuda" if args.device != "cpu" and torch.cuda.is_available() else "cpu")
+    device = args.run_device()
     model = EPTModel.from_pretrained(backbone, args.adapter).to(device)
     collate = Collator(tokenizer, task_type, task, model.active_peft_config.max_length, args.max_new_tokens)
     inputs_cut = report_inputs_cut(collate, {"validation": validation, "test": test})
-    precision = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(args.mixed_precision)
-    with torch.autocast(device.type, dtype=precision, enabled=precision is not None):
+    with args.autocast(device):
         summary = {
             split: evaluate(model, examples, collate, args.eval_batch_size, device, args.max_new_tokens)
             for split, examples in (("validation", validation), ("test", test)) if examples

@@ -175,6 +175,7 @@ def train(args: TrainArguments, stop_after_steps: Optional[int] = None) -> dict:
                "test": evaluate(model, test_set, collate, **scoring)}
     checksum = torch.stack([p.detach().double().sum() for p in model.prompt_encoder.parameters()]).sum()
     checksums = accelerator.gather(checksum.reshape(1).to(device)).tolist()
+    config = model.active_peft_config
     summary = {
         **results,
         "task": task.name, "task_type": task_type.value, "metric_for_best_model": metric,
@@ -185,10 +186,9 @@ def train(args: TrainArguments, stop_after_steps: Optional[int] = None) -> dict:
         "train_time_s": state.train_seconds,
         "train_examples_per_s": state.examples_seen / max(state.train_seconds, 1e-9),
         "peak_memory_mb": peak_memory_mb(), "trainable_parameters": model.get_nb_trainable_parameters()[0],
-        "adapter_parameters": adapter_parameters(model.active_peft_config, token_dim),
-        "adapter": {"method": model.active_peft_config.method.value, "m": model.active_peft_config.num_virtual_tokens,
-                    "n": model.active_peft_config.max_length, "r": model.active_peft_config.r, "K": model.active_peft_config.num_spaces,
-                    "h": model.active_peft_config.space_rank},
+        "adapter_parameters": adapter_parameters(config, token_dim),
+        "adapter": {"method": config.method.value, "m": config.num_virtual_tokens, "n": config.max_length,
+                    "r": config.r, "K": config.num_spaces, "h": config.space_rank},
         "replica_adapter_checksums": checksums, "processes": world,
         "config": dataclasses.asdict(args), "versions": versions(), "history": state.history,
     }

@@ -64,9 +64,7 @@ class DataArguments:
     seed: int = option(42, "seed of the splits, the initialisation, the example order and dropout")
 
     def __post_init__(self):
-        for name in ("limit_train_examples", "limit_eval_examples"):
-            if getattr(self, name) is not None and getattr(self, name) < 1:
-                raise ValueError(f"--{name.replace('_', '-')}: expected an integer >= 1, got {getattr(self, name)}")
+        _require_at_least_one(self, ("limit_train_examples", "limit_eval_examples"))
 
 
 @dataclasses.dataclass
@@ -83,8 +81,7 @@ class RunArguments:
 
     def __post_init__(self):
         getattr(super(), "__post_init__", lambda: None)()  # DataArguments', for the commands that take data
-        if self.eval_batch_size < 1:
-            raise ValueError(f"--eval-batch-size: expected an integer >= 1, got {self.eval_batch_size}")
+        _require_at_least_one(self, ("eval_batch_size",))
         if self.task_type is not None:
             self.task_type = parse_enum(TaskType, "--task-type", self.task_type).value
         if self.mixed_precision not in ("no", "bf16", "fp16"):
@@ -95,6 +92,22 @@ class RunArguments:
             raise ValueError("--device: cuda was requested, but no CUDA device is available here")
         if self.mixed_precision != "no" and not torch.cuda.is_available():
             raise ValueError(f"--mixed-precision {self.mixed_precision}: needs a CUDA device; use 'no' on the CPU")
+
+    def run_device(self) -> torch.device:
+        """Where the model runs: CUDA when there is one, unless --device cpu."""
+        return torch.device("cuda" if self.device != "cpu" and torch.cuda.is_available() else "cpu")
+
+    def autocast(self, device: torch.device):
+        """The --mixed-precision autocast for inference on ``device`` (a no-op for 'no')."""
+        precision = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(self.mixed_precision)
+        return torch.autocast(device.type, dtype=precision, enabled=precision is not None)
+
+
+def _require_at_least_one(args, names) -> None:
+    """Each of the integer options ``names`` that is given is >= 1."""
+    for name in names:
+        if getattr(args, name) is not None and getattr(args, name) < 1:
+            raise ValueError(f"--{name.replace('_', '-')}: expected an integer >= 1, got {getattr(args, name)}")
 
 
 # Where the command line does more than EPTConfig: it tokenizes, so it cuts long texts.
@@ -155,10 +168,8 @@ class TrainArguments(AdapterArguments, RunArguments, DataArguments):
 
     def __post_init__(self):
         super().__post_init__()
-        for name in ("batch_size", "gradient_accumulation_steps", "eval_steps", "save_steps", "max_steps",
-                     "early_stopping_patience"):
-            if getattr(self, name) is not None and getattr(self, name) < 1:
-                raise ValueError(f"--{name.replace('_', '-')}: expected an integer >= 1, got {getattr(self, name)}")
+        _require_at_least_one(self, ("batch_size", "gradient_accumulation_steps", "eval_steps", "save_steps",
+                                     "max_steps", "early_stopping_patience"))
         if not self.num_epochs > 0:
             raise ValueError(f"--num-epochs: expected a number > 0, got {self.num_epochs}")
         config = self.adapter_config()  # a value that contradicts the method fails now, as EPTConfig says

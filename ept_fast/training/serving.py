@@ -164,7 +164,7 @@ def _predict_batch(model: EPTModel, tokenizer, tasks: Dict[str, Task], names: Li
 def predict_file(args: PredictArguments) -> dict:
     """Run ``ept-fast predict``; returns the throughput summary it prints."""
     model, tokenizer, tasks = load_served_model(args)
-    device = torch.device("cuda" if args.device != "cpu" and torch.cuda.is_available() else "cpu")
+    device = args.run_device()
     model.to(device).eval()
     rows = read_rows(args.input_file)
     if not rows:
@@ -184,13 +184,12 @@ def predict_file(args: PredictArguments) -> dict:
         except KeyError as error:
             raise ValueError(f"{args.input_file}, row {number} (adapter {name}): {error.args[0]}") from None
     predictions: List[dict] = []
-    precision = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(args.mixed_precision)
     start = time.perf_counter()
     for begin in tqdm(range(0, len(requests), args.eval_batch_size), desc="predict", unit="batch"):
         chunk = requests[begin:begin + args.eval_batch_size]
         batch = {k: v.to(device) for k, v in _batch(model, tokenizer, tasks, chunk, args.max_new_tokens).items()}
         names = [name for name, _ in chunk]
-        with torch.autocast(device.type, dtype=precision, enabled=precision is not None):
+        with args.autocast(device):
             results = _predict_batch(model, tokenizer, tasks, names, batch, args.max_new_tokens)
         for offset, result in enumerate(results):
             predictions.append({"row": begin + offset + 1, "adapter": names[offset], **result})
