@@ -17,10 +17,10 @@ from pathlib import Path
 from typing import Dict, Optional, Tuple
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
 from .config import EPTConfig, Method
-from .serialization import CONFIG_NAME, WEIGHTS_NAME, PathLike, atomic_write
+from .serialization import CONFIG_NAME, WEIGHTS_NAME, PathLike, write_adapter_files
 
 logger = logging.getLogger(__name__)
 
@@ -58,11 +58,7 @@ def export_peft_prompt_tuning(model, directory: PathLike, adapter_name: Optional
         "prompt_tuning_init": "RANDOM", "prompt_tuning_init_text": None, "tokenizer_name_or_path": None,
         "tokenizer_kwargs": None, "modules_to_save": list(model.heads) or None, "auto_mapping": None,
     }
-    directory = Path(directory)
-    contiguous = {key: tensor.detach().contiguous().cpu() for key, tensor in exported.items()}
-    atomic_write(directory / WEIGHTS_NAME, lambda tmp: save_file(contiguous, tmp, metadata={"format": "pt"}))
-    text = json.dumps(document, indent=2, sort_keys=True) + "\n"
-    atomic_write(directory / CONFIG_NAME, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
+    write_adapter_files(directory, document, exported)
     if lossless:
         return {"lossless": True, "max_abs_difference": 0.0}
     difference = _prefix_only_difference(model, name, prompt, sample_input_ids)

@@ -64,9 +64,15 @@ class AdapterFiles(NamedTuple):
 def save_adapter(directory: PathLike, config: dict, tensors: Dict[str, torch.Tensor],
                  task: Optional[dict] = None) -> None:
     """Write the two adapter files into ``directory`` (created if needed)."""
-    directory = Path(directory)
     document = {"peft_type": PEFT_TYPE, "format_version": FORMAT_VERSION, "ept_fast_version": __version__,
                 "inference_mode": True, **config, **({"task": task} if task else {})}
+    write_adapter_files(directory, document, tensors)
+
+
+def write_adapter_files(directory: PathLike, document: dict, tensors: Dict[str, torch.Tensor]) -> None:
+    """``document`` as ``adapter_config.json`` and ``tensors`` as ``adapter_model.safetensors`` in
+    ``directory``, replaced together (``atomic_write_all``): ept_fast's own format or PEFT's."""
+    directory = Path(directory)
     contiguous = {name: tensor.detach().contiguous().cpu() for name, tensor in tensors.items()}
     text = json.dumps(document, indent=2, sort_keys=True) + "\n"
     atomic_write_all({directory / WEIGHTS_NAME: lambda tmp: save_file(contiguous, tmp, metadata={"format": "pt"}),

@@ -76,8 +76,7 @@ class _EPTTrainerMixin:
         inputs = dict(inputs)
         labels = inputs.pop("labels")
         outputs = model(**inputs)
-        labels = torch.cat([labels.new_full((labels.shape[0], ept.active_peft_config.num_virtual_tokens), -100), labels],
-                           dim=1)
+        labels = ept._place_tokens(labels, None, ept.active_peft_config.num_virtual_tokens, -100)  # as forward does
         if self.compute_loss_func is not None:
             loss = self.compute_loss_func(outputs, labels, num_items_in_batch=num_items_in_batch)
         else:
