@@ -2,7 +2,7 @@
 
 from . import functional, reference
 from ._version import __version__
-from .config import Backend, EPTConfig, Method, PromptInit, TaskType, infer_task_type
+from .config import Backend, EPTConfig, Method, PromptInit, Readout, TaskType, infer_task_type
 from .model import EPTModel, get_ept_model
 from .prompt_encoder import EPTPromptEncoder
 
@@ -14,6 +14,7 @@ __all__ = [
     "EPTPromptEncoder",
     "Method",
     "PromptInit",
+    "Readout",
     "TaskType",
     "functional",
     "get_ept_model",

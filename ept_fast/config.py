@@ -26,6 +26,18 @@ class Method(str, enum.Enum):
     EPT = "ept"
     DEPT = "dept"  # K = 0, fusion_scale frozen at 0
     PT = "pt"  # additionally r = 0: vanilla prompt tuning
+    HEAD = "head"  # additionally m = 0: no prompt at all, the classification head alone (a baseline)
+
+
+class Readout(str, enum.Enum):
+    """What an encoder classifier's head reads (SEQ_CLS).
+
+    The backbone pools its output as it always does (BERT: position 0 through its pooler);
+    ``readout`` chooses the vector put at the position it pools."""
+
+    BACKBONE = "backbone"  # the prompted output as it comes: position 0 is the first prompt row (PEFT's behaviour)
+    FIRST_TOKEN = "first_token"  # the output at the row's first real token (BERT's [CLS]), the prompt skipped
+    MEAN = "mean"  # the mean of the output over the row's real tokens, as sentence encoders are read
 
 
 class TaskType(str, enum.Enum):
@@ -43,8 +55,9 @@ class Backend(str, enum.Enum):
 
 
 PEFT_ALIASES = {"prompt_tuning_init": "prompt_init", "prompt_tuning_init_text": "prompt_init_text"}
-_DEFAULT_RANK = {Method.EPT: 30, Method.DEPT: 30, Method.PT: 0}
-_DEFAULT_SPACES = {Method.EPT: 4, Method.DEPT: 0, Method.PT: 0}
+_DEFAULT_PROMPT_LENGTH = {Method.EPT: 60, Method.DEPT: 60, Method.PT: 60, Method.HEAD: 0}
+_DEFAULT_RANK = {Method.EPT: 30, Method.DEPT: 30, Method.PT: 0, Method.HEAD: 0}
+_DEFAULT_SPACES = {Method.EPT: 4, Method.DEPT: 0, Method.PT: 0, Method.HEAD: 0}
 
 
 def infer_task_type(backbone, default: Optional[TaskType] = None) -> TaskType:
@@ -93,13 +106,18 @@ def _field(default, help: str):
 class EPTConfig:
     """Configuration of an EPT prompt encoder.
 
-    ``r``, ``num_spaces`` and ``fusion`` default by ``method``: 30, 4 and True for ``"ept"``,
-    30, 0 and False for ``"dept"``, 0, 0 and False for ``"pt"``. The baselines fix K = 0 and
-    a frozen ``fusion_scale`` (and r = 0 for ``"pt"``), so a conflicting explicit value is an
+    ``num_virtual_tokens``, ``r``, ``num_spaces`` and ``fusion`` default by ``method``: 60, 30,
+    4 and True for ``"ept"``; 60, 30, 0 and False for ``"dept"``; 60, 0, 0 and False for
+    ``"pt"``; 0, 0, 0 and False for ``"head"`` (no prompt: the classification head alone, the
+    baseline every adapter has to beat). The baselines fix K = 0 and a frozen ``fusion_scale``
+    (and r = 0 for ``"pt"``, m = 0 too for ``"head"``), so a conflicting explicit value is an
     error. EPT with ``num_spaces=0`` or ``fusion=False`` is EPT without one of its two parts.
+
+    ``readout`` (classifiers only) chooses what the head reads; ``"backbone"``, the default,
+    is PEFT's behaviour (an encoder pools position 0, which is the first prompt row).
     """
 
-    num_virtual_tokens: int = _field(60, "m: length of the short soft prompt P")
+    num_virtual_tokens: Optional[int] = _field(None, "m: length of the short soft prompt P (default by method)")
     token_dim: Optional[int] = _field(None, "d: hidden size of the backbone's input embeddings (taken from it)")
     max_length: int = _field(256, "n: positions the low-rank update A·B covers (longer inputs are an error)")
     r: Optional[int] = _field(None, "rank of the low-rank pair A (n, r) · B (r, d) (default by method)")
@@ -109,7 +127,9 @@ class EPTConfig:
     space_rank: int = _field(8, "h: rank of each subspace projection")
     prompt_init: PromptInit = _field(PromptInit.TEXT, "how P starts: TEXT, RANDOM_VOCAB or RANDOM")
     prompt_init_text: str = _field("Classify the following text:", "the text whose tokens' embeddings start P (TEXT)")
-    method: Method = _field(Method.EPT, "ept, or one of the baselines it reduces to: dept, pt")
+    method: Method = _field(Method.EPT, "ept, or one of the baselines it reduces to: dept, pt, head")
+    readout: Readout = _field(Readout.BACKBONE, "what a SEQ_CLS encoder's head reads: backbone (position 0, the "
+                                                "first prompt row), first_token or mean (over the real tokens)")
     backend: Backend = _field(Backend.AUTO, "auto (fused kernels on CUDA, else PyTorch), triton or torch")
     task_type: Optional[TaskType] = _field(None, "SEQ_CLS, SEQ_2_SEQ_LM or CAUSAL_LM (default: from the model)")
     base_model_name_or_path: Optional[str] = _field(None, "the backbone the adapter was trained on")
@@ -139,6 +159,12 @@ class EPTConfig:
             self.task_type = parse_enum(TaskType, "task_type", self.task_type)
         self.prompt_init = parse_enum(PromptInit, "prompt_init", self.prompt_init)
         self.backend = parse_enum(Backend, "backend", self.backend)
+        self.readout = parse_enum(Readout, "readout", self.readout)
+        if self.readout is not Readout.BACKBONE and self.task_type not in (None, TaskType.SEQ_CLS):
+            raise ValueError(f"readout: {self.readout.value!r} chooses what a classifier's head reads (SEQ_CLS); "
+                             f"task_type is {self.task_type.value}")
+        if self.num_virtual_tokens is None:
+            self.num_virtual_tokens = _DEFAULT_PROMPT_LENGTH[self.method]
         if self.r is None:
             self.r = _DEFAULT_RANK[self.method]
         if self.num_spaces is None:
@@ -146,7 +172,7 @@ class EPTConfig:
         if self.fusion is None:
             self.fusion = self.method is Method.EPT
 
-        _check_int("num_virtual_tokens", self.num_virtual_tokens, 1)
+        _check_int("num_virtual_tokens", self.num_virtual_tokens, 0 if self.method is Method.HEAD else 1)
         if self.token_dim is not None:
             _check_int("token_dim", self.token_dim, 1)
         _check_int("max_length", self.max_length, 1)
@@ -157,9 +183,12 @@ class EPTConfig:
             raise TypeError(f"lora_alpha: expected a number, got {type(self.lora_alpha).__name__}")
         if not math.isfinite(self.lora_alpha):
             raise ValueError(f"lora_alpha: expected a finite number, got {self.lora_alpha}")
-        if self.method is Method.PT and self.r != 0:
-            raise ValueError(f"r: method='pt' (vanilla prompt tuning) has no low-rank update, so r must be 0, got {self.r}")
-        if self.method in (Method.DEPT, Method.PT) and self.num_spaces != 0:
+        if self.method is Method.HEAD and self.num_virtual_tokens != 0:
+            raise ValueError(f"num_virtual_tokens: method='head' (the head alone) has no prompt, so "
+                             f"num_virtual_tokens must be 0, got {self.num_virtual_tokens}")
+        if self.method in (Method.PT, Method.HEAD) and self.r != 0:
+            raise ValueError(f"r: method={self.method.value!r} has no low-rank update, so r must be 0, got {self.r}")
+        if self.method is not Method.EPT and self.num_spaces != 0:
             raise ValueError(
                 f"num_spaces: method={self.method.value!r} has no multi-space projection, so num_spaces must be 0, "
                 f"got {self.num_spaces}"

@@ -50,6 +50,66 @@ def last_attended_pooled(head: Callable, attention_mask: torch.Tensor) -> Callab
     return run
 
 
+def sequence_output_module(backbone: nn.Module) -> nn.Module:
+    """The module of an encoder classifier whose output is its last hidden states (b, S, d),
+    before the backbone pools them: the base model's ``encoder`` (BERT, RoBERTa, DeBERTa,
+    ELECTRA) or ``transformer`` (DistilBERT)."""
+    base = getattr(backbone, "base_model", backbone)
+    for name in ("encoder", "transformer"):
+        module = getattr(base, name, None)
+        if isinstance(module, nn.Module):
+            return module
+    raise ValueError(f"readout: cannot find the encoder of {type(backbone).__name__} (no base_model.encoder or "
+                     f".transformer module); use readout='backbone'")
+
+
+def is_encoder_classifier(backbone: nn.Module) -> bool:
+    """Whether ``backbone`` is a classifier whose readout can be chosen: an encoder (see
+    ``sequence_output_module``), not a decoder classifier (head ``score``, pooling the last token)."""
+    try:
+        sequence_output_module(backbone)
+    except ValueError:
+        return False
+    return not isinstance(getattr(backbone, "score", None), nn.Module)
+
+
+def read_out(weights: torch.Tensor) -> Callable:
+    """A forward hook for ``sequence_output_module``: each row's position 0 becomes the sum of its
+    hidden states weighted by ``weights`` (b, S), so that whatever the backbone pools at
+    position 0 (BERT's pooler, RoBERTa's head) reads that instead."""
+    def hook(module, args, output):
+        hidden = output if isinstance(output, torch.Tensor) else output[0]
+        vector = torch.einsum("bs,bsd->bd", weights.to(hidden.dtype), hidden)
+        hidden = torch.cat([vector.unsqueeze(1), hidden[:, 1:]], dim=1)
+        if isinstance(output, torch.Tensor):
+            return hidden
+        if isinstance(output, tuple):
+            return (hidden, *output[1:])
+        output[0 if isinstance(output, list) else next(iter(output.keys()))] = hidden
+        return output
+
+    return hook
+
+
+@contextlib.contextmanager
+def hooked(module: nn.Module, hook: Callable) -> Iterator[None]:
+    """Within the block, ``hook`` is a forward hook of ``module``."""
+    handle = module.register_forward_hook(hook)
+    try:
+        yield
+    finally:
+        handle.remove()
+
+
+@contextlib.contextmanager
+def together(*contexts) -> Iterator[None]:
+    """One context manager that enters ``contexts`` in order (and leaves them in reverse)."""
+    with contextlib.ExitStack() as stack:
+        for context in contexts:
+            stack.enter_context(context)
+        yield
+
+
 @contextlib.contextmanager
 def heads_replaced(heads: Sequence[nn.Module], replacements: Sequence[Callable]) -> Iterator[None]:
     """Within the block, each of ``heads`` returns its replacement's output for the same input."""

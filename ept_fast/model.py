@@ -16,8 +16,10 @@ from typing import Dict, Iterator, List, Optional, Sequence, Tuple, Union
 import torch
 from torch import nn
 
-from .config import EPTConfig, PromptInit, TaskType, infer_task_type
-from .heads import head_copy, heads_replaced, last_attended_pooled, rowwise
+from .config import EPTConfig, PromptInit, Readout, TaskType, infer_task_type
+from .heads import (
+    head_copy, heads_replaced, hooked, last_attended_pooled, read_out, rowwise, sequence_output_module, together,
+)
 from .hub import CARD_NAME, adapter_folder, model_card, push_folder
 from .interop import dept_checkpoint, export_peft_prompt_tuning
 from .prompt_encoder import EPTPromptEncoder, assemble_mixed_inputs, embedding_scale
@@ -102,11 +104,17 @@ class EPTModel(nn.Module):
         heads = self._find_heads(config.modules_to_save) if task_type is TaskType.SEQ_CLS else []
         if self.heads and heads != self.heads:
             raise ValueError(f"config.modules_to_save: this model's adapters train {self.heads}, got {heads}")
+        if config.readout is not Readout.BACKBONE:
+            if "score" in heads:
+                raise ValueError(f"readout: a decoder classifier (head 'score') reads each row's last token; "
+                                 f"{config.readout.value!r} is for encoder classifiers, use 'backbone'")
+            sequence_output_module(self.base_model)  # an encoder whose output can be read out
         embeddings = self.word_embeddings
         name_or_path = getattr(getattr(self.base_model, "config", None), "name_or_path", None) or None
         config = dataclasses.replace(config, task_type=task_type, modules_to_save=heads or config.modules_to_save,
                                      base_model_name_or_path=config.base_model_name_or_path or name_or_path)
-        if initialize_prompt and config.prompt_init is PromptInit.TEXT and tokenizer is None:
+        if initialize_prompt and config.prompt_init is PromptInit.TEXT and tokenizer is None \
+                and config.num_virtual_tokens > 0:
             tokenizer = _load_tokenizer(config)
         # The encoder completes token_dim from the table (and checks a given one against it).
         encoder = EPTPromptEncoder(config, embeddings, tokenizer, initialize_prompt).to(embeddings.weight.device)
@@ -289,8 +297,10 @@ class EPTModel(nn.Module):
         with ``adapter_names``, one adapter per row."""
         if adapter_names is None:
             embeds, mask = self.assemble_inputs(input_ids, attention_mask)
-            heads = self._heads_routed(self.head_copies[self._active_adapter], mask)
-            return embeds, mask, self.active_peft_config.num_virtual_tokens, None, heads
+            m = self.active_peft_config.num_virtual_tokens
+            heads = together(self._heads_routed(self.head_copies[self._active_adapter], mask),
+                             self._read_out([self.active_peft_config.readout], None, attention_mask, input_ids, None, m))
+            return embeds, mask, m, None, heads
         names = [adapter_names] if isinstance(adapter_names, str) else list(adapter_names)
         if len(names) != input_ids.shape[0]:
             raise ValueError(f"adapter_names: expected one name per row of input_ids ({input_ids.shape[0]}), "
@@ -308,9 +318,34 @@ class EPTModel(nn.Module):
         embeds, mask, lengths = assemble_mixed_inputs([self.prompt_encoders[name] for name in used], prompts, adapter_ids,
                                                       input_ids, attention_mask, self.word_embeddings,
                                                       self._padding_side)
-        heads = self._heads_routed([rowwise([self.head_copies[name][i] for name in used], adapter_ids)
-                                    for i in range(len(self.heads))], mask)
-        return embeds, mask, embeds.shape[1] - input_ids.shape[1], lengths, heads
+        m = embeds.shape[1] - input_ids.shape[1]
+        heads = together(self._heads_routed([rowwise([self.head_copies[name][i] for name in used], adapter_ids)
+                                             for i in range(len(self.heads))], mask),
+                         self._read_out([self.peft_config[name].readout for name in used], adapter_ids,
+                                        attention_mask, input_ids, lengths, m))
+        return embeds, mask, m, lengths, heads
+
+    def _read_out(self, readouts: Sequence[Readout], adapter_ids: Optional[torch.Tensor],
+                  attention_mask: Optional[torch.Tensor], input_ids: torch.Tensor, lengths: Optional[torch.Tensor],
+                  m: int):
+        """While the backbone runs, each row's position 0 of its last hidden states holds what its
+        adapter's readout (``readouts[adapter_ids[i]]``, one adapter when ``adapter_ids`` is None)
+        reads: the first prompt row as it is (backbone), the first real token, or the mean over the
+        real tokens (``heads.read_out``)."""
+        if all(readout is Readout.BACKBONE for readout in readouts):
+            return contextlib.nullcontext()
+        attended = (attention_mask != 0 if attention_mask is not None else torch.ones_like(input_ids, dtype=torch.bool))
+        attended = attended.float()
+        first = torch.nn.functional.one_hot(attended.argmax(dim=1), attended.shape[1]).float()
+        mean = attended / attended.sum(dim=1, keepdim=True).clamp(min=1)
+        kinds = torch.tensor([list(Readout).index(readout) for readout in readouts], device=input_ids.device)
+        kind = kinds[adapter_ids] if adapter_ids is not None else kinds.expand(input_ids.shape[0])
+        weights = self._place_tokens(torch.where((kind == list(Readout).index(Readout.MEAN))[:, None], mean, first),
+                                     lengths, m, 0.0)
+        position0 = torch.zeros_like(weights)
+        position0[:, 0] = 1.0
+        weights = torch.where((kind == list(Readout).index(Readout.BACKBONE))[:, None], position0, weights)
+        return hooked(sequence_output_module(self.base_model), read_out(weights))
 
     @property
     def _padding_side(self) -> str:

@@ -126,6 +126,8 @@ class EPTPromptEncoder(nn.Module):
 
     def _initial_prompt(self, table: Optional[torch.Tensor], tokenizer) -> torch.Tensor:
         m, d, init = self.config.num_virtual_tokens, self.config.token_dim, self.config.prompt_init
+        if m == 0:  # method "head": no prompt to start
+            return torch.zeros(0, d, dtype=torch.float32)
         if init is PromptInit.RANDOM:
             return torch.randn(m, d, dtype=torch.float32) * 0.02
         if table is None:
@@ -148,7 +150,9 @@ class EPTPromptEncoder(nn.Module):
         return self.config.scaling
 
     def forward(self) -> torch.Tensor:
-        """The prompt P* (m, d), float32."""
+        """The prompt P* (m, d), float32 (empty for method "head", m = 0)."""
+        if self.config.num_virtual_tokens == 0:
+            return self.prompt
         return functional.ept_prompt(
             self.prompt, self.lora_a, self.lora_b, self.fusion_scale, self.proj_down, self.proj_up,
             self.gate_weight, self.gate_bias, self.scaling, backend=self.config.backend,

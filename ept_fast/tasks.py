@@ -91,12 +91,17 @@ def get_task(name: str) -> Task:
         raise ValueError(f"task: unknown task {name!r}; known tasks are {sorted(TASKS)}") from None
 
 
+CLASSIFICATION_METRICS = ("accuracy", "f1_macro", "matthews_correlation")
+REGRESSION_METRICS = ("pearson", "spearman")
+
+
 def custom_task(rows: List[dict], label_column: str, text_columns: Sequence[str], source: str,
-                label_names: Optional[Sequence[str]] = None) -> Task:
+                label_names: Optional[Sequence[str]] = None, metric: Optional[str] = None) -> Task:
     """The task of user files, from the labels of their training ``rows``: class names (when a
     label is not a number, or ``label_names`` gives them: ids follow that order, else sorted
     names), class ids 0 … k-1 (integers), or a regression target (any other number). Scored
-    with accuracy and macro-F1, or Pearson and Spearman for regression."""
+    with accuracy and macro-F1, or Pearson and Spearman for regression; ``metric`` (one of
+    those, or Matthews correlation for classes) comes first, and so selects the best checkpoint."""
     labels = []
     for number, row in enumerate(rows, start=1):
         if row.get(label_column) is None:
@@ -124,7 +129,12 @@ def custom_task(rows: List[dict], label_column: str, text_columns: Sequence[str]
     else:
         names = tuple(sorted({str(label) for label in labels}))
         num_labels = len(names)
-    metrics = ("pearson", "spearman") if num_labels == 1 else ("accuracy", "f1_macro")
+    known = REGRESSION_METRICS if num_labels == 1 else CLASSIFICATION_METRICS
+    if metric is not None and metric not in known:
+        raise ValueError(f"--metric-for-best-model: the labels of {source} make a "
+                         f"{'regression' if num_labels == 1 else 'classification'} task, scored by one of "
+                         f"{list(known)}; got {metric!r}")
+    metrics = known[:2] if metric is None else (metric, *[name for name in known[:2] if name != metric])
     return Task("custom", tuple(text_columns), num_labels, metrics, label_names=names)
 
 

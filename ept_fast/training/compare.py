@@ -14,12 +14,16 @@ from typing import Dict, List, Optional
 from .checkpoints import CHECKPOINT, check_same_options
 from .data import data_name
 from .loop import train
+from .probe import linear_probe
 from .options import TrainArguments, option
 from .report import write_json
 
-# What a method fixes itself: an option given for EPT is not passed on to the baselines.
+# What a method fixes itself: an option given for EPT is not passed on to the baselines. The
+# head alone and the linear probe (which runs on "head"'s options) train no adapter parameters.
 FIXED_BY = {"ept": (), "dept": ("num_spaces", "space_rank", "fusion"),
-            "pt": ("r", "lora_alpha", "num_spaces", "space_rank", "fusion")}
+            "pt": ("r", "lora_alpha", "num_spaces", "space_rank", "fusion"),
+            "head": ("num_virtual_tokens", "r", "lora_alpha", "num_spaces", "space_rank", "fusion")}
+WITHOUT_ADAPTER = ("head", "probe")
 
 
 @dataclasses.dataclass
@@ -28,15 +32,17 @@ class CompareArguments(TrainArguments):
 
     Every option of ``ept-fast train`` applies to every run, plus these."""
 
-    methods: List[str] = option(("ept", "dept", "pt"), "the methods to compare: ept, dept, pt (spaces or commas)")
+    methods: List[str] = option(("ept", "dept", "pt"), "the methods to compare: ept, dept, pt, head (the head "
+                                                       "alone) and probe (logistic regression on the frozen "
+                                                       "backbone's mean-pooled output), spaces or commas")
     seeds: int = option(3, "runs per method, with seeds --seed, --seed + 1, …")
 
     def __post_init__(self):
         super().__post_init__()
         self.methods = [m for item in self.methods for m in str(item).split(",") if m]  # "ept,dept" or ept dept
         for method in self.methods:
-            if method not in FIXED_BY:
-                raise ValueError(f"--methods: expected ept, dept or pt, got {method!r}")
+            if method not in FIXED_BY and method != "probe":
+                raise ValueError(f"--methods: expected ept, dept, pt, head or probe, got {method!r}")
         if self.seeds < 1:
             raise ValueError(f"--seeds: expected an integer >= 1, got {self.seeds}")
 
@@ -45,11 +51,12 @@ def run_arguments(args: CompareArguments, method: str, seed: int, out: Path, bud
     """The ``ept-fast train`` options of one run: the method, the seed, its own output folder,
     the shared budget, and only the adapter options the method takes."""
     values = {field.name: getattr(args, field.name) for field in dataclasses.fields(TrainArguments)}
-    values.update(method=method, seed=seed, output_dir=str(out / f"{method}-seed{seed}"), overwrite=True, resume=False,
-                  param_budget=budget)
-    for name in FIXED_BY[method]:
+    values.update(method="head" if method == "probe" else method, seed=seed,
+                  output_dir=str(out / f"{method}-seed{seed}"), overwrite=True, resume=False,
+                  param_budget=None if method in WITHOUT_ADAPTER else budget)
+    for name in FIXED_BY["head" if method == "probe" else method]:
         values[name] = None
-    if budget is not None:
+    if budget is not None and method not in WITHOUT_ADAPTER:
         values["num_virtual_tokens" if method == "pt" else "r"] = None  # the budget picks it
     return TrainArguments(**values)
 
@@ -64,8 +71,8 @@ def compare(args: CompareArguments) -> dict:
     budget = args.param_budget
     for seed in range(args.seed, args.seed + args.seeds):
         for method in args.methods:
-            summary = _run(args, run_arguments(args, method, seed, out, budget))
-            if budget is None:  # every method gets the first method's budget (by default EPT's)
+            summary = _run(args, run_arguments(args, method, seed, out, budget), probe=method == "probe")
+            if budget is None and method not in WITHOUT_ADAPTER:  # the first adapter's budget (by default EPT's)
                 budget = summary["adapter_parameters"]
             runs[method].append(summary)
     result = summarise(runs, budget)
@@ -76,9 +83,9 @@ def compare(args: CompareArguments) -> dict:
     return result
 
 
-def _run(args: CompareArguments, run: TrainArguments) -> dict:
-    """One run of the comparison; with --resume, a finished run is read back and an interrupted
-    one continues from its checkpoint."""
+def _run(args: CompareArguments, run: TrainArguments, probe: bool = False) -> dict:
+    """One run of the comparison (``probe``: the linear probe on ``run``'s data); with --resume,
+    a finished run is read back and an interrupted one continues from its checkpoint."""
     folder = Path(run.output_dir)
     if args.resume and (folder / "metrics.json").is_file():
         finished = json.loads((folder / "metrics.json").read_text(encoding="utf-8"))
@@ -87,7 +94,7 @@ def _run(args: CompareArguments, run: TrainArguments) -> dict:
         return finished
     if args.resume and (folder / CHECKPOINT).is_dir():
         run = dataclasses.replace(run, resume=True, overwrite=False)
-    return train(run)
+    return linear_probe(run) if probe else train(run)
 
 
 def summarise(runs: Dict[str, List[dict]], budget: int) -> dict:
@@ -120,7 +127,7 @@ def table(result: dict) -> str:
     methods = result["methods"]
     names = list(next(iter(methods.values()))["test"])
     lines = [f"{result['task']}: test metrics over seeds {next(iter(methods.values()))['seeds']}, adapter budget "
-             f"{result['budget']:,} parameters (the head excluded)",
+             f"{result['budget'] or 0:,} parameters (the head excluded)",
              "| method | adapter params | " + " | ".join(f"{n} mean ± std" for n in names) + " | per seed ("
              + result["metric"] + ") | train s |", "|---" * (len(names) + 4) + "|"]
     for method, m in methods.items():

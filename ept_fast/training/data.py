@@ -35,7 +35,8 @@ def load_data(args: DataArguments, task: Optional[Task] = None, files_needed=("t
             task = get_task(args.task)
         elif task is None:
             columns = [args.text_column] + ([args.text_pair_column] if args.text_pair_column else [])
-            task = custom_task(rows["train"], args.label_column, columns, args.train_file, args.label_names)
+            task = custom_task(rows["train"], args.label_column, columns, args.train_file, args.label_names,
+                               getattr(args, "metric_for_best_model", None))
         splits = [format_rows(task, rows[split], paths[split], args.label_column) for split in paths]
     else:
         task = task or get_task(args.task or DEFAULT_TASK)

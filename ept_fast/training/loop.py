@@ -21,6 +21,8 @@ from typing import Optional, Tuple
 import torch
 
 from ..budget import adapter_parameters
+from ..config import TaskType
+from ..heads import is_encoder_classifier
 from ..model import get_ept_model
 from ..serialization import load_adapter
 from .checkpoints import BEST, TrainState, checkpoint_folder, load_checkpoint, save_checkpoint
@@ -56,7 +58,7 @@ def output_dir(args: TrainArguments) -> Path:
     return Path(args.output_dir or Path("runs") / f"{args.method}-{data_name(args)}")
 
 
-def _prepare_output_dir(args: TrainArguments) -> Path:
+def prepare_output_dir(args: TrainArguments) -> Path:
     out = output_dir(args)
     if args.resume:
         checkpoint_folder(out, args.resume)  # it must exist
@@ -76,7 +78,7 @@ def train(args: TrainArguments, stop_after_steps: Optional[int] = None) -> dict:
 
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     accelerator = Accelerator(cpu=args.device == "cpu", mixed_precision=args.mixed_precision)
-    out = _prepare_output_dir(args) if accelerator.is_main_process else output_dir(args)
+    out = prepare_output_dir(args) if accelerator.is_main_process else output_dir(args)
     accelerator.wait_for_everyone()
     torch.manual_seed(args.seed)
     task, train_set, validation_set, test_set = load_data(args)
@@ -85,7 +87,9 @@ def train(args: TrainArguments, stop_after_steps: Optional[int] = None) -> dict:
         raise ValueError(f"--metric-for-best-model: task {task.name} reports {list(task.metrics)}, got {metric!r}")
     backbone, tokenizer, task_type = load_backbone(args, task)
     token_dim = backbone.get_input_embeddings().embedding_dim
-    model = get_ept_model(backbone, args.adapter_config(task, task_type, token_dim), tokenizer=tokenizer)
+    config = args.adapter_config(task, task_type, token_dim,
+                                 encoder_classifier=task_type is TaskType.SEQ_CLS and is_encoder_classifier(backbone))
+    model = get_ept_model(backbone, config, tokenizer=tokenizer)
     model.task_metadata = task_metadata(task, split_seed=args.seed)
     model.to(accelerator.device)
     collate = Collator(tokenizer, task_type, task, model.active_peft_config.max_length, args.max_new_tokens)

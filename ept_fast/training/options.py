@@ -25,7 +25,7 @@ from ..tasks import TASKS, Task
 
 # EPTConfig's fields that are command-line options.
 ADAPTER_OPTIONS = ("num_virtual_tokens", "max_length", "r", "lora_alpha", "num_spaces", "space_rank", "fusion",
-                   "prompt_init", "prompt_init_text", "backend")
+                   "prompt_init", "prompt_init_text", "backend", "readout")
 # The command line's defaults by method, where the user gives none: the adapter's sizes (all
 # three at one parameter budget on MiniLM, d = 384: 37,893, 37,888 and 37,632 parameters, the
 # head excluded) and the two learning rates, tuned on validation (docs/results.md). EPTConfig's
@@ -34,7 +34,11 @@ METHOD_DEFAULTS: Dict[str, Dict[str, float]] = {
     "ept": dict(num_virtual_tokens=20, max_length=128, r=44, num_spaces=4, space_rank=2, lr=3e-2, lr_lowrank=1e-3),
     "dept": dict(num_virtual_tokens=20, max_length=128, r=59, lr=3e-2, lr_lowrank=1e-3),
     "pt": dict(num_virtual_tokens=98, max_length=128, lr=1e-2, lr_lowrank=1e-3),
+    "head": dict(max_length=128, lr=3e-2, lr_lowrank=1e-3),
 }
+# What an encoder classifier's head reads where --readout is not given (docs/results.md): the
+# library's own default stays PEFT's ("backbone": position 0, the first prompt row).
+CLI_READOUT = "mean"
 
 
 def option(default=None, help: str = "", aliases: Sequence[str] = ()):
@@ -149,7 +153,7 @@ class TrainArguments(AdapterArguments, RunArguments, DataArguments):
     resume: Union[bool, str] = option(False, "continue from the last checkpoint in --output-dir, or from the "
                                              "checkpoint folder given", aliases=("resume_from_checkpoint",))
     lr: Optional[float] = option(help="learning rate of the soft prompt P and the head (default by method: ept "
-                                      "3e-2, dept 3e-2, pt 1e-2)", aliases=("learning_rate",))
+                                      "3e-2, dept 3e-2, pt 1e-2, head 3e-2)", aliases=("learning_rate",))
     lr_lowrank: Optional[float] = option(help="learning rate of the low-rank pair A, B and EPT's fusion scale, "
                                               "projections and gate (DePT's second rate; default 1e-3)")
     weight_decay: float = option(1e-5, "AdamW weight decay")
@@ -173,6 +177,8 @@ class TrainArguments(AdapterArguments, RunArguments, DataArguments):
         if not self.num_epochs > 0:
             raise ValueError(f"--num-epochs: expected a number > 0, got {self.num_epochs}")
         config = self.adapter_config()  # a value that contradicts the method fails now, as EPTConfig says
+        if self.param_budget is not None and config.method is Method.HEAD:
+            raise ValueError("--param-budget: method 'head' trains the head alone, no adapter parameters to size")
         if self.param_budget is not None:
             fitted = "num_virtual_tokens" if config.method is Method.PT else "r"
             if getattr(self, fitted) is not None:
@@ -180,14 +186,16 @@ class TrainArguments(AdapterArguments, RunArguments, DataArguments):
                                  f"also give --{fitted.replace('_', '-')}")
 
     def adapter_config(self, task: Optional[Task] = None, task_type: Optional[TaskType] = None,
-                       token_dim: Optional[int] = None) -> EPTConfig:
+                       token_dim: Optional[int] = None, encoder_classifier: bool = False) -> EPTConfig:
         """The EPTConfig of this run: the method's row of METHOD_DEFAULTS, the task's init
-        text, then every adapter option given; sized to --param-budget on a backbone of hidden
-        size ``token_dim`` when both are known."""
+        text, CLI_READOUT for an ``encoder_classifier``, then every adapter option given; sized
+        to --param-budget on a backbone of hidden size ``token_dim`` when both are known."""
         method = parse_enum(Method, "--method", self.method).value
         values = {key: value for key, value in METHOD_DEFAULTS[method].items() if key in ADAPTER_OPTIONS}
         if task is not None and task.init_text:
             values["prompt_init_text"] = task.init_text
+        if encoder_classifier:
+            values["readout"] = CLI_READOUT
         values.update({name: getattr(self, name) for name in ADAPTER_OPTIONS if getattr(self, name) is not None})
         config = EPTConfig(method=method, task_type=task_type, **values)
         if self.param_budget is not None and token_dim is not None:
