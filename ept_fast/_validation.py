@@ -174,7 +174,7 @@ def _values_unreadable(tensor: torch.Tensor) -> bool:
 
 def check_mixed_values(adapter_ids: torch.Tensor, prompt_lengths: torch.Tensor, lengths: torch.Tensor,
                        max_lengths: Optional[torch.Tensor], adapters: int, m: int) -> None:
-    """Every row names an adapter in [0, N); every prompt length is in [1, m]; no row holds
+    """Every row names an adapter in [0, N); every prompt length is in [0, m] (0: the head alone); no row holds
     more attended tokens than its adapter's ``max_lengths`` (when given). One device sync (device
     asserts under ``torch.compile`` and CUDA-graph capture, as in ``check_token_values``)."""
     limits = max_lengths[adapter_ids.clamp(0, adapters - 1)] if max_lengths is not None else lengths
@@ -182,8 +182,8 @@ def check_mixed_values(adapter_ids: torch.Tensor, prompt_lengths: torch.Tensor, 
     if _values_unreadable(adapter_ids):
         torch._assert_async((adapter_ids.min() >= 0) & (adapter_ids.max() < adapters),
                             f"adapter_ids: expected ids in [0, {adapters}) (one per stacked adapter)")
-        torch._assert_async((prompt_lengths.min() >= 1) & (prompt_lengths.max() <= m),
-                            f"prompt_lengths: expected lengths in [1, {m}] (m, the stacked prompts' rows)")
+        torch._assert_async((prompt_lengths.min() >= 0) & (prompt_lengths.max() <= m),
+                            f"prompt_lengths: expected lengths in [0, {m}] (m, the stacked prompts' rows)")
         torch._assert_async(excess.max() <= 0,
                             "input_ids: a row has more attended tokens than its adapter's max_length")
         return
@@ -193,9 +193,9 @@ def check_mixed_values(adapter_ids: torch.Tensor, prompt_lengths: torch.Tensor, 
     if lowest < 0 or highest >= adapters:
         raise ValueError(f"adapter_ids: expected ids in [0, {adapters}) (one per stacked adapter), got "
                          f"{lowest if lowest < 0 else highest}")
-    if shortest < 1 or longest > m:
-        raise ValueError(f"prompt_lengths: expected lengths in [1, {m}] (m, the stacked prompts' rows), got "
-                         f"{shortest if shortest < 1 else longest}")
+    if shortest < 0 or longest > m:
+        raise ValueError(f"prompt_lengths: expected lengths in [0, {m}] (m, the stacked prompts' rows), got "
+                         f"{shortest if shortest < 0 else longest}")
     if worst > 0:
         adapter = int(adapter_ids[worst_row])
         raise ValueError(

@@ -28,6 +28,8 @@ def fit_budget(config: EPTConfig, budget: int, token_dim: int) -> EPTConfig:
     if isinstance(budget, bool) or not isinstance(budget, int) or budget < 1:
         raise ValueError(f"param_budget: expected a positive number of parameters, got {budget!r}")
     d = token_dim
+    if config.method is Method.HEAD:
+        raise ValueError("param_budget: method 'head' trains the head alone, no adapter parameters to size")
     if config.method is Method.PT:
         m = budget // d
         if m < 1:

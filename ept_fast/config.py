@@ -187,7 +187,9 @@ class EPTConfig:
             raise ValueError(f"num_virtual_tokens: method='head' (the head alone) has no prompt, so "
                              f"num_virtual_tokens must be 0, got {self.num_virtual_tokens}")
         if self.method in (Method.PT, Method.HEAD) and self.r != 0:
-            raise ValueError(f"r: method={self.method.value!r} has no low-rank update, so r must be 0, got {self.r}")
+            what = "vanilla prompt tuning" if self.method is Method.PT else "the head alone"
+            raise ValueError(f"r: method={self.method.value!r} ({what}) has no low-rank update, so r must be 0, "
+                             f"got {self.r}")
         if self.method is not Method.EPT and self.num_spaces != 0:
             raise ValueError(
                 f"num_spaces: method={self.method.value!r} has no multi-space projection, so num_spaces must be 0, "

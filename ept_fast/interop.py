@@ -19,7 +19,7 @@ from typing import Dict, Optional, Tuple
 import torch
 from safetensors.torch import load_file
 
-from .config import EPTConfig, Method
+from .config import EPTConfig, Method, Readout
 from .serialization import CONFIG_NAME, WEIGHTS_NAME, PathLike, write_adapter_files
 
 logger = logging.getLogger(__name__)
@@ -39,12 +39,20 @@ def export_peft_prompt_tuning(model, directory: PathLike, adapter_name: Optional
     (default: two random rows of min(n, 16) tokens)."""
     name = adapter_name or model.active_adapter
     config: EPTConfig = model.peft_config[name]
-    lossless = config.method is Method.PT
+    if config.method is Method.HEAD:
+        raise ValueError(f"export_peft_prompt_tuning: adapter {name!r} is method='head', which has no prompt to export")
+    if config.method is not Method.PT:
+        lost = f"method={config.method.value!r}, whose low-rank update of every input position"
+    elif config.readout is not Readout.BACKBONE:
+        lost = f"read out with readout={config.readout.value!r}, which"
+    else:
+        lost = None
+    lossless = lost is None
     if not lossless and not allow_lossy:
         raise ValueError(
-            f"export_peft_prompt_tuning: adapter {name!r} is method={config.method.value!r}, whose low-rank update "
-            f"of every input position PEFT's prompt tuning cannot express (only P* is exported, so outputs change); "
-            f"pass allow_lossy=True to export anyway and get the measured difference"
+            f"export_peft_prompt_tuning: adapter {name!r} is {lost} PEFT's prompt tuning cannot express (only P* "
+            f"and the head are exported, so outputs change); pass allow_lossy=True to export anyway and get the "
+            f"measured difference"
         )
     tensors = model.adapter_state_dict(name)
     with torch.no_grad():

@@ -104,15 +104,15 @@ class EPTModel(nn.Module):
         heads = self._find_heads(config.modules_to_save) if task_type is TaskType.SEQ_CLS else []
         if self.heads and heads != self.heads:
             raise ValueError(f"config.modules_to_save: this model's adapters train {self.heads}, got {heads}")
+        embeddings = self.word_embeddings
+        name_or_path = getattr(getattr(self.base_model, "config", None), "name_or_path", None) or None
+        config = dataclasses.replace(config, task_type=task_type, modules_to_save=heads or config.modules_to_save,
+                                     base_model_name_or_path=config.base_model_name_or_path or name_or_path)
         if config.readout is not Readout.BACKBONE:
             if "score" in heads:
                 raise ValueError(f"readout: a decoder classifier (head 'score') reads each row's last token; "
                                  f"{config.readout.value!r} is for encoder classifiers, use 'backbone'")
             sequence_output_module(self.base_model)  # an encoder whose output can be read out
-        embeddings = self.word_embeddings
-        name_or_path = getattr(getattr(self.base_model, "config", None), "name_or_path", None) or None
-        config = dataclasses.replace(config, task_type=task_type, modules_to_save=heads or config.modules_to_save,
-                                     base_model_name_or_path=config.base_model_name_or_path or name_or_path)
         if initialize_prompt and config.prompt_init is PromptInit.TEXT and tokenizer is None \
                 and config.num_virtual_tokens > 0:
             tokenizer = _load_tokenizer(config)
@@ -180,7 +180,10 @@ class EPTModel(nn.Module):
         for name, encoder in self.prompt_encoders.items():
             trains = name == adapter_name and self._trainable[name]
             for parameter_name, parameter in encoder.named_parameters():
-                parameter.requires_grad_(trains and (parameter_name != "fusion_scale" or encoder.config.trains_fusion))
+                # An empty parameter (the head alone has no P, A or B) must not make the backbone's input need
+                # a gradient: that would run the backward through the whole frozen backbone for nothing.
+                parameter.requires_grad_(trains and parameter.numel() > 0
+                                         and (parameter_name != "fusion_scale" or encoder.config.trains_fusion))
         for name, heads in self.head_copies.items():
             heads.requires_grad_(name == adapter_name and self._trainable[name])
 
@@ -298,8 +301,8 @@ class EPTModel(nn.Module):
         if adapter_names is None:
             embeds, mask = self.assemble_inputs(input_ids, attention_mask)
             m = self.active_peft_config.num_virtual_tokens
-            heads = together(self._heads_routed(self.head_copies[self._active_adapter], mask),
-                             self._read_out([self.active_peft_config.readout], None, attention_mask, input_ids, None, m))
+            readout = self._read_out([self.active_peft_config.readout], None, attention_mask, input_ids, None, m)
+            heads = together(self._heads_routed(self.head_copies[self._active_adapter], mask), readout)
             return embeds, mask, m, None, heads
         names = [adapter_names] if isinstance(adapter_names, str) else list(adapter_names)
         if len(names) != input_ids.shape[0]:

@@ -66,7 +66,7 @@ def test_the_methods_defaults_spend_one_budget():
                                         r"must be 0, got 4"),
     (dict(method="dept", num_spaces=3), r"num_spaces: method='dept' has no multi-space projection"),
     (dict(method="pt", r=8), r"r: method='pt' \(vanilla prompt tuning\) has no low-rank update, so r must be 0"),
-    (dict(method="lora"), r"--method: expected one of 'ept', 'dept', 'pt', got 'lora'"),
+    (dict(method="lora"), r"--method: expected one of 'ept', 'dept', 'pt', 'head', got 'lora'"),
 ])
 def test_a_value_that_contradicts_the_method_is_the_configs_error(values, message):
     with pytest.raises(ValueError, match=message):

@@ -104,7 +104,7 @@ def test_dept_prompt_stays_the_prompt_after_training_moves_the_low_rank_pair():
 @pytest.mark.parametrize(
     "kwargs,error,message",
     [
-        (dict(method="lora"), ValueError, r"method: expected one of 'ept', 'dept', 'pt', got 'lora'"),
+        (dict(method="lora"), ValueError, r"method: expected one of 'ept', 'dept', 'pt', 'head', got 'lora'"),
         (dict(prompt_init="VOCAB"), ValueError, r"prompt_init: expected one of 'TEXT', 'RANDOM_VOCAB', 'RANDOM'"),
         (dict(backend="cuda"), ValueError, r"backend: expected one of"),
         (dict(num_virtual_tokens=0), ValueError, r"num_virtual_tokens: expected an int >= 1, got 0"),

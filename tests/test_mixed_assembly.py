@@ -186,8 +186,8 @@ def test_functional_dispatch_and_errors():
                                          [a[2] for a in adapters], [a[3] for a in adapters])
         functional.assemble_inputs_mixed(ids, mask, E, short.prompts, short.prompt_lengths, short.lora_a, short.lora_b,
                                          short.scalings, adapter_ids, max_lengths=short.max_lengths)
-    with pytest.raises(ValueError, match=r"prompt_lengths: expected lengths in \[1, 5\]"):
-        functional.assemble_inputs_mixed(*args[:4], torch.tensor([5, 0, 4], device=DEVICE), *args[5:], adapter_ids)
+    with pytest.raises(ValueError, match=r"prompt_lengths: expected lengths in \[0, 5\] .*, got 6"):  # 0: the head alone
+        functional.assemble_inputs_mixed(*args[:4], torch.tensor([5, 6, 4], device=DEVICE), *args[5:], adapter_ids)
     with pytest.raises(ValueError, match=r"adapter_ids: expected shape \(b=6\), got \(5,\)"):
         functional.assemble_inputs_mixed(*args, adapter_ids[:5])
     with pytest.raises(ValueError, match=r"stack_adapters: every adapter must have the same hidden size d, got \[16, 24\]"):
@@ -252,3 +252,33 @@ def test_a_prompt_tuning_row_may_be_longer_than_the_stacked_reach():
         grads.append([leaf.grad for leaf in leaves])
     for torch_grad, triton_grad in zip(*grads):
         assert torch.allclose(torch_grad, triton_grad, rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize("side", ["left", "right"])
+def test_the_head_alone_has_no_prompt_in_a_mixed_batch_or_alone(side):
+    """An adapter with no prompt and no low-rank update (method "head": m = 0, r = 0) beside
+    others, and alone: both backends give its rows as looked up, the fused op's values and
+    gradients equal the reference's."""
+    d = 40
+    adapters = _adapters(d, torch.float32)
+    adapters[1] = [torch.zeros(0, d, device=DEVICE, requires_grad=True),
+                   torch.zeros(12, 0, device=DEVICE, requires_grad=True),
+                   torch.zeros(0, d, device=DEVICE, requires_grad=True), 0.0]
+    ids, mask, adapter_ids = _batch(False)
+    E = table(50, d, dtype=torch.float32, device=DEVICE)
+    grad_out = torch.randn(ids.shape[0], max(a[0] for a in ADAPTERS) + ids.shape[1], d, device=DEVICE)
+    out, ext_mask, grads = _run(fused_assemble_inputs_mixed, ids, mask, E, adapters, adapter_ids, grad_out, 1.0, side)
+    ref, ref_mask, ref_grads = _run(reference.assemble_inputs_mixed, ids, mask, E, adapters, adapter_ids, grad_out, 1.0,
+                                    side)
+    assert torch.equal(ext_mask, ref_mask)
+    assert_close(out, ref, 1e-5, 1e-6 * ref.abs().max().item(), "inputs_embeds")
+    for index, (grad, ref_grad) in enumerate(zip(grads, ref_grads)):
+        assert_close(grad, ref_grad, 1e-5, 1e-6 * max(ref_grad.abs().max().item() if ref_grad.numel() else 1.0, 1.0),
+                     f"gradient {index}")
+    rows = (adapter_ids == 1).nonzero().flatten()
+    m = max(a[0] for a in ADAPTERS)
+    own = slice(m, None) if side == "left" else slice(0, ids.shape[1])
+    assert torch.equal(out[rows][:, own], E[ids[rows]])
+    for backend in ("torch", "triton"):
+        alone, alone_mask = functional.assemble_inputs(ids, mask, E, *adapters[1], backend=backend)
+        assert torch.equal(alone, E[ids]) and torch.equal(alone_mask, mask)

@@ -449,7 +449,65 @@ def test_compare_runs_methods_at_one_budget_over_seeds(tiny_models, sst2_files, 
     assert cli_main(["compare", *args, "--resume", "--lr", "0.5"]) == 2  # finished runs made with other options
     assert "--resume: the finished run in" in capsys.readouterr().err
     assert cli_main(["compare", "--methods", "ept,lora"]) == 2
-    assert "--methods: expected ept, dept or pt, got 'lora'" in capsys.readouterr().err
+    assert "--methods: expected ept, dept, pt, head or probe, got 'lora'" in capsys.readouterr().err
+
+
+def test_compare_runs_the_head_alone_and_the_linear_probe_beside_the_adapters(tiny_models, sst2_files, tmp_path,
+                                                                               capsys):
+    out = tmp_path / "cmp"
+    args = _args(tiny_models, sst2_files, out, "--task", "sst2", "--max-steps", "2", "--eval-steps", "2",
+                 "--methods", "head", "ept", "probe", "--seeds", "1")
+    assert cli_main(["compare", *args]) == 0
+    result = json.loads((out / "compare.json").read_text())
+    methods = result["methods"]
+    assert list(methods) == ["head", "ept", "probe"]
+    assert result["budget"] == methods["ept"]["adapter_parameters"] > 0  # the first adapter's, not the head's 0
+    assert methods["head"]["adapter_parameters"] == methods["probe"]["adapter_parameters"] == 0
+    head_sizes = methods["head"]["sizes"]
+    assert (head_sizes["method"], head_sizes["m"], head_sizes["r"], head_sizes["K"]) == ("head", 0, 0, 0)
+    assert methods["head"]["trainable_parameters"] == 32 * 2 + 2  # the head's copy alone (d = 32, 2 labels)
+    probe = json.loads((out / "probe-seed42" / "metrics.json").read_text())
+    assert probe["probe_C"] in (0.01, 0.1, 1.0, 10.0, 100.0) and set(probe["validation_by_C"]) == {
+        "0.01", "0.1", "1.0", "10.0", "100.0"}
+    assert probe["validation"]["accuracy"] == max(probe["validation_by_C"].values())
+    assert 0.0 <= probe["test"]["accuracy"] <= 1.0 and probe["trainable_parameters"] == 32 + 1
+    for method in ("head", "ept"):  # an encoder classifier on the command line reads the mean by default
+        saved = json.loads((out / f"{method}-seed42" / "adapter_config.json").read_text())
+        assert saved["readout"] == "mean" and saved["method"] == method
+    assert "| probe | 0 |" in capsys.readouterr().out
+
+
+def test_readout_option_and_the_head_method_on_the_command_line(tiny_models, sst2_files, tmp_path, capsys):
+    assert main(_args(tiny_models, sst2_files, tmp_path / "a", "--task", "sst2", "--max-steps", "1", "--eval-steps",
+                      "1", "--readout", "first_token")) == 0
+    assert json.loads((tmp_path / "a" / "adapter_config.json").read_text())["readout"] == "first_token"
+    assert main(_args(tiny_models, sst2_files, tmp_path / "b", "--task", "sst2", "--readout", "cls")) == 2
+    assert "readout: expected one of 'backbone', 'first_token', 'mean', got 'cls'" in capsys.readouterr().err
+    head = _args(tiny_models, sst2_files, tmp_path / "c", "--task", "sst2", "--method", "head")
+    assert main(head) == 2
+    assert "num_virtual_tokens: method='head' (the head alone) has no prompt" in capsys.readouterr().err
+    for option in ("--num-virtual-tokens", "--r", "--num-spaces", "--space-rank"):
+        del head[head.index(option):head.index(option) + 2]
+    assert main(head + ["--param-budget", "500"]) == 2
+    assert "--param-budget: method 'head' trains the head alone" in capsys.readouterr().err
+    assert main(head) == 0
+    assert json.loads((tmp_path / "c" / "metrics.json").read_text())["adapter_parameters"] == 0
+    assert main(["--model", str(tiny_models / "t5"), *_args(tiny_models, sst2_files, tmp_path / "e", "--task",
+                                                           "sst2", "--readout", "mean")[2:]]) == 2
+    assert "readout: 'mean' chooses what a classifier's head reads (SEQ_CLS); task_type is SEQ_2_SEQ_LM" in \
+        capsys.readouterr().err
+
+
+def test_metric_for_best_model_of_a_custom_task(tiny_models, sst2_files, tmp_path, capsys):
+    args = _args(tiny_models, sst2_files, tmp_path / "mcc", "--text-column", "sentence", "--max-steps", "2",
+                 "--eval-steps", "1", "--metric-for-best-model", "matthews_correlation")
+    assert main(args) == 0
+    metrics = json.loads((tmp_path / "mcc" / "metrics.json").read_text())
+    assert list(metrics["test"]) == ["matthews_correlation", "accuracy", "f1_macro"]
+    assert metrics["metric_for_best_model"] == "matthews_correlation"
+    args[args.index("matthews_correlation")] = "pearson"
+    assert main(args + ["--overwrite"]) == 2
+    assert ("--metric-for-best-model: the labels of " in capsys.readouterr().err)
 
 
 def test_param_budget_sizes_the_method(tiny_models, sst2_files, tmp_path, capsys):

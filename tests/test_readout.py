@@ -1,0 +1,154 @@
+"""What an encoder classifier's head reads (``EPTConfig.readout``), and the head alone
+(``method="head"``): values against a hand computation, saving and loading, mixed batches,
+PEFT export and the errors."""
+
+import pytest
+import torch
+
+from ept_fast import EPTConfig, EPTModel, Method, Readout, get_ept_model
+from ept_fast.budget import adapter_parameters, fit_budget
+from helpers import padded_batch
+from tiny_models import HIDDEN, VOCAB, adapter_config, moved, tiny_bert_classifier, tiny_gpt2
+
+
+def _classifier():
+    torch.manual_seed(0)
+    return tiny_bert_classifier()
+
+
+def _by_hand(model, input_ids, attention_mask, readout):
+    """The logits as the readout defines them: BERT's pooler and the adapter's head copy on the
+    chosen vector of the backbone's last hidden states."""
+    backbone = model.get_base_model()
+    embeds, mask = model.assemble_inputs(input_ids, attention_mask)
+    hidden = backbone.bert(inputs_embeds=embeds, attention_mask=mask).last_hidden_state
+    m = embeds.shape[1] - input_ids.shape[1]
+    tokens, real = hidden[:, m:], attention_mask.unsqueeze(-1).float()
+    vector = {"backbone": hidden[:, 0],
+              "first_token": tokens[torch.arange(len(tokens)), attention_mask.argmax(dim=1)],
+              "mean": (tokens * real).sum(1) / real.sum(1)}[readout]
+    pooled = backbone.bert.pooler(vector.unsqueeze(1))
+    return model.head_copies[model.active_adapter][0](pooled)
+
+
+@pytest.mark.parametrize("readout", [r.value for r in Readout])
+@pytest.mark.parametrize("method", ["ept", "head"])
+def test_the_head_reads_what_the_readout_chooses(readout, method):
+    sizes = {} if method == "ept" else dict(num_virtual_tokens=0, r=0, num_spaces=0)
+    model = moved(get_ept_model(_classifier(), adapter_config("SEQ_CLS", method=method, readout=readout, **sizes)))
+    ids, mask = padded_batch([7, 4, 6], 7, VOCAB, left=False)  # right padding: rows 2 and 3 end early
+    with torch.no_grad():
+        logits = model(input_ids=ids, attention_mask=mask).logits
+        expected = _by_hand(model, ids, mask, readout)
+    torch.testing.assert_close(logits, expected, atol=1e-5, rtol=1e-5)
+
+
+def test_readouts_differ_and_padding_is_not_read():
+    backbone = _classifier()
+    ids, mask = padded_batch([7, 4], 7, VOCAB, left=False)
+    logits = {}
+    for readout in ("backbone", "first_token", "mean"):
+        model = get_ept_model(backbone, adapter_config("SEQ_CLS", readout=readout))
+        with torch.no_grad():
+            logits[readout] = model(input_ids=ids, attention_mask=mask).logits
+            # The same row without its padding gives the same logits.
+            alone = model(input_ids=ids[1:, :4], attention_mask=mask[1:, :4]).logits
+        torch.testing.assert_close(logits[readout][1:], alone, atol=1e-5, rtol=1e-5)
+    assert not torch.allclose(logits["backbone"], logits["mean"])
+    assert not torch.allclose(logits["first_token"], logits["mean"])
+
+
+def test_the_head_alone_trains_only_the_head():
+    model = get_ept_model(_classifier(), EPTConfig(method="head", max_length=12, readout="mean"))
+    config = model.active_peft_config
+    assert (config.num_virtual_tokens, config.r, config.num_spaces, config.fusion) == (0, 0, 0, False)
+    assert adapter_parameters(config, HIDDEN) == 0 and model.prompt_encoder().shape == (0, HIDDEN)
+    head = model.head_copies["default"]
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    assert sum(p.numel() for p in trainable) == sum(p.numel() for p in head.parameters())
+    ids, mask = padded_batch([5, 3], 5, VOCAB, left=False)
+    model(input_ids=ids, attention_mask=mask, labels=torch.tensor([0, 2])).loss.backward()
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in head.parameters())
+
+
+def test_readout_and_head_method_are_saved_and_loaded(tmp_path):
+    for name, config in (("mean", adapter_config("SEQ_CLS", readout="first_token")),
+                         ("head", EPTConfig(method="head", max_length=12, readout="mean"))):
+        model = moved(get_ept_model(_classifier(), config)) if name == "mean" else get_ept_model(_classifier(), config)
+        model.save_pretrained(tmp_path / name)
+        loaded = EPTModel.from_pretrained(_classifier(), tmp_path / name)
+        assert loaded.active_peft_config.readout is config.readout
+        assert loaded.active_peft_config.method is config.method
+        ids, mask = padded_batch([6, 3], 6, VOCAB, left=False)
+        with torch.no_grad():
+            torch.testing.assert_close(loaded(input_ids=ids, attention_mask=mask).logits,
+                                       model.eval()(input_ids=ids, attention_mask=mask).logits)
+
+
+def test_a_config_saved_before_the_option_reads_position_0():
+    values = adapter_config("SEQ_CLS").to_dict()
+    del values["readout"]
+    assert EPTConfig.from_dict(values).readout is Readout.BACKBONE
+
+
+def test_a_mixed_batch_reads_each_row_as_its_adapter_does():
+    model = get_ept_model(_classifier(), adapter_config("SEQ_CLS", readout="mean"), adapter_name="mean")
+    model.add_adapter("first", adapter_config("SEQ_CLS", num_virtual_tokens=2, r=2, readout="first_token"))
+    model.add_adapter("plain", adapter_config("SEQ_CLS", num_virtual_tokens=3, readout="backbone"))
+    model.add_adapter("head", EPTConfig(method="head", max_length=12, readout="mean"))
+    model.eval()
+    ids, mask = padded_batch([7, 4, 6, 5, 3], 7, VOCAB, left=False)
+    names = ["mean", "first", "plain", "head", "first"]
+    with torch.no_grad():
+        mixed = model(input_ids=ids, attention_mask=mask, adapter_names=names).logits
+        for row, name in enumerate(names):
+            model.set_adapter(name)
+            alone = model(input_ids=ids[row:row + 1], attention_mask=mask[row:row + 1]).logits
+            torch.testing.assert_close(mixed[row:row + 1], alone, atol=1e-5, rtol=1e-5)
+
+
+def test_readout_and_head_errors():
+    with pytest.raises(ValueError, match=r"readout: expected one of 'backbone', 'first_token', 'mean', got 'cls'"):
+        EPTConfig(readout="cls")
+    with pytest.raises(ValueError, match=r"readout: 'mean' chooses what a classifier's head reads \(SEQ_CLS\); "
+                                         r"task_type is SEQ_2_SEQ_LM"):
+        EPTConfig(task_type="SEQ_2_SEQ_LM", readout="mean")
+    with pytest.raises(ValueError, match=r"num_virtual_tokens: method='head' \(the head alone\) has no prompt, so "
+                                         r"num_virtual_tokens must be 0, got 4"):
+        EPTConfig(method="head", num_virtual_tokens=4)
+    with pytest.raises(ValueError, match=r"r: method='head' \(the head alone\) has no low-rank update, so r must be 0, "
+                                         r"got 3"):
+        EPTConfig(method="head", r=3)
+    with pytest.raises(ValueError, match=r"param_budget: method 'head' trains the head alone"):
+        fit_budget(EPTConfig(method="head"), 1000, HIDDEN)
+    with pytest.raises(ValueError, match=r"readout: 'mean' chooses what a classifier's head reads .* task_type is "
+                                         r"CAUSAL_LM"):
+        get_ept_model(tiny_gpt2(), adapter_config(None, readout="mean"))  # the task type comes from the model
+    from transformers import GPT2Config, GPT2ForSequenceClassification
+
+    decoder = GPT2ForSequenceClassification(GPT2Config(vocab_size=VOCAB, n_positions=64, n_embd=HIDDEN, n_layer=1,
+                                                       n_head=2, num_labels=2, pad_token_id=0))
+    with pytest.raises(ValueError, match=r"readout: a decoder classifier \(head 'score'\) reads each row's last "
+                                         r"token; 'mean' is for encoder classifiers"):
+        get_ept_model(decoder, adapter_config("SEQ_CLS", readout="mean"))
+
+
+def test_peft_export_refuses_what_it_cannot_express(tmp_path):
+    model = get_ept_model(_classifier(), adapter_config("SEQ_CLS", method="pt", r=0, num_spaces=0, readout="mean"))
+    with pytest.raises(ValueError, match=r"adapter 'default' is read out with readout='mean', which PEFT's prompt "
+                                         r"tuning cannot express .* pass allow_lossy=True"):
+        model.export_peft_prompt_tuning(tmp_path / "pt")
+    report = model.export_peft_prompt_tuning(tmp_path / "pt", allow_lossy=True)
+    assert not report["lossless"] and report["max_abs_difference"] > 0
+    head = get_ept_model(_classifier(), EPTConfig(method=Method.HEAD))
+    with pytest.raises(ValueError, match=r"adapter 'default' is method='head', which has no prompt to export"):
+        head.export_peft_prompt_tuning(tmp_path / "head", allow_lossy=True)
+
+
+def test_the_head_alone_runs_no_backward_through_the_backbone():
+    model = get_ept_model(_classifier(), EPTConfig(method="head", max_length=12))
+    ids, mask = padded_batch([5, 3], 5, VOCAB, left=False)
+    embeds, _ = model.assemble_inputs(ids, mask)
+    assert not embeds.requires_grad  # nothing before the head needs a gradient
+    assert all(p.requires_grad == (p.numel() > 0) for p in model.head_copies["default"].parameters())
+    assert not any(p.requires_grad for p in model.prompt_encoder.parameters())
