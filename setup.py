@@ -35,6 +35,7 @@ setup(
     entry_points={"console_scripts": ["ept-fast=ept_fast.cli:main"]},
     extras_require={
         "hub": ["datasets>=3.0,<6"],  # registry tasks loaded from the Hugging Face hub
-        "test": ["pytest>=8", "pytest-benchmark>=5", "hypothesis>=6.100", "datasets>=3.0,<6", "peft>=0.13"],
+        "test": ["pytest>=8", "pytest-benchmark>=5", "hypothesis>=6.100", "datasets>=3.0,<6", "peft>=0.13",
+                 "ruff>=0.6"],
     },
 )

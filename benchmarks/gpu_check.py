@@ -164,11 +164,11 @@ def kernel_timings(dry_run: bool) -> dict:
     import contextlib
 
     import torch
+    from performance_model import assemble_inputs_cells, copy_us, ept_prompt_cells
 
     from ept_fast import reference
     from ept_fast.kernels import fused_assemble_inputs, fused_ept_prompt
     from ept_fast.kernels.recording import record_compiles
-    from performance_model import assemble_inputs_cells, copy_us, ept_prompt_cells
 
     device = "cpu" if dry_run else "cuda"
     measure = _timer(dry_run)
@@ -254,7 +254,8 @@ def training_step(dry_run: bool) -> dict:
 
     device = "cpu" if dry_run else "cuda"
     if dry_run:
-        config = T5Config(vocab_size=64, d_model=32, d_ff=48, num_layers=1, num_heads=2, d_kv=16, decoder_start_token_id=0)
+        config = T5Config(vocab_size=64, d_model=32, d_ff=48, num_layers=1, num_heads=2, d_kv=16,
+                          decoder_start_token_id=0)
         batch, length, target_length, methods = 2, 8, 4, {"ept": (4, 4), "dept": (4, 4), "pt": (6, 0)}
     else:  # t5-base: d_model 768, 12 + 12 layers, d_ff 3072, 12 heads, vocabulary 32128
         config = T5Config(vocab_size=32128, d_model=768, d_ff=3072, num_layers=12, num_heads=12, d_kv=64,
@@ -305,7 +306,8 @@ def summary(report) -> str:
         ratios = ", ".join(f"{provider}/fused {row[f'{provider}_ms'] / row['fused_ms']:.2f}x" + (
             f" (model {row['predicted_eager_ms'] / row['predicted_fused_ms']:.2f}x)" if provider == "eager"
             and "predicted_eager_ms" in row else "") for provider in ("eager", "compile") if f"{provider}_ms" in row)
-        line = (f"{name} {row['shape']} fwd+bwd: fused {row['fused_ms']:.3f} ms (model {row['predicted_fused_ms']:.3f}), "
+        line = (f"{name} {row['shape']} fwd+bwd: fused {row['fused_ms']:.3f} ms "
+                f"(model {row['predicted_fused_ms']:.3f}), "
                 f"{ratios}")
         if "fraction_of_copy" in row:
             line += (f"; forward {row['fused_forward_gb_s']:.0f} GB/s = {row['fraction_of_copy']:.0%} of a copy "

@@ -75,8 +75,10 @@ def _eager_profile(run) -> Dict[str, float]:
 
         def __torch_dispatch__(self, func, types, args=(), kwargs=None):
             out = func(*args, **(kwargs or {}))
-            if func.overloadpacket not in LAUNCH_NOTHING | HOST_SYNC and func.overloadpacket is not torch.ops.aten.promote_types:
-                tensors = [t for t in torch.utils._pytree.tree_leaves((args, kwargs, out)) if isinstance(t, torch.Tensor)]
+            if (func.overloadpacket not in LAUNCH_NOTHING | HOST_SYNC
+                    and func.overloadpacket is not torch.ops.aten.promote_types):
+                tensors = [t for t in torch.utils._pytree.tree_leaves((args, kwargs, out))
+                           if isinstance(t, torch.Tensor)]
                 Traffic.launches += 1
                 Traffic.bytes += sum(t.numel() * t.element_size() for t in tensors)
             return out
@@ -113,7 +115,8 @@ def ept_prompt_cells(m, d, n, r, K, h) -> List[Cell]:
     return [
         Cell("ept_prompt", shape, "forward", bytes_min=params + m * d * f32,
              # partial sums of R written and read, R/C/F·X saved, F saved, P* written
-             bytes_fused=params + 2 * splits * (m + r) * Q * f32 + ((m + r) * Q + m * NC + m * (K + KH) + 2 * m * d) * f32,
+             bytes_fused=params + 2 * splits * (m + r) * Q * f32
+             + ((m + r) * Q + m * NC + m * (K + KH) + 2 * m * d) * f32,
              flops=2 * (m + r) * Q * d + 4 * m * n * r + 2 * m * NC * d, launches=3,
              eager_launches=eager["forward"]["launches"], eager_bytes=eager["forward"]["bytes"]),
         Cell("ept_prompt", shape, "backward", bytes_min=params + m * d * f32 + params,

@@ -47,7 +47,8 @@ def summarise(data) -> str:
     if not rows:
         return "\n".join(lines) + "\n"
     lines += [
-        "| op | shape | mode | triton ms | eager ms | compile ms | eager/triton | compile/triton | triton peak MB | bandwidth vs copy |",
+        "| op | shape | mode | triton ms | eager ms | compile ms | eager/triton | compile/triton "
+        "| triton peak MB | bandwidth vs copy |",
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for (op, shape, mode), by_provider in sorted(rows.items()):

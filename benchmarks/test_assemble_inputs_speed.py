@@ -5,8 +5,8 @@ import functools
 
 import pytest
 import torch
-
 from conftest import CUDA, DEVICE, MODES, PROVIDERS, step
+
 from ept_fast import reference
 from ept_fast.kernels import fused_assemble_inputs
 

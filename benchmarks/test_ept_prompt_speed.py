@@ -4,8 +4,8 @@ import functools
 
 import pytest
 import torch
-
 from conftest import DEVICE, MODES, PROVIDERS, step
+
 from ept_fast import reference
 from ept_fast.kernels import fused_ept_prompt
 

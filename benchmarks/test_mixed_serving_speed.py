@@ -11,8 +11,8 @@ Ratios: ``python benchmarks/report.py RESULTS.json`` (docs/benchmarks.md has thi
 
 import pytest
 import torch
-
 from conftest import CUDA, DEVICE, sync
+
 from ept_fast import EPTConfig, functional, get_ept_model
 
 ADAPTERS, BATCH, T, D, M, N, R, VOCAB = 8, 64, 128, 384, 20, 128, 8, 30522

@@ -4,6 +4,7 @@ from . import functional, reference
 from ._version import __version__
 from .config import Backend, EPTConfig, Method, PromptInit, Readout, TaskType, infer_task_type
 from .model import EPTModel, get_ept_model
+from .optimizer import param_groups
 from .prompt_encoder import EPTPromptEncoder
 
 __all__ = [
@@ -19,6 +20,7 @@ __all__ = [
     "functional",
     "get_ept_model",
     "infer_task_type",
+    "param_groups",
     "reference",
 ]
 

@@ -8,12 +8,27 @@ covered by the low-rank update, r its rank, K subspaces of rank h.
 
 from __future__ import annotations
 
+import enum
 from numbers import Real
 from typing import Dict, Optional, Sequence, Tuple
 
 import torch
 
 Dims = Dict[str, int]
+
+
+class Backend(str, enum.Enum):
+    AUTO = "auto"  # Triton for CUDA tensors when available, the PyTorch reference otherwise
+    TRITON = "triton"
+    TORCH = "torch"
+
+
+def parse_enum(enum_cls, field: str, value):
+    try:
+        return enum_cls(value.value if isinstance(value, enum.Enum) else value)
+    except ValueError:
+        allowed = ", ".join(repr(member.value) for member in enum_cls)
+        raise ValueError(f"{field}: expected one of {allowed}, got {value!r}") from None
 
 
 def _require_tensor(name: str, value) -> torch.Tensor:
@@ -119,7 +134,8 @@ def check_assemble_inputs_layout(
         _require_tensor("attention_mask", attention_mask)
         _match_shape("attention_mask", attention_mask, ("b", "T"), dims)
         if attention_mask.is_complex():
-            raise TypeError(f"attention_mask: expected a bool, integer or float tensor, got dtype {attention_mask.dtype}")
+            raise TypeError(f"attention_mask: expected a bool, integer or float tensor, got dtype "
+                            f"{attention_mask.dtype}")
         named.append(("attention_mask", attention_mask))
     for name, value, pattern in [
         ("word_embeddings", word_embeddings, ("V", "d")),
@@ -231,3 +247,44 @@ def check_token_values(input_ids: torch.Tensor, lengths: torch.Tensor, vocab: in
             f"covers max_length={max_length} positions; shorten or split the input (it is never "
             f"truncated silently), or build the adapter with a larger max_length"
         )
+
+
+# ------------------------------------------------------ the ops' entry checks
+def attended_mask(input_ids: torch.Tensor, attention_mask: Optional[torch.Tensor]) -> torch.Tensor:
+    """(b, T) bool: which tokens are attended (all of them when ``attention_mask`` is None)."""
+    if attention_mask is None:
+        return torch.ones_like(input_ids, dtype=torch.bool)
+    return attention_mask != 0
+
+
+def check_assemble_inputs_args(
+    input_ids, attention_mask, word_embeddings, prompt_out, lora_a, lora_b, scaling, embed_scale=1.0
+) -> Dims:
+    """Validate the arguments of ``assemble_inputs``; returns the sizes b, T, V, d, m, n, r.
+
+    Besides kinds, shapes, dtypes and devices this reads two values from the tensors:
+    every id must index a row of ``word_embeddings``, and with a low-rank update (r > 0)
+    no row may hold more than n attended tokens.
+    """
+    dims = check_assemble_inputs_layout(input_ids, attention_mask, word_embeddings, prompt_out, lora_a, lora_b,
+                                        scaling, embed_scale)
+    lengths = attended_mask(input_ids, attention_mask).sum(dim=1)
+    check_token_values(input_ids, lengths, vocab=dims["V"], max_length=dims["n"] if dims["r"] > 0 else None)
+    return dims
+
+
+def check_assemble_inputs_mixed_args(input_ids, attention_mask, word_embeddings, prompts, prompt_lengths, lora_a,
+                                     lora_b, scalings, adapter_ids, embed_scale=1.0, padding_side="right",
+                                     max_lengths=None) -> Dims:
+    """Validate the arguments of ``assemble_inputs_mixed``; returns b, T, V, d, m, n, r, N.
+    Reads values: ids in range, adapter ids in [0, N), prompt lengths in [1, m], and (with
+    ``max_lengths`` (N,), each adapter's n) no row longer than its adapter covers."""
+    dims = check_mixed_layout(input_ids, attention_mask, word_embeddings, prompts, prompt_lengths, lora_a, lora_b,
+                              scalings, adapter_ids, embed_scale)
+    if padding_side not in ("left", "right"):
+        raise ValueError(f"padding_side: expected 'left' or 'right', got {padding_side!r}")
+    lengths = attended_mask(input_ids, attention_mask).sum(dim=1)
+    overall = dims["n"] if dims["r"] > 0 and max_lengths is None else None  # else each row against its adapter
+    check_token_values(input_ids, lengths, vocab=dims["V"], max_length=overall)
+    check_mixed_values(adapter_ids, prompt_lengths, lengths, max_lengths, dims["N"], dims["m"])
+    return dims

@@ -7,6 +7,8 @@ import enum
 import math
 from typing import List, Optional
 
+from ._validation import Backend, parse_enum
+
 
 class PromptInit(str, enum.Enum):
     """How the short prompt P is initialised (PEFT's ``PromptTuningInit`` values where they match)."""
@@ -48,12 +50,6 @@ class TaskType(str, enum.Enum):
     SEQ_CLS = "SEQ_CLS"  # sequence classifier: the input; the classification head trains too
 
 
-class Backend(str, enum.Enum):
-    AUTO = "auto"  # Triton for CUDA tensors when available, the PyTorch reference otherwise
-    TRITON = "triton"
-    TORCH = "torch"
-
-
 PEFT_ALIASES = {"prompt_tuning_init": "prompt_init", "prompt_tuning_init_text": "prompt_init_text"}
 _DEFAULT_PROMPT_LENGTH = {Method.EPT: 60, Method.DEPT: 60, Method.PT: 60, Method.HEAD: 0}
 _DEFAULT_RANK = {Method.EPT: 30, Method.DEPT: 30, Method.PT: 0, Method.HEAD: 0}
@@ -80,14 +76,6 @@ def infer_task_type(backbone, default: Optional[TaskType] = None) -> TaskType:
         f"task_type: cannot infer it from {', '.join(names) or type(backbone).__name__}; set "
         f"EPTConfig(task_type=...) to one of {[t.value for t in TaskType]}"
     )
-
-
-def parse_enum(enum_cls, field: str, value):
-    try:
-        return enum_cls(value.value if isinstance(value, enum.Enum) else value)
-    except ValueError:
-        allowed = ", ".join(repr(member.value) for member in enum_cls)
-        raise ValueError(f"{field}: expected one of {allowed}, got {value!r}") from None
 
 
 def _check_int(field: str, value, minimum: int) -> None:

@@ -15,9 +15,14 @@ from typing import Optional, Tuple
 import torch
 
 from . import reference
-from .config import Backend, parse_enum
-from .reference import StackedAdapters, check_assemble_inputs_args, check_assemble_inputs_mixed_args, \
-    check_ept_prompt_args, stack_adapters
+from ._validation import (
+    Backend,
+    check_assemble_inputs_args,
+    check_assemble_inputs_mixed_args,
+    check_ept_prompt_args,
+    parse_enum,
+)
+from .reference import StackedAdapters, stack_adapters
 
 __all__ = ["ept_prompt", "assemble_inputs", "assemble_inputs_mixed", "stack_adapters", "StackedAdapters",
            "triton_available", "use_triton"]
@@ -60,21 +65,21 @@ def _reference_instead(backend, op: str, reason: str, stacklevel: int = 3) -> No
     warnings.warn(f"ept_fast: {op} runs the PyTorch reference, not the fused kernels: {reason}", stacklevel=stacklevel)
 
 
-def _dispatch_assembly(op: str, args: tuple, dims: dict, backend):
-    """Run the assembly ``op`` (``args`` already checked, ``dims`` their sizes) on the fused
-    kernel ``fused_<op>`` where the backend and the sizes allow, else on ``reference.<op>``."""
-    word_embeddings = args[2]
-    if use_triton(backend, word_embeddings.device):
-        from .kernels import assemble_inputs as kernels
+def _assembly_kernels(op: str, word_embeddings: torch.Tensor, dims: dict, backend):
+    """The fused assembly kernels' module where the backend and the sizes (``dims``) allow
+    ``op``, else None (after the warning or error of ``_reference_instead``)."""
+    if not use_triton(backend, word_embeddings.device):
+        return None
+    from .kernels import assemble_inputs as kernels
 
-        reason = kernels.unsupported(dims["r"])
-        if reason is None and word_embeddings.requires_grad and torch.is_grad_enabled():
-            reason = ("word_embeddings requires grad, but the fused assembly treats the table as frozen "
-                      "(freeze it: requires_grad_(False))")
-        if reason is None:
-            return getattr(kernels, f"fused_{op}")(*args)
-        _reference_instead(backend, op, reason, stacklevel=4)  # warn at the caller of the public op
-    return getattr(reference, op)(*args, validate=False)
+    reason = kernels.unsupported(dims["r"])
+    if reason is None and word_embeddings.requires_grad and torch.is_grad_enabled():
+        reason = ("word_embeddings requires grad, but the fused assembly treats the table as frozen "
+                  "(freeze it: requires_grad_(False))")
+    if reason is None:
+        return kernels
+    _reference_instead(backend, op, reason, stacklevel=4)  # warn at the caller of the public op
+    return None
 
 
 def ept_prompt(
@@ -116,7 +121,10 @@ def assemble_inputs(
     """``(inputs_embeds (b, m+T, d), attention_mask (b, m+T))``; see
     ``ept_fast.reference.assemble_inputs`` for the rule and shapes."""
     args = (input_ids, attention_mask, word_embeddings, prompt_out, lora_a, lora_b, scaling, embed_scale)
-    return _dispatch_assembly("assemble_inputs", args, check_assemble_inputs_args(*args), backend)
+    kernels = _assembly_kernels("assemble_inputs", word_embeddings, check_assemble_inputs_args(*args), backend)
+    if kernels is not None:
+        return kernels.fused_assemble_inputs(*args)
+    return reference.assemble_inputs(*args, validate=False)
 
 
 def assemble_inputs_mixed(
@@ -138,5 +146,8 @@ def assemble_inputs_mixed(
     ``ept_fast.reference.assemble_inputs_mixed`` for the rule and shapes."""
     args = (input_ids, attention_mask, word_embeddings, prompts, prompt_lengths, lora_a, lora_b, scalings, adapter_ids,
             embed_scale, padding_side)
-    return _dispatch_assembly("assemble_inputs_mixed", args, check_assemble_inputs_mixed_args(*args, max_lengths),
-                              backend)
+    dims = check_assemble_inputs_mixed_args(*args, max_lengths)
+    kernels = _assembly_kernels("assemble_inputs_mixed", word_embeddings, dims, backend)
+    if kernels is not None:
+        return kernels.fused_assemble_inputs_mixed(*args)
+    return reference.assemble_inputs_mixed(*args, validate=False)

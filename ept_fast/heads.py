@@ -9,10 +9,13 @@ from __future__ import annotations
 
 import contextlib
 import copy
-from typing import Callable, Iterator, Sequence
+from typing import Callable, Iterator, Optional, Sequence
 
 import torch
 from torch import nn
+
+from .config import Readout
+from .layout import PromptLayout
 
 
 def head_copy(head: nn.Module) -> nn.Module:
@@ -34,14 +37,11 @@ def rowwise(heads: Sequence[nn.Module], adapter_ids: torch.Tensor) -> Callable:
     return run
 
 
-def last_attended_pooled(head: Callable, attention_mask: torch.Tensor) -> Callable:
+def last_attended_pooled(head: Callable, last: torch.Tensor) -> Callable:
     """``head``, a decoder classifier's per-position head (output (b, S, labels)), with each
-    row's output at its last attended position (``attention_mask`` (b, S)) also put at the last
-    position. Given ``inputs_embeds`` such a classifier pools the last position (it needs
-    ``input_ids`` to find the padding), which in a right-padded row is padding."""
-    positions = torch.arange(attention_mask.shape[1], device=attention_mask.device)
-    last = (positions * (attention_mask != 0)).argmax(dim=1)  # (b,)
-
+    row's output at its last attended position (``last`` (b,), ``PromptLayout.last_attended``)
+    also put at the last position. Given ``inputs_embeds`` such a classifier pools the last
+    position (it needs ``input_ids`` to find the padding), which in a right-padded row is padding."""
     def run(*args, **kwargs):
         output = head(*args, **kwargs)
         pooled = output[torch.arange(output.shape[0], device=output.device), last]
@@ -71,6 +71,22 @@ def is_encoder_classifier(backbone: nn.Module) -> bool:
     except ValueError:
         return False
     return not isinstance(getattr(backbone, "score", None), nn.Module)
+
+
+def readout_weights(kinds: torch.Tensor, attention_mask: Optional[torch.Tensor], input_ids: torch.Tensor,
+                    layout: PromptLayout) -> torch.Tensor:
+    """(b, m+T): the weights of each prompted slot in what row i's head reads, for its readout
+    ``kinds[i]`` (an index into ``Readout``): position 0 (backbone), the row's first attended
+    token (first_token) or the mean over its attended tokens (mean)."""
+    attended = (attention_mask != 0 if attention_mask is not None else torch.ones_like(input_ids, dtype=torch.bool))
+    attended = attended.float()
+    first = torch.nn.functional.one_hot(attended.argmax(dim=1), attended.shape[1]).float()
+    mean = attended / attended.sum(dim=1, keepdim=True).clamp(min=1)
+    per_token = torch.where((kinds == list(Readout).index(Readout.MEAN))[:, None], mean, first)
+    weights = layout.place(per_token, 0.0)
+    position0 = torch.zeros_like(weights)
+    position0[:, 0] = 1.0
+    return torch.where((kinds == list(Readout).index(Readout.BACKBONE))[:, None], position0, weights)
 
 
 def read_out(weights: torch.Tensor) -> Callable:

@@ -60,7 +60,8 @@ def export_peft_prompt_tuning(model, directory: PathLike, adapter_name: Optional
     exported = {"prompt_embeddings": prompt}
     exported.update({key: tensor for key, tensor in tensors.items() if key.startswith("base_model.")})
     document = {
-        "peft_type": "PROMPT_TUNING", "task_type": config.task_type.value, "num_virtual_tokens": config.num_virtual_tokens,
+        "peft_type": "PROMPT_TUNING", "task_type": config.task_type.value,
+        "num_virtual_tokens": config.num_virtual_tokens,
         "token_dim": config.token_dim, "num_transformer_submodules": 1, "num_attention_heads": None, "num_layers": None,
         "base_model_name_or_path": config.base_model_name_or_path, "revision": None, "inference_mode": True,
         "prompt_tuning_init": "RANDOM", "prompt_tuning_init_text": None, "tokenizer_name_or_path": None,
@@ -113,10 +114,12 @@ def dept_checkpoint(directory: PathLike) -> Tuple[EPTConfig, Dict[str, torch.Ten
         raise FileNotFoundError(f"DePT checkpoint {directory}: expected {CONFIG_NAME}, which is missing")
     document = json.loads(config_path.read_text(encoding="utf-8"))
     if document.get("peft_type") != "PROMPT_TUNING_LORA":
-        raise ValueError(f"{config_path}: expected DePT's peft_type 'PROMPT_TUNING_LORA', got {document.get('peft_type')!r}")
+        raise ValueError(f"{config_path}: expected DePT's peft_type 'PROMPT_TUNING_LORA', got "
+                         f"{document.get('peft_type')!r}")
     weights = next((directory / name for name in DEPT_WEIGHT_FILES if (directory / name).is_file()), None)
     if weights is None:
-        raise FileNotFoundError(f"DePT checkpoint {directory}: expected one of {list(DEPT_WEIGHT_FILES)}, none is there")
+        raise FileNotFoundError(f"DePT checkpoint {directory}: expected one of {list(DEPT_WEIGHT_FILES)}, none is "
+                                f"there")
     raw = (load_file(str(weights)) if weights.suffix == ".safetensors"
            else torch.load(weights, map_location="cpu", weights_only=True))
     found = {key.rsplit(".", 1)[-1] if "lora_embedding" in key else key: value for key, value in raw.items()}

@@ -5,15 +5,24 @@ from __future__ import annotations
 import dataclasses
 import math
 import weakref
-from typing import Dict, Optional, Sequence, Tuple, Union
+from typing import Dict, NamedTuple, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import nn
 
 from . import functional
 from .config import EPTConfig, PromptInit
+from .layout import PromptLayout
 
 EmbeddingTable = Union[nn.Embedding, torch.Tensor]
+
+
+class AssembledInputs(NamedTuple):
+    """What the assembly gives the backbone, and where each row's slots come from."""
+
+    inputs_embeds: torch.Tensor  # (b, m+T, d)
+    attention_mask: torch.Tensor  # (b, m+T)
+    layout: PromptLayout
 
 
 def _table(word_embeddings: EmbeddingTable) -> torch.Tensor:
@@ -131,7 +140,8 @@ class EPTPromptEncoder(nn.Module):
         if init is PromptInit.RANDOM:
             return torch.randn(m, d, dtype=torch.float32) * 0.02
         if table is None:
-            raise ValueError(f"word_embeddings: prompt_init={init.value!r} copies rows of the word-embedding table; pass it")
+            raise ValueError(f"word_embeddings: prompt_init={init.value!r} copies rows of the word-embedding table; "
+                             f"pass it")
         if init is PromptInit.TEXT:
             if tokenizer is None:
                 raise ValueError("tokenizer: prompt_init='TEXT' tokenizes prompt_init_text; pass a tokenizer")
@@ -158,6 +168,24 @@ class EPTPromptEncoder(nn.Module):
             self.gate_weight, self.gate_bias, self.scaling, backend=self.config.backend,
         )
 
+    def assemble(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: Optional[torch.Tensor],
+        word_embeddings: EmbeddingTable,
+        prompt_out: Optional[torch.Tensor] = None,
+    ) -> AssembledInputs:
+        """The backbone's ``inputs_embeds`` (b, m+T, d) and ``attention_mask`` (b, m+T), and
+        their ``layout``. ``prompt_out`` is P* when the caller already computed it (``self()``
+        otherwise)."""
+        if prompt_out is None:
+            prompt_out = self()
+        embeds, mask = functional.assemble_inputs(
+            input_ids, attention_mask, _table(word_embeddings), prompt_out, self.lora_a, self.lora_b,
+            self.scaling, backend=self.config.backend, embed_scale=embedding_scale(word_embeddings),
+        )
+        return AssembledInputs(embeds, mask, PromptLayout(prompt_out.shape[0], input_ids.shape[1]))
+
     def assemble_inputs(
         self,
         input_ids: torch.Tensor,
@@ -165,16 +193,9 @@ class EPTPromptEncoder(nn.Module):
         word_embeddings: EmbeddingTable,
         prompt_out: Optional[torch.Tensor] = None,
     ) -> Tuple[torch.Tensor, torch.Tensor]:
-        """The backbone's ``(inputs_embeds (b, m+T, d), attention_mask (b, m+T))``.
-
-        ``prompt_out`` is P* when the caller already computed it (``self()`` otherwise).
-        """
-        if prompt_out is None:
-            prompt_out = self()
-        return functional.assemble_inputs(
-            input_ids, attention_mask, _table(word_embeddings), prompt_out, self.lora_a, self.lora_b,
-            self.scaling, backend=self.config.backend, embed_scale=embedding_scale(word_embeddings),
-        )
+        """The backbone's ``(inputs_embeds (b, m+T, d), attention_mask (b, m+T))`` (``assemble``
+        without the layout)."""
+        return self.assemble(input_ids, attention_mask, word_embeddings, prompt_out)[:2]
 
     def num_trainable_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters() if p.requires_grad)
@@ -195,10 +216,10 @@ def assemble_mixed_inputs(
     attention_mask: Optional[torch.Tensor],
     word_embeddings: EmbeddingTable,
     padding_side: str = "right",
-) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+) -> AssembledInputs:
     """A batch whose row i runs ``encoders[adapter_ids[i]]`` (with its P*, ``prompts[a]``):
-    ``(inputs_embeds (b, m+T, d), attention_mask (b, m+T), prompt_lengths (b,))``, m the longest
-    prompt, a shorter one padded on ``padding_side`` (``functional.assemble_inputs_mixed``)."""
+    ``inputs_embeds`` (b, m+T, d), ``attention_mask`` (b, m+T) and their ``layout``, m the
+    longest prompt, a shorter one padded on ``padding_side`` (``functional.assemble_inputs_mixed``)."""
     stacked = functional.stack_adapters(prompts, [e.lora_a for e in encoders], [e.lora_b for e in encoders],
                                         [e.scaling for e in encoders])
     backends = {e.config.backend for e in encoders}
@@ -207,4 +228,6 @@ def assemble_mixed_inputs(
         stacked.lora_b, stacked.scalings, adapter_ids, backend=backends.pop() if len(backends) == 1 else "auto",
         embed_scale=embedding_scale(word_embeddings), padding_side=padding_side, max_lengths=stacked.max_lengths,
     )
-    return embeds, mask, stacked.prompt_lengths[adapter_ids]
+    layout = PromptLayout(stacked.prompts.shape[1], input_ids.shape[1], padding_side,
+                          stacked.prompt_lengths[adapter_ids])
+    return AssembledInputs(embeds, mask, layout)

@@ -8,8 +8,7 @@ memory-bound: no (b, T, d) intermediates, no concatenation). A 16-bit table adds
 working copy and the cast back (the sum is formed in float32).
 
 Both ops validate their arguments (``validate=False`` skips it, for a caller that already
-ran the same check: ``check_ept_prompt_args`` and ``check_assemble_inputs_args`` here are
-the checks of every public entry point).
+ran the same check: ``ept_fast._validation`` holds the checks of every public entry point).
 """
 
 from __future__ import annotations
@@ -20,11 +19,15 @@ from typing import NamedTuple, Optional, Sequence, Tuple
 import torch
 import torch.nn.functional as F
 
-from ._validation import Dims, check_assemble_inputs_layout, check_ept_prompt_args, check_mixed_layout, \
-    check_mixed_values, check_token_values
+from ._validation import (
+    attended_mask,
+    check_assemble_inputs_args,
+    check_assemble_inputs_mixed_args,
+    check_ept_prompt_args,
+)
+from .layout import PromptLayout
 
-__all__ = ["ept_prompt", "assemble_inputs", "assemble_inputs_mixed", "attended_mask", "check_ept_prompt_args",
-           "check_assemble_inputs_args", "check_assemble_inputs_mixed_args", "stack_adapters"]
+__all__ = ["ept_prompt", "assemble_inputs", "assemble_inputs_mixed", "attended_mask", "stack_adapters"]
 
 
 def ept_prompt(
@@ -66,29 +69,6 @@ def ept_prompt(
     return F + M
 
 
-def attended_mask(input_ids: torch.Tensor, attention_mask: Optional[torch.Tensor]) -> torch.Tensor:
-    """(b, T) bool: which tokens are attended (all of them when ``attention_mask`` is None)."""
-    if attention_mask is None:
-        return torch.ones_like(input_ids, dtype=torch.bool)
-    return attention_mask != 0
-
-
-def check_assemble_inputs_args(
-    input_ids, attention_mask, word_embeddings, prompt_out, lora_a, lora_b, scaling, embed_scale=1.0
-) -> Dims:
-    """Validate the arguments of ``assemble_inputs``; returns the sizes b, T, V, d, m, n, r.
-
-    Besides kinds, shapes, dtypes and devices this reads two values from the tensors:
-    every id must index a row of ``word_embeddings``, and with a low-rank update (r > 0)
-    no row may hold more than n attended tokens.
-    """
-    dims = check_assemble_inputs_layout(input_ids, attention_mask, word_embeddings, prompt_out, lora_a, lora_b,
-                                        scaling, embed_scale)
-    lengths = attended_mask(input_ids, attention_mask).sum(dim=1)
-    check_token_values(input_ids, lengths, vocab=dims["V"], max_length=dims["n"] if dims["r"] > 0 else None)
-    return dims
-
-
 def assemble_inputs(
     input_ids: torch.Tensor,
     attention_mask: Optional[torch.Tensor],
@@ -107,7 +87,8 @@ def assemble_inputs(
     word_embeddings (V, d) the frozen table, prompt_out P* (m, d), lora_a (n, r),
     lora_b (r, d). The k-th attended token of a row gets row k of L = s·A·B, whatever the
     padding side; unattended tokens get none. ``embed_scale`` is the factor the backbone's own
-    lookup multiplies rows by (Gemma's √d; 1 for a plain table): tokens are embed_scale·E[id]. Returns ``inputs_embeds`` (b, m+T, d) in
+    lookup multiplies rows by (Gemma's √d; 1 for a plain table): tokens are embed_scale·E[id].
+    Returns ``inputs_embeds`` (b, m+T, d) in
     the table's dtype and the extended mask (b, m+T): m ones, then ``attention_mask``
     (in its dtype; int64 ones when it was None).
     """
@@ -156,23 +137,6 @@ def _tokens_into_slots(word_embeddings, slot_ids, rows_of_a, lora_b, embed_scale
     return out.baddbmm_(rows_of_a, lora_b)
 
 
-def check_assemble_inputs_mixed_args(input_ids, attention_mask, word_embeddings, prompts, prompt_lengths, lora_a,
-                                     lora_b, scalings, adapter_ids, embed_scale=1.0, padding_side="right",
-                                     max_lengths=None) -> Dims:
-    """Validate the arguments of ``assemble_inputs_mixed``; returns b, T, V, d, m, n, r, N.
-    Reads values: ids in range, adapter ids in [0, N), prompt lengths in [1, m], and (with
-    ``max_lengths`` (N,), each adapter's n) no row longer than its adapter covers."""
-    dims = check_mixed_layout(input_ids, attention_mask, word_embeddings, prompts, prompt_lengths, lora_a, lora_b,
-                              scalings, adapter_ids, embed_scale)
-    if padding_side not in ("left", "right"):
-        raise ValueError(f"padding_side: expected 'left' or 'right', got {padding_side!r}")
-    lengths = attended_mask(input_ids, attention_mask).sum(dim=1)
-    overall = dims["n"] if dims["r"] > 0 and max_lengths is None else None  # else each row against its adapter
-    check_token_values(input_ids, lengths, vocab=dims["V"], max_length=overall)
-    check_mixed_values(adapter_ids, prompt_lengths, lengths, max_lengths, dims["N"], dims["m"])
-    return dims
-
-
 def assemble_inputs_mixed(
     input_ids: torch.Tensor,
     attention_mask: Optional[torch.Tensor],
@@ -204,20 +168,17 @@ def assemble_inputs_mixed(
     if validate:
         check_assemble_inputs_mixed_args(input_ids, attention_mask, word_embeddings, prompts, prompt_lengths, lora_a,
                                          lora_b, scalings, adapter_ids, embed_scale, padding_side, max_lengths)
-    # Every output slot holds a token (slot - start: start is the row's prompt length l on the
-    # right, m on the left) or a row of the adapter's stacked prompt: the k-th non-token slot holds
-    # stacked row k on the right ([prompt, tokens, padding]) and row (k + l) mod m on the left
-    # ([padding, prompt, tokens]); the slots of stacked rows l..m-1 are the padding (zeros, mask 0).
+    # Every output slot holds a token or a row of the adapter's stacked prompt, by the layout's
+    # rule (ept_fast.layout); the slots of stacked rows l..m-1 are the padding (zeros, mask 0).
     b, T = input_ids.shape
     m, d = prompts.shape[1:]
     n = lora_a.shape[1]
     device = input_ids.device
     sum_dtype = _sum_dtype(word_embeddings, lora_a)
-    lengths = prompt_lengths[adapter_ids].unsqueeze(1)  # (b, 1): l of each row's adapter
-    start = lengths if padding_side == "right" else torch.full_like(lengths, m)
-    token = torch.arange(m + T, device=device) - start  # (b, m+T): the token each slot holds, if in [0, T)
-    is_token = (token >= 0) & (token < T)
-    token = token.clamp(0, T - 1)
+    layout = PromptLayout(m, T, padding_side, prompt_lengths[adapter_ids])
+    lengths = layout.prompt_lengths.unsqueeze(1)  # (b, 1): l of each row's adapter
+    token, is_token = layout.token_slots(device)  # (b, m+T)
+    token, is_token = token.expand(b, -1), is_token.expand(b, -1)
 
     attended = attended_mask(input_ids, attention_mask)
     pos = torch.cumsum(attended, dim=1) - 1  # k-th attended token -> k: its row of A
@@ -227,11 +188,7 @@ def assemble_inputs_mixed(
     out = _tokens_into_slots(word_embeddings, input_ids.gather(1, token), rows_of_a, lora_b[adapter_ids].to(sum_dtype),
                              embed_scale)
 
-    k = torch.arange(m, device=device).expand(b, m)  # the k-th non-token slot of each row
-    if padding_side == "right":
-        prompt_slot, prompt_row = torch.where(k < lengths, k, k + T), k
-    else:
-        prompt_slot, prompt_row = k, (k + lengths) % m
+    prompt_slot, prompt_row = layout.prompt_slots(b, device)  # (b, m): where each stacked prompt row goes
     stacked_rows = torch.arange(m, device=device)  # rows past an adapter's l: zeros, whatever the tensor holds
     prompts = torch.where((stacked_rows < prompt_lengths.unsqueeze(1)).unsqueeze(-1), prompts, 0)
     prefix = prompts[adapter_ids.unsqueeze(1), prompt_row].to(word_embeddings.dtype).to(sum_dtype)  # (b, m, d)

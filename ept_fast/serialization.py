@@ -93,7 +93,8 @@ def load_adapter(directory: PathLike) -> AdapterFiles:
     except json.JSONDecodeError as error:
         raise ValueError(f"{directory / CONFIG_NAME}: not valid JSON ({error})") from None
     if document.get("peft_type") != PEFT_TYPE:
-        raise ValueError(f"{directory / CONFIG_NAME}: expected peft_type {PEFT_TYPE!r}, got {document.get('peft_type')!r}")
+        raise ValueError(f"{directory / CONFIG_NAME}: expected peft_type {PEFT_TYPE!r}, got "
+                         f"{document.get('peft_type')!r}")
     if document.get("format_version") != FORMAT_VERSION:
         raise ValueError(
             f"{directory / CONFIG_NAME}: expected adapter format_version {FORMAT_VERSION}, got "

@@ -273,7 +273,8 @@ def read_rows(path) -> List[dict]:
                 try:
                     row = json.loads(line)
                 except json.JSONDecodeError as error:
-                    raise ValueError(f"{path}, line {number}: not valid JSON ({error.msg}, column {error.colno})") from None
+                    raise ValueError(f"{path}, line {number}: not valid JSON ({error.msg}, column "
+                                     f"{error.colno})") from None
                 if not isinstance(row, dict):
                     raise ValueError(f"{path}, line {number}: expected a JSON object, got {type(row).__name__}")
                 rows.append(row)

@@ -1,6 +1,6 @@
 """``EPTTrainer`` and ``EPTSeq2SeqTrainer``: transformers' Trainers for an ``EPTModel``.
 
-What they change: the optimizer has DePT's two learning-rate groups (``EPTModel.param_groups``:
+What they change: the optimizer has DePT's two learning-rate groups (``ept_fast.param_groups``:
 ``args.learning_rate`` for the prompt and head, ``lowrank_learning_rate`` for A, B and EPT's
 fusion, projections and gate); a checkpoint or ``save_model`` writes the adapter's files only
 (``adapter_config.json``, ``adapter_model.safetensors``), never the backbone; resuming and
@@ -16,8 +16,11 @@ import torch
 from transformers import Seq2SeqTrainer, Trainer
 from transformers.trainer import TRAINING_ARGS_NAME
 
+from .adapters import adapter_subfolder
 from .config import TaskType
-from .model import EPTModel, adapter_subfolder
+from .layout import PromptLayout
+from .model import EPTModel
+from .optimizer import param_groups
 from .serialization import load_adapter
 
 DEFAULT_LOWRANK_LEARNING_RATE = 1e-3  # the command line's default for every method (docs/results.md)
@@ -41,7 +44,7 @@ class _EPTTrainerMixin:
             else:
                 optimizer_cls, optimizer_kwargs = Trainer.get_optimizer_cls_and_kwargs(self.args, ept)
             optimizer_kwargs.pop("lr", None)  # each group carries its own
-            groups = ept.param_groups(self.args.learning_rate, self.lowrank_learning_rate)
+            groups = param_groups(ept, self.args.learning_rate, self.lowrank_learning_rate)
             for group in groups:
                 group["weight_decay"] = self.args.weight_decay
             self.optimizer = optimizer_cls(groups, **optimizer_kwargs)
@@ -76,7 +79,7 @@ class _EPTTrainerMixin:
         inputs = dict(inputs)
         labels = inputs.pop("labels")
         outputs = model(**inputs)
-        labels = ept._place_tokens(labels, None, ept.active_peft_config.num_virtual_tokens, -100)  # as forward does
+        labels = PromptLayout(ept.active_peft_config.num_virtual_tokens, labels.shape[1]).place(labels, -100)
         if self.compute_loss_func is not None:
             loss = self.compute_loss_func(outputs, labels, num_items_in_batch=num_items_in_batch)
         else:

@@ -21,6 +21,7 @@ adds the partials in a fixed order (deterministic, no atomics).
 
 from __future__ import annotations
 
+import inspect
 from typing import Dict, NamedTuple, Optional, Tuple
 
 import torch
@@ -362,6 +363,40 @@ def _launch_backward(grad, token_index, lengths, prompts, lora_a, lora_b, scalin
     return d_prompt, d_a, d_b
 
 
+def _register(name: str, forward, backward, saved: Tuple[int, ...], constants: Tuple[int, ...],
+              differentiable: Tuple[int, ...]):
+    """Register the custom op ``ept_fast::<name>`` (``forward``: (inputs_embeds, extended mask,
+    token_index, lengths)), its backward op (``backward``: the gradients of the inputs at
+    ``differentiable`` from (grad, token_index, lengths, the inputs at ``saved``, the inputs at
+    ``constants``)), both fake kernels, and the autograd formula joining them."""
+    op = torch.library.custom_op(f"ept_fast::{name}", mutates_args=())(forward)
+    backward_op = torch.library.custom_op(f"ept_fast::{name}_backward", mutates_args=())(backward)
+    lora_a = differentiable[1]
+
+    @op.register_fake
+    def _(*inputs):
+        return _allocate_outputs(*inputs[:4], inputs[lora_a])
+
+    @backward_op.register_fake
+    def _(grad, token_index, lengths, *rest):
+        return tuple(rest[saved.index(i)].new_empty(rest[saved.index(i)].shape) for i in differentiable)
+
+    def setup_context(ctx, inputs, output):
+        ctx.save_for_backward(output[2], output[3], *(inputs[i] for i in saved))
+        ctx.constants = tuple(inputs[i] for i in constants)
+        ctx.set_materialize_grads(False)  # the mask, token_index and lengths get no gradient: no zeros to build
+
+    def autograd_backward(ctx, grad, *_unused):
+        grads = [None] * len(inspect.signature(forward).parameters)
+        if grad is not None:
+            for i, value in zip(differentiable, backward_op(grad.contiguous(), *ctx.saved_tensors, *ctx.constants)):
+                grads[i] = value
+        return tuple(grads)
+
+    op.register_autograd(autograd_backward, setup_context=setup_context)
+    return op
+
+
 # ---------------------------------------------------------------- one adapter
 def assemble_inputs_forward(
     input_ids: Tensor, attention_mask: Optional[Tensor], word_embeddings: Tensor, prompt_out: Tensor,
@@ -372,15 +407,6 @@ def assemble_inputs_forward(
                            embed_scale, None)
 
 
-assemble_inputs_op = torch.library.custom_op("ept_fast::assemble_inputs", mutates_args=())(
-    assemble_inputs_forward)
-
-
-@assemble_inputs_op.register_fake
-def _(input_ids, attention_mask, word_embeddings, prompt_out, lora_a, lora_b, scaling, embed_scale):
-    return _allocate_outputs(input_ids, attention_mask, word_embeddings, prompt_out, lora_a)
-
-
 def assemble_inputs_backward(
     grad: Tensor, token_index: Tensor, lengths: Tensor, prompt_out: Tensor, lora_a: Tensor, lora_b: Tensor,
     scaling: float,
@@ -389,33 +415,9 @@ def assemble_inputs_backward(
     return _launch_backward(grad, token_index, lengths, prompt_out, lora_a, lora_b, scaling, None)
 
 
-assemble_inputs_backward_op = torch.library.custom_op("ept_fast::assemble_inputs_backward", mutates_args=())(
-    assemble_inputs_backward)
-
-
-@assemble_inputs_backward_op.register_fake
-def _(grad, token_index, lengths, prompt_out, lora_a, lora_b, scaling):
-    return prompt_out.new_empty(prompt_out.shape), lora_a.new_empty(lora_a.shape), lora_b.new_empty(lora_b.shape)
-
-
-def _setup_context(ctx, inputs, output):
-    _, _, _, prompt_out, lora_a, lora_b, scaling, _ = inputs
-    _, _, token_index, lengths = output
-    ctx.save_for_backward(token_index, lengths, prompt_out, lora_a, lora_b)
-    ctx.scaling = scaling
-    ctx.set_materialize_grads(False)  # the mask, token_index and lengths get no gradient: no zeros to build
-
-
-def _backward(ctx, grad, *_unused):
-    if grad is None:
-        return (None,) * 8
-    token_index, lengths, prompt_out, lora_a, lora_b = ctx.saved_tensors
-    d_prompt, d_a, d_b = assemble_inputs_backward_op(grad.contiguous(), token_index, lengths, prompt_out, lora_a,
-                                                     lora_b, ctx.scaling)
-    return None, None, None, d_prompt, d_a, d_b, None, None
-
-
-assemble_inputs_op.register_autograd(_backward, setup_context=_setup_context)
+# Differentiable in prompt_out, lora_a, lora_b (inputs 3-5); scaling (6) is a constant of the backward.
+assemble_inputs_op = _register("assemble_inputs", assemble_inputs_forward, assemble_inputs_backward,
+                               saved=(3, 4, 5), constants=(6,), differentiable=(3, 4, 5))
 
 
 def fused_assemble_inputs(input_ids, attention_mask, word_embeddings, prompt_out, lora_a, lora_b, scaling,
@@ -439,16 +441,6 @@ def assemble_inputs_mixed_forward(
                            Routing(adapter_ids, prompt_lengths, scalings, pad_left))
 
 
-assemble_inputs_mixed_op = torch.library.custom_op("ept_fast::assemble_inputs_mixed", mutates_args=())(
-    assemble_inputs_mixed_forward)
-
-
-@assemble_inputs_mixed_op.register_fake
-def _(input_ids, attention_mask, word_embeddings, prompts, prompt_lengths, lora_a, lora_b, scalings, adapter_ids,
-      embed_scale, pad_left):
-    return _allocate_outputs(input_ids, attention_mask, word_embeddings, prompts, lora_a)
-
-
 def assemble_inputs_mixed_backward(
     grad: Tensor, token_index: Tensor, lengths: Tensor, prompts: Tensor, prompt_lengths: Tensor, lora_a: Tensor,
     lora_b: Tensor, scalings: Tensor, adapter_ids: Tensor, pad_left: bool,
@@ -458,34 +450,10 @@ def assemble_inputs_mixed_backward(
                             Routing(adapter_ids, prompt_lengths, scalings, pad_left))
 
 
-assemble_inputs_mixed_backward_op = torch.library.custom_op(
-    "ept_fast::assemble_inputs_mixed_backward", mutates_args=())(assemble_inputs_mixed_backward)
-
-
-@assemble_inputs_mixed_backward_op.register_fake
-def _(grad, token_index, lengths, prompts, prompt_lengths, lora_a, lora_b, scalings, adapter_ids, pad_left):
-    return prompts.new_empty(prompts.shape), lora_a.new_empty(lora_a.shape), lora_b.new_empty(lora_b.shape)
-
-
-def _setup_mixed_context(ctx, inputs, output):
-    _, _, _, prompts, prompt_lengths, lora_a, lora_b, scalings, adapter_ids, _, pad_left = inputs
-    _, _, token_index, lengths = output
-    ctx.save_for_backward(token_index, lengths, prompts, prompt_lengths, lora_a, lora_b, scalings, adapter_ids)
-    ctx.pad_left = pad_left
-    ctx.set_materialize_grads(False)
-
-
-def _mixed_backward(ctx, grad, *_unused):
-    if grad is None:
-        return (None,) * 11
-    token_index, lengths, prompts, prompt_lengths, lora_a, lora_b, scalings, adapter_ids = ctx.saved_tensors
-    d_prompts, d_a, d_b = assemble_inputs_mixed_backward_op(grad.contiguous(), token_index, lengths, prompts,
-                                                            prompt_lengths, lora_a, lora_b, scalings, adapter_ids,
-                                                            ctx.pad_left)
-    return None, None, None, d_prompts, None, d_a, d_b, None, None, None, None
-
-
-assemble_inputs_mixed_op.register_autograd(_mixed_backward, setup_context=_setup_mixed_context)
+# Differentiable in prompts, lora_a, lora_b (inputs 3, 5, 6); the routing (4, 7, 8) is saved, pad_left (10) constant.
+assemble_inputs_mixed_op = _register("assemble_inputs_mixed", assemble_inputs_mixed_forward,
+                                     assemble_inputs_mixed_backward, saved=(3, 4, 5, 6, 7, 8), constants=(10,),
+                                     differentiable=(3, 5, 6))
 
 
 def fused_assemble_inputs_mixed(input_ids, attention_mask, word_embeddings, prompts, prompt_lengths, lora_a, lora_b,

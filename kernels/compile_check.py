@@ -43,8 +43,8 @@ MIN_PROGRAMS = {"_reduce_over_d_kernel": 16, "_assemble_fwd_kernel": HOPPER_MULT
 class Case:
     """One op at one shape and dtype. ``shape`` is (m, d, n, r, K, h) for ``ept_prompt``,
     (b, T, d, n, r, m) for ``assemble_inputs`` and (b, T, d, n, r, m, N, left) for
-    ``assemble_inputs_mixed`` (N adapters, rows assigned in turn, left = 1 for left padding); ``dtype`` is the parameters' dtype for the
-    prompt generator and the word-embedding table's for the assembly. The spec and CLI
+    ``assemble_inputs_mixed`` (N adapters, rows assigned in turn, left = 1 for left padding); ``dtype`` is the
+    parameters' dtype for the prompt generator and the word-embedding table's for the assembly. The spec and CLI
     defaults (``defaults``) must not spill and must keep to the model's launch budget."""
 
     op: str
@@ -241,7 +241,8 @@ def format_table(rows: Sequence[Row]) -> str:
 
 
 def format_profiles(profiles: Sequence[Profile]) -> str:
-    lines = ["| op | case | shape | dtype | phase | launches | other device ops | host syncs |", "|---|---|---|---|---|---|---|---|"]
+    lines = ["| op | case | shape | dtype | phase | launches | other device ops | host syncs |",
+             "|---|---|---|---|---|---|---|---|"]
     for p in profiles:
         lines.append(f"| {p.case.op} | {p.case.label} | ({', '.join(map(str, p.case.shape))}) | {p.case.dtype} | "
                      f"{p.phase} | {len(p.launches)} | {', '.join(p.device_ops) or 'none'} | {len(p.host_syncs)} |")
@@ -249,7 +250,8 @@ def format_profiles(profiles: Sequence[Profile]) -> str:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m ept_fast.kernels.compile_check", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m ept_fast.kernels.compile_check",
+                                     description=__doc__.split("\n\n")[0])
     parser.add_argument("--json", metavar="PATH", help="also write the rows, the profiles and any violations as JSON")
     parser.add_argument("--quick", action="store_true", help="only the CLI-default shapes (a smoke test)")
     args = parser.parse_args(argv)

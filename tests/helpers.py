@@ -86,7 +86,8 @@ def assert_close(actual: torch.Tensor, expected: torch.Tensor, rtol: float, atol
     err = (actual64 - expected64).abs()
     if err.numel() and not torch.all(err <= atol + rtol * expected64.abs()):
         rel = (err / expected64.abs().clamp_min(1e-30)).max().item()
-        raise AssertionError(f"{name}: max abs err {err.max().item():.3e}, max rel err {rel:.3e} (rtol={rtol}, atol={atol})")
+        raise AssertionError(f"{name}: max abs err {err.max().item():.3e}, max rel err {rel:.3e} "
+                             f"(rtol={rtol}, atol={atol})")
 
 
 def table(vocab: int, d: int, dtype=torch.float64, device="cpu", seed=1) -> torch.Tensor:

@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 import torch
+from tiny_models import BUILDERS, adapter_config, moved, task_batch, tiny_bert_classifier, tiny_gpt2, tiny_t5
 
 from ept_fast import EPTModel, get_ept_model
-from tiny_models import BUILDERS, adapter_config, moved, task_batch, tiny_bert_classifier, tiny_gpt2, tiny_t5
 
 TASKS = list(BUILDERS)
 
@@ -69,7 +69,8 @@ def test_the_backbone_is_left_as_it_was():
     first_logits, second_logits = _outputs(first, batch), _outputs(second, batch)
     assert not torch.equal(first_logits, second_logits)
     assert torch.equal(_outputs(first, batch), first_logits)  # building and running the second changed nothing
-    assert torch.equal(backbone(input_ids=ids, attention_mask=mask).logits, bare(input_ids=ids, attention_mask=mask).logits)
+    assert torch.equal(backbone(input_ids=ids, attention_mask=mask).logits,
+                       bare(input_ids=ids, attention_mask=mask).logits)
     assert backbone.state_dict().keys() == bare.state_dict().keys()
     assert torch.equal(_outputs(copy.deepcopy(second), batch), second_logits)
     assert torch.equal(_outputs(pickle.loads(pickle.dumps(second)), batch), second_logits)
@@ -123,7 +124,8 @@ def test_adapter_name_errors(tmp_path):
         model.delete_adapter("default")
     with pytest.raises(ValueError, match=r"config.task_type: this model's adapters are SEQ_2_SEQ_LM, got CAUSAL_LM"):
         model.add_adapter("lm", adapter_config("CAUSAL_LM"))
-    with pytest.raises(FileNotFoundError, match=r"adapter directory: expected a folder .* but .*nowhere does not exist"):
+    with pytest.raises(FileNotFoundError,
+                       match=r"adapter directory: expected a folder .* but .*nowhere does not exist"):
         model.load_adapter(str(tmp_path / "nowhere"), adapter_name="x")
     for bad in ("../up", "a.b", "", "update"):
         with pytest.raises(ValueError, match=r"adapter_name: expected letters, digits, '_' or '-'"):

@@ -23,7 +23,8 @@ def test_the_count_is_the_encoders_trainable_parameters(config):
 def test_depts_rule_t5_base_pt_100_equals_dept_60_30():
     pt = EPTConfig(method="pt", num_virtual_tokens=100, prompt_init="RANDOM")
     assert adapter_parameters(pt, 768) == 76_800
-    dept = fit_budget(EPTConfig(method="dept", num_virtual_tokens=60, max_length=256, prompt_init="RANDOM"), 76_800, 768)
+    dept = fit_budget(EPTConfig(method="dept", num_virtual_tokens=60, max_length=256, prompt_init="RANDOM"),
+                      76_800, 768)
     assert (dept.num_virtual_tokens, dept.r, dept.max_length) == (60, 30, 256)
     assert adapter_parameters(dept, 768) == 76_800
     assert fit_budget(EPTConfig(method="pt", prompt_init="RANDOM"), 76_800, 768).num_virtual_tokens == 100

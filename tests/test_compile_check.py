@@ -84,7 +84,8 @@ def test_the_grids_at_the_spec_defaults_fill_the_gpu_as_the_model_needs(report, 
 
 def test_the_defaults_are_checked_for_spills():
     labels = {(case.op, case.label) for case in compile_check.CASES if case.defaults}
-    assert labels == {(op, label) for op in ("ept_prompt", "assemble_inputs") for label in ("spec default", "CLI default")}
+    assert labels == {(op, label) for op in ("ept_prompt", "assemble_inputs")
+                      for label in ("spec default", "CLI default")}
 
 
 SPEC = compile_check.Case("ept_prompt", (60, 768, 256, 30, 4, 8), "float32", "spec default", defaults=True)

@@ -4,10 +4,10 @@ import math
 
 import pytest
 import torch
+from helpers import padded_batch
 from torch import nn
 
 from ept_fast import EPTConfig, EPTPromptEncoder, reference
-from helpers import padded_batch
 
 
 class WordTokenizer:
@@ -115,7 +115,8 @@ def test_dept_prompt_stays_the_prompt_after_training_moves_the_low_rank_pair():
         (dict(lora_alpha="8"), TypeError, r"lora_alpha: expected a number, got str"),
         (dict(method="pt", r=4), ValueError, r"r: method='pt' .* r must be 0, got 4"),
         (dict(method="dept", num_spaces=2), ValueError, r"num_spaces: method='dept' .* must be 0, got 2"),
-        (dict(method="pt", fusion=True), ValueError, r"fusion: method='pt' has no prompt fusion, so fusion must be False"),
+        (dict(method="pt", fusion=True), ValueError,
+         r"fusion: method='pt' has no prompt fusion, so fusion must be False"),
         (dict(prompt_init_text=""), ValueError, r"prompt_init_text: prompt_init='TEXT' needs a non-empty"),
     ],
 )
@@ -134,7 +135,8 @@ def test_encoder_errors():
         EPTPromptEncoder(EPTConfig(), word_embeddings=torch.zeros(5, 16))
     with pytest.raises(ValueError, match=r"word_embeddings: prompt_init='RANDOM_VOCAB' copies rows"):
         EPTPromptEncoder(EPTConfig(token_dim=16, prompt_init="RANDOM_VOCAB"))
-    with pytest.raises(TypeError, match=r"word_embeddings: expected an nn.Embedding or a \(V, d\) tensor, got Tensor of shape \(5,\)"):
+    with pytest.raises(TypeError, match=r"word_embeddings: expected an nn.Embedding or a \(V, d\) tensor, "
+                                        r"got Tensor of shape \(5,\)"):
         EPTPromptEncoder(EPTConfig(prompt_init="RANDOM"), word_embeddings=torch.zeros(5))
     with pytest.raises(ValueError, match=r"tokenizer: produced id 3, but word_embeddings has only 2 rows"):
         EPTPromptEncoder(EPTConfig(prompt_init_text="a b c d"), word_embeddings=torch.zeros(2, 4),

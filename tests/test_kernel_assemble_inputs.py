@@ -3,14 +3,20 @@ gradcheck, determinism, opcheck, random shapes (CPU: Triton interpreter; CUDA wh
 
 import pytest
 import torch
+from helpers import (
+    DEVICE,
+    assert_close,
+    padded_batch,
+    prompt_inputs,
+    run_directly_and_from_a_cuda_graph,
+    scaling_for,
+    table,
+)
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from ept_fast import functional, reference
 from ept_fast.kernels import assemble_inputs, compile_check, fused_assemble_inputs
-from helpers import (
-    DEVICE, assert_close, padded_batch, prompt_inputs, run_directly_and_from_a_cuda_graph, scaling_for, table,
-)
 
 # (lengths per row, T, V, d, n, r, m, left padding)
 CASES = {
@@ -220,7 +226,8 @@ def test_ranks_past_the_kernels_are_refused_or_run_on_the_reference(monkeypatch,
     x = prompt_inputs(2, 16, 4, 257, 1, 1, dtype=torch.float32, device=device)
     E = table(10, 16, dtype=torch.float32, device=device)
     args = (ids, mask, E, x["prompt"], x["lora_a"], x["lora_b"], 0.5)
-    with pytest.raises(ValueError, match=r"assemble_inputs: the fused kernels cannot take these sizes: r=257 is over 256"):
+    with pytest.raises(ValueError,
+                       match=r"assemble_inputs: the fused kernels cannot take these sizes: r=257 is over 256"):
         fused_assemble_inputs(*args)
     with pytest.raises(ValueError, match=r"backend: 'triton' cannot run assemble_inputs here \(r=257"):
         functional.assemble_inputs(*args, backend="triton")

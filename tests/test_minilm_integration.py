@@ -4,10 +4,10 @@ import os
 
 import pytest
 import torch
-
-from ept_fast import EPTConfig, get_ept_model
-from ept_fast.offline import bbc_news, minilm_path
 from helpers import needs_offline_data
+
+from ept_fast import EPTConfig, get_ept_model, param_groups
+from ept_fast.offline import bbc_news, minilm_path
 
 pytestmark = needs_offline_data
 
@@ -35,7 +35,7 @@ def test_a_few_steps_lower_the_loss(minilm):
                        prompt_init_text="Classify the topic of this news article:")
     model = get_ept_model(backbone, config, tokenizer=tokenizer)
     assert model.active_peft_config.task_type.value == "SEQ_CLS"
-    optimizer = torch.optim.AdamW(model.param_groups(lr_prompt=3e-2, lr_lowrank=3e-3))
+    optimizer = torch.optim.AdamW(param_groups(model, lr_prompt=3e-2, lr_lowrank=3e-3))
 
     def loss():
         return model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], labels=targets).loss

@@ -4,10 +4,10 @@ gradcheck, and the errors (CPU: Triton interpreter; CUDA where present)."""
 
 import pytest
 import torch
+from helpers import DEVICE, assert_close, padded_batch, prompt_inputs, scaling_for, table
 
 from ept_fast import functional, reference
 from ept_fast.kernels.assemble_inputs import fused_assemble_inputs_mixed
-from helpers import DEVICE, assert_close, padded_batch, prompt_inputs, scaling_for, table
 
 # Per adapter (m, n, r): different prompt lengths, reaches and ranks, one prompt-tuning adapter (r = 0).
 ADAPTERS = [(5, 12, 3), (2, 9, 1), (4, 12, 0)]
@@ -186,11 +186,13 @@ def test_functional_dispatch_and_errors():
                                          [a[2] for a in adapters], [a[3] for a in adapters])
         functional.assemble_inputs_mixed(ids, mask, E, short.prompts, short.prompt_lengths, short.lora_a, short.lora_b,
                                          short.scalings, adapter_ids, max_lengths=short.max_lengths)
-    with pytest.raises(ValueError, match=r"prompt_lengths: expected lengths in \[0, 5\] .*, got 6"):  # 0: the head alone
+    # 0: the head alone
+    with pytest.raises(ValueError, match=r"prompt_lengths: expected lengths in \[0, 5\] .*, got 6"):
         functional.assemble_inputs_mixed(*args[:4], torch.tensor([5, 6, 4], device=DEVICE), *args[5:], adapter_ids)
     with pytest.raises(ValueError, match=r"adapter_ids: expected shape \(b=6\), got \(5,\)"):
         functional.assemble_inputs_mixed(*args, adapter_ids[:5])
-    with pytest.raises(ValueError, match=r"stack_adapters: every adapter must have the same hidden size d, got \[16, 24\]"):
+    with pytest.raises(ValueError,
+                       match=r"stack_adapters: every adapter must have the same hidden size d, got \[16, 24\]"):
         reference.stack_adapters([adapters[0][0], torch.zeros(2, 24)], [a[1] for a in adapters[:2]],
                                  [adapters[0][2], torch.zeros(1, 24)], [1.0, 1.0])
 
@@ -223,7 +225,8 @@ def test_a_prompt_tuning_row_may_be_longer_than_the_stacked_reach():
     """A prompt-tuning adapter has no n: its row may outrun the other adapters' A, in both backends;
     and non-contiguous per-adapter tensors are read as they are."""
     d = 16
-    P, A, B = torch.randn(2, d, dtype=torch.float64), torch.randn(4, 2, dtype=torch.float64), torch.randn(2, d, dtype=torch.float64)
+    P, A, B = (torch.randn(2, d, dtype=torch.float64), torch.randn(4, 2, dtype=torch.float64),
+               torch.randn(2, d, dtype=torch.float64))
     pt = torch.randn(3, d, dtype=torch.float64)
     stacked = reference.stack_adapters([P, pt], [A, torch.zeros(1, 0, dtype=torch.float64)],
                                        [B, torch.zeros(0, d, dtype=torch.float64)], [2.0, 0.0])

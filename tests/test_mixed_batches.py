@@ -3,9 +3,9 @@ gives alone under its own adapter, for classifiers, seq2seq and causal LMs, cach
 
 import pytest
 import torch
+from tiny_models import BUILDERS, adapter_config, moved, task_batch, tiny_bert_classifier, tiny_gpt2, tiny_t5
 
 from ept_fast import get_ept_model
-from tiny_models import BUILDERS, adapter_config, moved, task_batch, tiny_bert_classifier, tiny_gpt2, tiny_t5
 
 # Three adapters of different prompt lengths and methods; rows assigned out of order.
 ADAPTERS = {"a": dict(num_virtual_tokens=4), "b": dict(num_virtual_tokens=2, method="dept", num_spaces=None),
@@ -93,7 +93,8 @@ def test_training_through_a_mixed_batch_reaches_each_rows_adapter():
         model.head_copies[name].requires_grad_(True)
     ids, mask, labels = task_batch("SEQ_CLS")
     model(input_ids=ids[:2], attention_mask=mask[:2], labels=labels[:2], adapter_names=["a", "b"]).loss.backward()
-    assert model.prompt_encoders["a"].prompt.grad.abs().sum() > 0 and model.prompt_encoders["b"].prompt.grad.abs().sum() > 0
+    assert (model.prompt_encoders["a"].prompt.grad.abs().sum() > 0
+            and model.prompt_encoders["b"].prompt.grad.abs().sum() > 0)
     assert model.head_copies["a"][0].weight.grad.abs().sum() > 0
     assert model.prompt_encoders["c"].prompt.grad is None and model.head_copies["c"][0].weight.grad is None
 

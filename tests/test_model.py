@@ -6,11 +6,13 @@ import os
 
 import pytest
 import torch
-
-from ept_fast import EPTConfig, EPTModel, get_ept_model, reference
 from helpers import needs_modules
 from tiny_models import BUILDERS, HIDDEN, tiny_bert_classifier, tiny_gpt2, tiny_t5
-from tiny_models import adapter_config as _config, moved as _moved, task_batch as _batch
+from tiny_models import adapter_config as _config
+from tiny_models import moved as _moved
+from tiny_models import task_batch as _batch
+
+from ept_fast import EPTConfig, EPTModel, get_ept_model, param_groups, reference
 
 TASKS = list(BUILDERS)
 
@@ -42,7 +44,8 @@ def test_gradients_reach_only_the_adapter_and_the_head(task):
     with_grad = {name for name, p in model.named_parameters() if p.grad is not None and p.grad.abs().sum() > 0}
     trainable = {name for name, p in model.named_parameters() if p.requires_grad}
     expected_heads = {f"head_copies.default.0.{n}" for n in ("weight", "bias")} if task == "SEQ_CLS" else set()
-    assert trainable == {f"prompt_encoders.default.{n}" for n, _ in model.prompt_encoder.named_parameters()} | expected_heads
+    assert trainable == ({f"prompt_encoders.default.{n}" for n, _ in model.prompt_encoder.named_parameters()}
+                         | expected_heads)
     assert with_grad == trainable
 
 
@@ -110,7 +113,8 @@ def test_save_and_load_round_trip_is_bit_exact(task, tmp_path):
     ids, mask, labels = _batch(task)
     logits = model(input_ids=ids, attention_mask=mask, labels=labels).logits
     model.save_pretrained(tmp_path / "adapter")
-    assert sorted(p.name for p in (tmp_path / "adapter").iterdir()) == ["adapter_config.json", "adapter_model.safetensors"]
+    assert sorted(p.name for p in (tmp_path / "adapter").iterdir()) == ["adapter_config.json",
+                                                                         "adapter_model.safetensors"]
     saved = json.loads((tmp_path / "adapter" / "adapter_config.json").read_text())
     assert saved["peft_type"] == "EPT" and saved["task_type"] == task and saved["num_virtual_tokens"] == 4
     assert saved["format_version"] == 1 and "ept_fast_version" in saved and saved["token_dim"] == HIDDEN
@@ -123,7 +127,8 @@ def test_save_and_load_round_trip_is_bit_exact(task, tmp_path):
     loaded = EPTModel.from_pretrained(fresh, tmp_path / "adapter")
     assert torch.equal(loaded(input_ids=ids, attention_mask=mask, labels=labels).logits, logits)
     assert not any(p.requires_grad for p in loaded.parameters())
-    assert EPTModel.from_pretrained(BUILDERS[task](), tmp_path / "adapter", is_trainable=True).get_nb_trainable_parameters()[0] > 0
+    assert EPTModel.from_pretrained(BUILDERS[task](), tmp_path / "adapter",
+                                    is_trainable=True).get_nb_trainable_parameters()[0] > 0
 
 
 def test_loading_errors(tmp_path):
@@ -182,7 +187,7 @@ def test_print_trainable_parameters_uses_peft_format(capsys):
 
 def test_param_groups_put_the_prompt_and_head_apart_from_the_rest_of_the_encoder():
     model = get_ept_model(tiny_bert_classifier(), _config("SEQ_CLS"))
-    groups = model.param_groups(lr_prompt=0.3, lr_lowrank=1e-4)
+    groups = param_groups(model, lr_prompt=0.3, lr_lowrank=1e-4)
     enc = model.prompt_encoder
     assert [g["lr"] for g in groups] == [0.3, 1e-4]
     slow = {enc.lora_a, enc.lora_b, enc.fusion_scale, enc.proj_down, enc.proj_up, enc.gate_weight, enc.gate_bias}
@@ -233,7 +238,8 @@ def test_bad_inputs():
         def get_input_embeddings(self):
             return None
 
-    with pytest.raises(ValueError, match=r"model: expected a backbone whose get_input_embeddings\(\) returns an nn.Embedding, got NoneType"):
+    with pytest.raises(ValueError, match=r"model: expected a backbone whose get_input_embeddings\(\) "
+                                         r"returns an nn.Embedding, got NoneType"):
         get_ept_model(NoEmbeddings(), _config("CAUSAL_LM"))
     class Encoder(torch.nn.Module):
         def get_input_embeddings(self):
@@ -273,7 +279,8 @@ def test_the_scale_is_applied_as_the_backbone_rounds_it(kind):
     """bf16: Gemma multiplies by embed_scale rounded to bf16 (a tensor), BART by a Python float."""
     from ept_fast.prompt_encoder import embedding_scale
 
-    module, name = {"gemma": ("gemma", "GemmaTextScaledWordEmbedding"), "bart": ("bart", "BartScaledWordEmbedding")}[kind]
+    module, name = {"gemma": ("gemma", "GemmaTextScaledWordEmbedding"),
+                    "bart": ("bart", "BartScaledWordEmbedding")}[kind]
     scaled = getattr(pytest.importorskip(f"transformers.models.{module}.modeling_{module}"), name, None)
     if scaled is None:
         pytest.skip(f"this transformers has no {name}")

@@ -29,8 +29,8 @@ def test_the_wheel_holds_every_module(tmp_path):
         shutil.copy(root / name, source / name)
     for name in ("ept_fast", "kernels"):
         shutil.copytree(root / name, source / name, ignore=shutil.ignore_patterns("__pycache__"))
-    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(tmp_path),
-                    str(source)], check=True, capture_output=True)
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w",
+                    str(tmp_path), str(source)], check=True, capture_output=True)
     (wheel,) = tmp_path.glob("ept_fast-*.whl")
     packed = set(zipfile.ZipFile(wheel).namelist())
     sources = {f"ept_fast/{p.relative_to(root / 'ept_fast').as_posix()}" for p in (root / "ept_fast").rglob("*.py")}

@@ -5,10 +5,10 @@ import json
 
 import pytest
 import torch
-
-from ept_fast import EPTConfig, EPTModel, PromptInit, get_ept_model
 from helpers import needs_modules
 from tiny_models import BUILDERS, VOCAB, adapter_config, moved, task_batch, tiny_t5
+
+from ept_fast import EPTConfig, EPTModel, PromptInit, get_ept_model
 
 TASKS = list(BUILDERS)
 
@@ -104,7 +104,8 @@ def test_dept_checkpoint_errors(tmp_path):
         EPTModel.from_dept_checkpoint(tiny_t5(), tmp_path)
     _dept_folder(tmp_path / "dept", 3, 10, 2, 8.0, 40, True)
     (tmp_path / "dept" / "adapter_model.bin").unlink()
-    with pytest.raises(FileNotFoundError, match=r"expected one of \['adapter_model.bin', 'adapter_model.safetensors'\]"):
+    with pytest.raises(FileNotFoundError,
+                       match=r"expected one of \['adapter_model.bin', 'adapter_model.safetensors'\]"):
         EPTModel.from_dept_checkpoint(tiny_t5(), tmp_path / "dept")
     config = tmp_path / "dept" / "adapter_config.json"
     config.write_text(json.dumps({**json.loads(config.read_text()), "peft_type": "LORA"}))

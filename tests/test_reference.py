@@ -4,11 +4,18 @@ import math
 
 import pytest
 import torch
+from helpers import (
+    PROMPT_ARGS,
+    PROMPT_SHAPES,
+    SMALL_PROMPT_SHAPES,
+    assert_close,
+    padded_batch,
+    prompt_inputs,
+    scaling_for,
+    table,
+)
 
 from ept_fast import reference
-from helpers import (
-    PROMPT_ARGS, PROMPT_SHAPES, SMALL_PROMPT_SHAPES, assert_close, padded_batch, prompt_inputs, scaling_for, table,
-)
 
 
 def equations(prompt, lora_a, lora_b, fusion_scale, proj_down, proj_up, gate_weight, gate_bias, scaling):

@@ -4,20 +4,30 @@ import json
 
 import numpy as np
 import pytest
+from helpers import needs_offline_data
 from scipy.stats import pearsonr, spearmanr
 from sklearn.metrics import accuracy_score, f1_score, matthews_corrcoef
 
 from ept_fast.tasks import (
-    TASKS, bbc_headlines, compute_metrics, custom_task, format_rows, get_task, label_text, parse_prediction, read_rows,
-    split_validation_test, stratified_split,
+    TASKS,
+    bbc_headlines,
+    compute_metrics,
+    custom_task,
+    format_rows,
+    get_task,
+    label_text,
+    parse_prediction,
+    read_rows,
+    split_validation_test,
+    stratified_split,
 )
-from helpers import needs_offline_data
 
 # One row shaped like each task, and the T5 source DePT builds from it.
 ROWS = {
     "mnli": ({"premise": "A man sleeps.", "hypothesis": "He is awake.", "label": 2},
              "premise: A man sleeps. hypothesis: He is awake."),
-    "qqp": ({"question1": "How old?", "question2": "What age?", "label": 1}, "question1: How old? question2: What age?"),
+    "qqp": ({"question1": "How old?", "question2": "What age?", "label": 1},
+            "question1: How old? question2: What age?"),
     "qnli": ({"question": "Who?", "sentence": "Bob did.", "label": 0}, "question: Who? sentence: Bob did."),
     "sst2": ({"sentence": "great film", "label": 1}, "sentence: great film"),
     "stsb": ({"sentence1": "a cat", "sentence2": "a dog", "label": 3.14}, "sentence1: a cat sentence2: a dog"),
@@ -138,7 +148,8 @@ def test_file_errors(tmp_path):
     with pytest.raises(ValueError, match=r"ragged.csv, line 3: expected 2 columns \(sentence, label\)"):
         read_rows(ragged)
     rows = [{"sentence": "no label here"}]
-    with pytest.raises(ValueError, match=r"train.csv, row 1: columns \['label'\] are absent \(the row has \['sentence'\]\)"):
+    with pytest.raises(ValueError,
+                       match=r"train.csv, row 1: columns \['label'\] are absent \(the row has \['sentence'\]\)"):
         format_rows(get_task("sst2"), rows, "train.csv")
     with pytest.raises(ValueError, match=r"task: unknown task 'glue'; known tasks are"):
         get_task("glue")

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import needs_offline_data
 from safetensors.torch import load_file
 
 from ept_fast.cli import main as cli_main
@@ -16,7 +17,6 @@ from ept_fast.offline import minilm_path
 from ept_fast.tasks import get_task
 from ept_fast.train import main, parse_args
 from ept_fast.training import TrainArguments, train
-from helpers import needs_offline_data
 
 pytestmark = needs_offline_data  # the tiny models use the packaged MiniLM tokenizer; the default run, BBC News
 
@@ -27,7 +27,13 @@ WORDS = ["good", "great", "fine", "bad", "awful", "poor", "movie", "plot", "acto
 @pytest.fixture(scope="module")
 def tiny_models(tmp_path_factory):
     """A tiny BERT classifier and a tiny T5, saved with the packaged MiniLM tokenizer."""
-    from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification, T5Config, T5ForConditionalGeneration
+    from transformers import (
+        AutoTokenizer,
+        BertConfig,
+        BertForSequenceClassification,
+        T5Config,
+        T5ForConditionalGeneration,
+    )
 
     root = tmp_path_factory.mktemp("models")
     tokenizer = AutoTokenizer.from_pretrained(minilm_path())
@@ -227,7 +233,8 @@ def test_config_file_and_flags(tmp_path):
 
 def test_console_script_dispatches(capsys):
     assert cli_main([]) == 2 and "usage: ept-fast train" in capsys.readouterr().out
-    assert cli_main(["fit"]) == 2 and "unknown command 'fit'; the commands are train, eval, compare" in capsys.readouterr().err
+    assert cli_main(["fit"]) == 2 and ("unknown command 'fit'; the commands are train, eval, compare"
+                                       in capsys.readouterr().err)
 
 
 def test_two_processes_end_with_identical_adapters(tiny_models, sst2_files, tmp_path):
@@ -252,7 +259,8 @@ def test_the_embedded_default_runs_offline(tmp_path):
     assert main(["--output-dir", str(out), "--max-steps", "2", "--eval-steps", "2", "--limit-eval-examples", "16",
                  "--batch-size", "4", "--max-length", "64"]) == 0
     metrics = json.loads((out / "metrics.json").read_text())
-    assert metrics["task"] == "bbc_news" and metrics["task_type"] == "SEQ_CLS" and metrics["train_examples"] == 1781  # 80% of 2225, rounded per topic
+    assert (metrics["task"] == "bbc_news" and metrics["task_type"] == "SEQ_CLS"
+            and metrics["train_examples"] == 1781)  # 80% of 2225, rounded per topic
     assert set(metrics["test"]) == {"accuracy", "f1_macro"}
     saved = json.loads((out / "adapter_config.json").read_text())
     assert saved["method"] == "ept" and saved["token_dim"] == 384 and saved["modules_to_save"] == ["classifier"]

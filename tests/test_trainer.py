@@ -6,11 +6,11 @@ import math
 import pytest
 import torch
 from safetensors.torch import load_file
+from tiny_models import VOCAB, adapter_config, moved, tiny_bert_classifier, tiny_gpt2, tiny_t5
 from transformers import Seq2SeqTrainingArguments, TrainingArguments
 
-from ept_fast import EPTModel, get_ept_model
+from ept_fast import EPTModel, get_ept_model, param_groups
 from ept_fast.trainer import EPTSeq2SeqTrainer, EPTTrainer
-from tiny_models import VOCAB, adapter_config, moved, tiny_bert_classifier, tiny_gpt2, tiny_t5
 
 ADAPTER_FILES = ["adapter_config.json", "adapter_model.safetensors"]
 
@@ -37,12 +37,12 @@ def _arguments(out, **overrides):
 
 def test_the_optimizer_has_the_two_learning_rate_groups(tmp_path):
     model = _classifier()
-    trainer = EPTTrainer(model=model, args=_arguments(tmp_path, weight_decay=0.01), train_dataset=_classification_rows(),
-                         lowrank_learning_rate=2e-3)
+    trainer = EPTTrainer(model=model, args=_arguments(tmp_path, weight_decay=0.01),
+                         train_dataset=_classification_rows(), lowrank_learning_rate=2e-3)
     optimizer = trainer.create_optimizer()
     assert [(g["lr"], g["weight_decay"]) for g in optimizer.param_groups] == [(0.05, 0.01), (2e-3, 0.01)]
     grouped = [{id(p) for p in group["params"]} for group in optimizer.param_groups]
-    expected = [{id(p) for p in group["params"]} for group in model.param_groups(0.05, 2e-3)]
+    expected = [{id(p) for p in group["params"]} for group in param_groups(model, 0.05, 2e-3)]
     assert grouped == expected
     with pytest.raises(TypeError, match=r"model: EPTTrainer trains an EPTModel \(get_ept_model\), got Bert"):
         EPTTrainer(model=tiny_bert_classifier(), args=_arguments(tmp_path))
@@ -69,10 +69,14 @@ def test_checkpoints_hold_the_adapter_only_and_the_best_one_is_loaded_at_the_end
     trainer = EPTTrainer(model=model, args=args, train_dataset=rows, eval_dataset=_classification_rows(12, seed=1))
     result = trainer.train()
     assert result.global_step == 6 and math.isfinite(result.training_loss)
-    folder = (lambda step: tmp_path / f"checkpoint-{step}" / ("" if adapter_name == "default" else adapter_name))
+
+    def folder(step):
+        return tmp_path / f"checkpoint-{step}" / ("" if adapter_name == "default" else adapter_name)
+
     for step in (2, 4, 6):
         saved = sorted(p.name for p in folder(step).iterdir())
-        assert set(ADAPTER_FILES) <= set(saved) and "model.safetensors" not in saved and "pytorch_model.bin" not in saved
+        assert (set(ADAPTER_FILES) <= set(saved) and "model.safetensors" not in saved
+                and "pytorch_model.bin" not in saved)
     best = trainer.state.best_model_checkpoint
     assert best is not None and not best.endswith("checkpoint-6")
     best_tensors = load_file(str(folder(best.rsplit("-", 1)[1]) / "adapter_model.safetensors"))
@@ -111,7 +115,8 @@ def test_seq2seq_trainer_predicts_with_generate(tmp_path):
     rows = [{"input_ids": torch.randint(2, VOCAB, (6,), generator=generator),
              "attention_mask": torch.ones(6, dtype=torch.long),
              "labels": torch.randint(2, VOCAB, (3,), generator=generator)} for _ in range(8)]
-    args = Seq2SeqTrainingArguments(output_dir=str(tmp_path), per_device_train_batch_size=4, per_device_eval_batch_size=4,
+    args = Seq2SeqTrainingArguments(output_dir=str(tmp_path), per_device_train_batch_size=4,
+                                    per_device_eval_batch_size=4,
                                     max_steps=2, report_to=[], use_cpu=True, predict_with_generate=True,
                                     generation_max_length=5, save_strategy="no")
     trainer = EPTSeq2SeqTrainer(model=model, args=args, train_dataset=rows)

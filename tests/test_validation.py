@@ -3,9 +3,9 @@ and the received shape / dtype / device / value."""
 
 import pytest
 import torch
+from helpers import padded_batch, prompt_inputs, table
 
 from ept_fast import functional, reference
-from helpers import padded_batch, prompt_inputs, table
 
 ENTRY_POINTS = {"reference": reference, "functional": functional}
 
@@ -30,18 +30,24 @@ def _assembly_args(**overrides):
 
 PROMPT_ERRORS = [
     (dict(prompt=[[1.0]]), TypeError, r"prompt: expected a torch.Tensor, got list"),
-    (dict(prompt=torch.zeros(4, 8, 1)), ValueError, r"prompt: expected a 2-d tensor of shape \(m, d\), got shape \(4, 8, 1\)"),
+    (dict(prompt=torch.zeros(4, 8, 1)), ValueError,
+     r"prompt: expected a 2-d tensor of shape \(m, d\), got shape \(4, 8, 1\)"),
     (dict(prompt=torch.zeros(0, 8)), ValueError, r"prompt: expected at least one row"),
     (dict(lora_b=torch.zeros(2, 9)), ValueError, r"lora_b: expected shape \(r=2, d=8\), got \(2, 9\)"),
     (dict(lora_b=torch.zeros(3, 8)), ValueError, r"lora_b: expected shape \(r=2, d=8\), got \(3, 8\)"),
-    (dict(fusion_scale=torch.zeros(1)), ValueError, r"fusion_scale: expected a 0-d tensor of shape \(\), got shape \(1,\)"),
+    (dict(fusion_scale=torch.zeros(1)), ValueError,
+     r"fusion_scale: expected a 0-d tensor of shape \(\), got shape \(1,\)"),
     (dict(proj_down=torch.zeros(3, 7, 2)), ValueError, r"proj_down: expected shape \(K, d=8, h\), got \(3, 7, 2\)"),
     (dict(proj_up=torch.zeros(3, 5, 8)), ValueError, r"proj_up: expected shape \(K=3, h=2, d=8\), got \(3, 5, 8\)"),
     (dict(gate_weight=torch.zeros(8, 2)), ValueError, r"gate_weight: expected shape \(d=8, K=3\), got \(8, 2\)"),
-    (dict(gate_bias=torch.zeros(4)), ValueError, r"gate_bias: expected shape \(K=3,\), got \(4,\)|gate_bias: expected shape \(K=3\), got \(4,\)"),
-    (dict(lora_a=torch.zeros(6, 2, dtype=torch.long)), TypeError, r"lora_a: expected a floating-point tensor, got dtype torch.int64"),
-    (dict(proj_up=torch.zeros(3, 2, 8, dtype=torch.float64)), TypeError, r"proj_up: expected dtype torch.float32 \(the dtype of prompt\), got torch.float64"),
-    (dict(gate_bias=torch.zeros(3, device="meta")), ValueError, r"gate_bias: expected a tensor on cpu \(the device of prompt\), got one on meta"),
+    (dict(gate_bias=torch.zeros(4)), ValueError,
+     r"gate_bias: expected shape \(K=3,\), got \(4,\)|gate_bias: expected shape \(K=3\), got \(4,\)"),
+    (dict(lora_a=torch.zeros(6, 2, dtype=torch.long)), TypeError,
+     r"lora_a: expected a floating-point tensor, got dtype torch.int64"),
+    (dict(proj_up=torch.zeros(3, 2, 8, dtype=torch.float64)), TypeError,
+     r"proj_up: expected dtype torch.float32 \(the dtype of prompt\), got torch.float64"),
+    (dict(gate_bias=torch.zeros(3, device="meta")), ValueError,
+     r"gate_bias: expected a tensor on cpu \(the device of prompt\), got one on meta"),
     (dict(scaling="2"), TypeError, r"scaling: expected a Python float, got str"),
     (dict(scaling=float("nan")), ValueError, r"scaling: expected a finite number within float32's range, got nan"),
     (dict(scaling=1e39), ValueError, r"scaling: expected a finite number within float32's range, got 1e\+39"),
@@ -60,14 +66,20 @@ ASSEMBLY_ERRORS = [
      r"input_ids: expected an int64 or int32 tensor, got dtype torch.float32"),
     (dict(input_ids=torch.zeros(2, 4, dtype=torch.uint8)), TypeError,
      r"input_ids: expected an int64 or int32 tensor, got dtype torch.uint8"),
-    (dict(input_ids=torch.zeros(8, dtype=torch.long)), ValueError, r"input_ids: expected a 2-d tensor of shape \(b, T\), got shape \(8,\)"),
-    (dict(input_ids=torch.zeros(2, 0, dtype=torch.long), attention_mask=None), ValueError, r"input_ids: expected at least one row and one token"),
+    (dict(input_ids=torch.zeros(8, dtype=torch.long)), ValueError,
+     r"input_ids: expected a 2-d tensor of shape \(b, T\), got shape \(8,\)"),
+    (dict(input_ids=torch.zeros(2, 0, dtype=torch.long), attention_mask=None), ValueError,
+     r"input_ids: expected at least one row and one token"),
     (dict(attention_mask=torch.ones(2, 5)), ValueError, r"attention_mask: expected shape \(b=2, T=4\), got \(2, 5\)"),
-    (dict(word_embeddings=torch.zeros(10, 8, dtype=torch.long)), TypeError, r"word_embeddings: expected a floating-point tensor"),
+    (dict(word_embeddings=torch.zeros(10, 8, dtype=torch.long)), TypeError,
+     r"word_embeddings: expected a floating-point tensor"),
     (dict(prompt_out=torch.zeros(2, 9)), ValueError, r"prompt_out: expected shape \(m, d=8\), got \(2, 9\)"),
-    (dict(lora_b=torch.zeros(2, 8, dtype=torch.float64)), TypeError, r"lora_b: expected dtype torch.float32 \(the dtype of lora_a\), got torch.float64"),
-    (dict(lora_a=torch.zeros(6, 2, device="meta")), ValueError, r"lora_a: expected a tensor on cpu \(the device of input_ids\), got one on meta"),
-    (dict(input_ids=torch.tensor([[1, 2, 10, 0], [0, 0, 0, 0]])), ValueError, r"input_ids: expected ids in \[0, 10\) \(the rows of word_embeddings\), got id 10"),
+    (dict(lora_b=torch.zeros(2, 8, dtype=torch.float64)), TypeError,
+     r"lora_b: expected dtype torch.float32 \(the dtype of lora_a\), got torch.float64"),
+    (dict(lora_a=torch.zeros(6, 2, device="meta")), ValueError,
+     r"lora_a: expected a tensor on cpu \(the device of input_ids\), got one on meta"),
+    (dict(input_ids=torch.tensor([[1, 2, 10, 0], [0, 0, 0, 0]])), ValueError,
+     r"input_ids: expected ids in \[0, 10\) \(the rows of word_embeddings\), got id 10"),
     (dict(input_ids=torch.tensor([[1, 2, -1, 0], [0, 0, 0, 0]])), ValueError, r"got id -1"),
     (dict(scaling=None), TypeError, r"scaling: expected a Python float, got NoneType"),
 ]

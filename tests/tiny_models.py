@@ -2,12 +2,17 @@
 small adapters and batches for them."""
 
 import torch
+from helpers import padded_batch
 from transformers import (
-    BertConfig, BertForSequenceClassification, GPT2Config, GPT2LMHeadModel, T5Config, T5ForConditionalGeneration,
+    BertConfig,
+    BertForSequenceClassification,
+    GPT2Config,
+    GPT2LMHeadModel,
+    T5Config,
+    T5ForConditionalGeneration,
 )
 
 from ept_fast import EPTConfig
-from helpers import padded_batch
 
 VOCAB, HIDDEN = 64, 40
 

@@ -14,8 +14,8 @@ from typing import Dict, List, Optional
 from .checkpoints import CHECKPOINT, check_same_options
 from .data import data_name
 from .loop import train
-from .probe import linear_probe
 from .options import TrainArguments, option
+from .probe import linear_probe
 from .report import write_json
 
 # What a method fixes itself: an option given for EPT is not passed on to the baselines. The
@@ -157,7 +157,8 @@ def plot(result: dict, path: Path) -> None:
     axis.set_xticks(range(len(methods)), [f"{k}\n{m['adapter_parameters']:,} params" for k, m in methods.items()])
     low = min(min(m["test"][metric]) for m in methods.values())
     axis.set_ylim(max(0.0, low - 0.05), None)
-    axis.set(ylabel=f"test {metric}", title=f"{result['task']}: equal budget, {len(next(iter(methods.values()))['seeds'])} seeds")
+    seeds = len(next(iter(methods.values()))["seeds"])
+    axis.set(ylabel=f"test {metric}", title=f"{result['task']}: equal budget, {seeds} seeds")
     figure.tight_layout()
     atomic_write(path, lambda tmp: figure.savefig(tmp, format="png", dpi=100))
     plt.close(figure)

@@ -10,7 +10,15 @@ import torch
 
 from ..config import TaskType, infer_task_type
 from ..tasks import (
-    DEFAULT_TASK, Example, Task, custom_task, format_rows, get_task, load_bbc_news, load_from_hub, read_rows,
+    DEFAULT_TASK,
+    Example,
+    Task,
+    custom_task,
+    format_rows,
+    get_task,
+    load_bbc_news,
+    load_from_hub,
+    read_rows,
 )
 from .options import DataArguments, RunArguments
 
@@ -70,7 +78,11 @@ def load_backbone(args: RunArguments, task: Task, source: Optional[str] = None):
     """(backbone, tokenizer, task type) for ``source`` (default: ``--model``, else the packaged
     MiniLM). A checkpoint without a head of its own (an encoder) becomes a classifier."""
     from transformers import (
-        AutoConfig, AutoModelForCausalLM, AutoModelForSeq2SeqLM, AutoModelForSequenceClassification, AutoTokenizer,
+        AutoConfig,
+        AutoModelForCausalLM,
+        AutoModelForSeq2SeqLM,
+        AutoModelForSequenceClassification,
+        AutoTokenizer,
     )
 
     from ..offline import minilm_path

@@ -24,13 +24,20 @@ from ..budget import adapter_parameters
 from ..config import TaskType
 from ..heads import is_encoder_classifier
 from ..model import get_ept_model
+from ..optimizer import param_groups
 from ..serialization import load_adapter
 from .checkpoints import BEST, TrainState, checkpoint_folder, load_checkpoint, save_checkpoint
 from .data import Collator, data_name, load_backbone, load_data, report_inputs_cut
 from .evaluation import evaluate, task_metadata
 from .options import TrainArguments
 from .report import (
-    peak_memory_mb, plot_history, summary_table, trainer_state, versions, write_json, write_results,
+    peak_memory_mb,
+    plot_history,
+    summary_table,
+    trainer_state,
+    versions,
+    write_json,
+    write_results,
 )
 
 
@@ -105,7 +112,7 @@ def train(args: TrainArguments, stop_after_steps: Optional[int] = None) -> dict:
     steps_per_epoch = per_epoch / args.gradient_accumulation_steps
     total_steps = args.max_steps or max(1, math.ceil(args.num_epochs * per_epoch / args.gradient_accumulation_steps))
     lr, lr_lowrank = args.learning_rates()
-    optimizer = torch.optim.AdamW(model.param_groups(lr, lr_lowrank), weight_decay=args.weight_decay)
+    optimizer = torch.optim.AdamW(param_groups(model, lr, lr_lowrank), weight_decay=args.weight_decay)
     scheduler = get_linear_schedule_with_warmup(optimizer, int(args.warmup_ratio * total_steps), total_steps)
     state = load_checkpoint(checkpoint_folder(out, args.resume), model, optimizer, scheduler,
                             dataclasses.asdict(args)) if args.resume else TrainState()
@@ -153,7 +160,8 @@ def train(args: TrainArguments, stop_after_steps: Optional[int] = None) -> dict:
             metrics = evaluate(model, validation_set, collate, **scoring)
             record["validation"] = metrics
             if state.best_metric is None or metrics[metric] > state.best_metric:
-                state.best_metric, state.best_step, state.evaluations_without_improvement = metrics[metric], state.step, 0
+                state.best_metric, state.best_step = metrics[metric], state.step
+                state.evaluations_without_improvement = 0
                 if accelerator.is_main_process:
                     model.save_pretrained(out / BEST)
             else:

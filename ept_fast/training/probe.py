@@ -67,6 +67,9 @@ def linear_probe(args: TrainArguments) -> dict:
         "validation": validation, "test": test, "task": task.name, "task_type": task_type.value,
         "metric_for_best_model": metric, "probe_C": best_C,
         "validation_by_C": {str(C): fits[C][0][metric] for C in PROBE_C},
+        # Reported, never used to choose: what each C would have scored (C = 1 is scikit-learn's default).
+        "test_by_C": {str(C): compute_metrics(task, fits[C][1].predict(features["test"]), labels["test"])[metric]
+                      for C in PROBE_C},
         "train_examples": len(train_set), "validation_examples": len(validation_set), "test_examples": len(test_set),
         "train_time_s": time.perf_counter() - started, "peak_memory_mb": peak_memory_mb(),
         "adapter_parameters": 0, "trainable_parameters": classifier.coef_.size + classifier.intercept_.size,

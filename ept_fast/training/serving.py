@@ -18,8 +18,9 @@ from typing import Dict, List, Optional, Tuple
 import torch
 from tqdm.auto import tqdm
 
+from ..adapters import check_adapter_name
 from ..config import TaskType
-from ..model import EPTModel, check_adapter_name
+from ..model import EPTModel
 from ..serialization import atomic_write, load_adapter
 from ..tasks import Task, format_input, parse_prediction, read_rows
 from .data import Collator, load_backbone
