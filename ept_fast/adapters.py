@@ -36,6 +36,10 @@ def check_adapter_name(name, argument: str = "adapter_name") -> None:
 
 
 def input_embeddings(model: nn.Module) -> nn.Embedding:
+    """The backbone's input embedding (an ``nn.Embedding``, with real weights), or a clear error."""
+    if any(parameter.is_meta for parameter in model.parameters()):
+        raise ValueError(f"model: {type(model).__name__}'s parameters are on the meta device (built without "
+                         f"weights); load its weights first (from_pretrained, or to_empty and load_state_dict)")
     getter = getattr(model, "get_input_embeddings", None)
     embeddings = getter() if callable(getter) else None
     if not isinstance(embeddings, nn.Embedding):
@@ -46,6 +50,16 @@ def input_embeddings(model: nn.Module) -> nn.Embedding:
     embedding_scale(embeddings)  # a lookup that does more than scale is refused here
     return embeddings
 
+
+
+def position_limit(model: nn.Module) -> Optional[int]:
+    """The most positions ``model`` takes (``max_position_embeddings``; RoBERTa's positions start
+    past its padding index), or None where its config names no limit."""
+    limit = getattr(getattr(model, "config", None), "max_position_embeddings", None)
+    if not isinstance(limit, int):
+        return None
+    padding_index = getattr(getattr(getattr(model, "base_model", None), "embeddings", None), "padding_idx", None)
+    return limit - (padding_index + 1 if isinstance(padding_index, int) else 0)
 
 
 class AdapterLifecycle:
@@ -154,6 +168,20 @@ class AdapterLifecycle:
         del self.head_copies[name]
         for store in (self.peft_config, self.adapter_task_metadata, self._trainable, self._merged_prompts):
             store.pop(name, None)
+
+    def _apply(self, fn, recurse: bool = True):
+        """The dtype policy: ``.to(dtype)``, ``.half()`` and the like cast the backbone; the adapters'
+        parameters move with it but stay float32 (a round trip through 16 bits would lose their precision)."""
+        def move_only(tensor: torch.Tensor) -> torch.Tensor:
+            converted = fn(tensor)
+            if converted.is_floating_point() and converted.dtype != tensor.dtype:
+                return tensor.to(converted.device)
+            return converted
+
+        for child in self.children():
+            child._apply(move_only if child is self.prompt_encoders else fn, recurse)
+        self._merged_prompts = {name: move_only(prompt) for name, prompt in self._merged_prompts.items()}
+        return self
 
     @property
     def active_adapter(self) -> str:
@@ -333,4 +361,3 @@ def _load_tokenizer(config: EPTConfig):
     from transformers import AutoTokenizer
 
     return AutoTokenizer.from_pretrained(source)
-

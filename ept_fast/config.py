@@ -50,6 +50,7 @@ class TaskType(str, enum.Enum):
     SEQ_CLS = "SEQ_CLS"  # sequence classifier: the input; the classification head trains too
 
 
+_MAX_SIZE = 1 << 20  # no prompt, sequence or rank of an adapter comes near a million rows
 PEFT_ALIASES = {"prompt_tuning_init": "prompt_init", "prompt_tuning_init_text": "prompt_init_text"}
 _DEFAULT_PROMPT_LENGTH = {Method.EPT: 60, Method.DEPT: 60, Method.PT: 60, Method.HEAD: 0}
 _DEFAULT_RANK = {Method.EPT: 30, Method.DEPT: 30, Method.PT: 0, Method.HEAD: 0}
@@ -159,6 +160,8 @@ class EPTConfig:
             self.num_spaces = _DEFAULT_SPACES[self.method]
         if self.fusion is None:
             self.fusion = self.method is Method.EPT
+        if not isinstance(self.fusion, bool):
+            raise TypeError(f"fusion: expected True or False, got {type(self.fusion).__name__} {self.fusion!r}")
 
         _check_int("num_virtual_tokens", self.num_virtual_tokens, 0 if self.method is Method.HEAD else 1)
         if self.token_dim is not None:
@@ -185,6 +188,12 @@ class EPTConfig:
             )
         if self.method is not Method.EPT and self.fusion:
             raise ValueError(f"fusion: method={self.method.value!r} has no prompt fusion, so fusion must be False")
+        largest = max(self.num_virtual_tokens, self.max_length, self.r, self.num_spaces * self.space_rank)
+        if largest > _MAX_SIZE:
+            raise ValueError(f"config: a size of {largest:,} (num_virtual_tokens={self.num_virtual_tokens}, "
+                             f"max_length={self.max_length}, r={self.r}, num_spaces·space_rank="
+                             f"{self.num_spaces * self.space_rank}) is past {_MAX_SIZE:,}, more than any backbone "
+                             f"takes; check the value")
         if self.modules_to_save is not None and (
             isinstance(self.modules_to_save, str) or not all(isinstance(name, str) for name in self.modules_to_save)
         ):

@@ -17,10 +17,9 @@ from pathlib import Path
 from typing import Dict, Optional, Tuple
 
 import torch
-from safetensors.torch import load_file
 
 from .config import EPTConfig, Method, Readout
-from .serialization import CONFIG_NAME, WEIGHTS_NAME, PathLike, write_adapter_files
+from .serialization import CONFIG_NAME, WEIGHTS_NAME, PathLike, read_tensors, write_adapter_files
 
 logger = logging.getLogger(__name__)
 
@@ -112,7 +111,12 @@ def dept_checkpoint(directory: PathLike) -> Tuple[EPTConfig, Dict[str, torch.Ten
     config_path = directory / CONFIG_NAME
     if not config_path.is_file():
         raise FileNotFoundError(f"DePT checkpoint {directory}: expected {CONFIG_NAME}, which is missing")
-    document = json.loads(config_path.read_text(encoding="utf-8"))
+    try:
+        document = json.loads(config_path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise ValueError(f"{config_path}: not valid JSON ({error})") from None
+    if not isinstance(document, dict):
+        raise ValueError(f"{config_path}: expected a JSON object, got {type(document).__name__}")
     if document.get("peft_type") != "PROMPT_TUNING_LORA":
         raise ValueError(f"{config_path}: expected DePT's peft_type 'PROMPT_TUNING_LORA', got "
                          f"{document.get('peft_type')!r}")
@@ -120,7 +124,9 @@ def dept_checkpoint(directory: PathLike) -> Tuple[EPTConfig, Dict[str, torch.Ten
     if weights is None:
         raise FileNotFoundError(f"DePT checkpoint {directory}: expected one of {list(DEPT_WEIGHT_FILES)}, none is "
                                 f"there")
-    raw = (load_file(str(weights)) if weights.suffix == ".safetensors"
+    if "num_virtual_tokens" not in document:
+        raise ValueError(f"{config_path}: a DePT config names num_virtual_tokens (the prompt's length); it is missing")
+    raw = (read_tensors(weights) if weights.suffix == ".safetensors"
            else torch.load(weights, map_location="cpu", weights_only=True))
     found = {key.rsplit(".", 1)[-1] if "lora_embedding" in key else key: value for key, value in raw.items()}
     missing = sorted({"prompt_embeddings", "lora_embedding_A", "lora_embedding_B"} - set(found))

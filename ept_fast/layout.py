@@ -75,6 +75,14 @@ class PromptLayout:
         full = values.new_full((values.shape[0], self.width), fill)
         return torch.where(holds, placed, full) if self.T else full
 
+    def check_fits(self, limit: Optional[int], backbone: str) -> None:
+        """A prompted row of ``width`` slots must fit the ``limit`` positions of ``backbone`` (None:
+        no limit); else an error naming m, T and the limit."""
+        if limit is not None and self.width > limit:
+            raise ValueError(f"input_ids: the prompt (m={self.m}) and the tokens (T={self.T}) make {self.width} "
+                             f"positions, past the {limit} of {backbone}; shorten the input (to T <= "
+                             f"{max(limit - self.m, 0)}) or the prompt")
+
     def position_ids(self) -> Optional[torch.Tensor]:
         """(b, m+T): the position each slot has in its row alone, for rows padded on the left
         before prompts of different lengths (the padding slots get 0); None where every slot

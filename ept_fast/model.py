@@ -12,7 +12,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import torch
 from torch import nn
 
-from .adapters import DEFAULT_ADAPTER, AdapterLifecycle, input_embeddings
+from .adapters import DEFAULT_ADAPTER, AdapterLifecycle, input_embeddings, position_limit
 from .config import EPTConfig, Readout, TaskType, infer_task_type
 from .heads import (
     heads_replaced,
@@ -57,7 +57,10 @@ class EPTModel(AdapterLifecycle, nn.Module):
         self.base_model = model
         for parameter in model.parameters():
             parameter.requires_grad_(False)
-        self.task_type = config.task_type or infer_task_type(model)
+        self.task_type = infer_task_type(model, default=config.task_type)
+        if config.task_type is not None and config.task_type is not self.task_type:
+            raise ValueError(f"config.task_type: {type(model).__name__} is a {self.task_type.value} backbone, got "
+                             f"{config.task_type.value}; leave task_type unset or match it")
         self.prompt_encoders = nn.ModuleDict()
         self.peft_config: Dict[str, EPTConfig] = {}
         self.heads: List[str] = []  # the backbone's trained head modules (SEQ_CLS); each adapter has copies
@@ -78,20 +81,6 @@ class EPTModel(AdapterLifecycle, nn.Module):
                 raise AttributeError(f"{type(self).__name__} has no attribute {name!r}") from None
             return getattr(self.base_model, name)
 
-    def _apply(self, fn, recurse: bool = True):
-        """``.to(dtype)``, ``.half()`` and the like cast the backbone; the adapters' parameters
-        move with it but stay float32 (a round trip through 16 bits would lose their precision)."""
-        def move_only(tensor: torch.Tensor) -> torch.Tensor:
-            converted = fn(tensor)
-            if converted.is_floating_point() and converted.dtype != tensor.dtype:
-                return tensor.to(converted.device)
-            return converted
-
-        for child in self.children():
-            child._apply(move_only if child is self.prompt_encoders else fn, recurse)
-        self._merged_prompts = {name: move_only(prompt) for name, prompt in self._merged_prompts.items()}
-        return self
-
     # ------------------------------------------------------------------ inputs
     @property
     def word_embeddings(self) -> nn.Embedding:
@@ -108,6 +97,12 @@ class EPTModel(AdapterLifecycle, nn.Module):
         """The backbone's ``inputs_embeds`` (b, m+T, d) and ``attention_mask`` (b, m+T)."""
         return self.prompt_encoder.assemble_inputs(input_ids, attention_mask, self.word_embeddings,
                                                    prompt_out=self.ept_prompt())
+
+    @property
+    def _position_limit(self) -> Optional[int]:
+        """How many positions a prompted row may have: the backbone's absolute limit; none for T5's
+        relative positions."""
+        return None if self.task_type is TaskType.SEQ_2_SEQ_LM else position_limit(self.base_model)
 
     def _check_inputs(self, input_ids, inputs_embeds) -> None:
         if inputs_embeds is not None:
@@ -205,7 +200,12 @@ class EPTModel(AdapterLifecycle, nn.Module):
                                    **kwargs)
         self._check_inputs(input_ids, inputs_embeds)
         self._drop_unsupported(kwargs)
+        token_types = kwargs.get("token_type_ids")
+        if token_types is not None and tuple(token_types.shape) != tuple(input_ids.shape):
+            raise ValueError(f"token_type_ids: expected the shape of input_ids {tuple(input_ids.shape)}, got "
+                             f"{tuple(token_types.shape)}")
         (embeds, mask, layout), routed = self._prompted(input_ids, attention_mask, adapter_names)
+        layout.check_fits(self._position_limit, type(self.base_model).__name__)
         if self.task_type is TaskType.CAUSAL_LM and labels is not None:
             kwargs["labels"] = layout.place(labels, -100)
         if self.task_type is not TaskType.SEQ_2_SEQ_LM and kwargs.get("token_type_ids") is not None:
@@ -243,7 +243,8 @@ class EPTModel(AdapterLifecycle, nn.Module):
                 raise ValueError(f"max_length: counts input_ids ({input_ids.shape[1]} tokens) and the new tokens, "
                                  f"so it leaves none at {max_length}; give a larger one or max_new_tokens")
             kwargs["max_new_tokens"] = max_length - input_ids.shape[1]
-        (embeds, mask, _), routed = self._prompted(input_ids, kwargs.pop("attention_mask", None), adapter_names)
+        (embeds, mask, layout), routed = self._prompted(input_ids, kwargs.pop("attention_mask", None), adapter_names)
+        layout.check_fits(self._position_limit, type(self.base_model).__name__)
         with routed:
             output = self.base_model.generate(inputs_embeds=embeds, attention_mask=mask, **kwargs)
         if self.task_type is TaskType.CAUSAL_LM:

@@ -90,8 +90,11 @@ def load_adapter(directory: PathLike) -> AdapterFiles:
             raise FileNotFoundError(f"adapter directory {directory}: expected {name}, which is missing")
     try:
         document = json.loads((directory / CONFIG_NAME).read_text(encoding="utf-8"))
-    except json.JSONDecodeError as error:
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
         raise ValueError(f"{directory / CONFIG_NAME}: not valid JSON ({error})") from None
+    if not isinstance(document, dict):
+        raise ValueError(f"{directory / CONFIG_NAME}: expected a JSON object of config fields, got "
+                         f"{type(document).__name__}")
     if document.get("peft_type") != PEFT_TYPE:
         raise ValueError(f"{directory / CONFIG_NAME}: expected peft_type {PEFT_TYPE!r}, got "
                          f"{document.get('peft_type')!r}")
@@ -102,4 +105,18 @@ def load_adapter(directory: PathLike) -> AdapterFiles:
             f"upgrade ept_fast to read it"
         )
     config = {key: value for key, value in document.items() if key not in METADATA_KEYS}
-    return AdapterFiles(config, load_file(str(directory / WEIGHTS_NAME)), document.get("task"))
+    return AdapterFiles(config, read_tensors(directory / WEIGHTS_NAME), document.get("task"))
+
+
+def read_tensors(path: PathLike) -> Dict[str, torch.Tensor]:
+    """The tensors of a safetensors file, each finite: a truncated or corrupt file, or a NaN or
+    infinity that would flow into every output, is an error naming the file (and the tensor)."""
+    try:
+        tensors = load_file(str(path))
+    except Exception as error:  # safetensors raises its own SafetensorError, OSError or others
+        raise ValueError(f"{path}: not a readable safetensors file (truncated or corrupt?): {error}") from None
+    for name, tensor in tensors.items():
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            raise ValueError(f"{path}: tensor {name!r} holds NaN or infinite values; the adapter would give "
+                             f"non-finite outputs")
+    return tensors

@@ -13,7 +13,9 @@ from __future__ import annotations
 import csv
 import dataclasses
 import json
+import math
 import random
+import sys
 from pathlib import Path
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
@@ -109,6 +111,9 @@ def custom_task(rows: List[dict], label_column: str, text_columns: Sequence[str]
                              f"(the row has {sorted(row)})")
         if isinstance(row[label_column], str) and not row[label_column].strip():
             raise ValueError(f"{source}, row {number}: label column {label_column!r} is empty")
+        if isinstance(row[label_column], float) and not math.isfinite(row[label_column]):
+            raise ValueError(f"{source}, row {number}: label column {label_column!r} is {row[label_column]}, not a "
+                             f"label")
         labels.append(row[label_column])
     if not labels:
         raise ValueError(f"{source}: no rows")
@@ -119,6 +124,9 @@ def custom_task(rows: List[dict], label_column: str, text_columns: Sequence[str]
         num_labels = len(names)
     elif all(_is_integer(label) for label in labels):
         ids = {int(label) for label in labels}
+        if len(ids) == 1:
+            raise ValueError(f"{source}: every label is {ids.pop()}; a classifier needs at least two classes "
+                             f"(a regression target is a number that is not an integer)")
         if min(ids) != 0:
             raise ValueError(f"{source}: integer labels are class ids 0 … k-1, but the smallest is {min(ids)}; "
                              f"relabel from 0, or pass --label-names {' '.join(map(str, sorted(ids)))} to take them "
@@ -166,6 +174,9 @@ def format_input(task: Task, row: dict) -> Example:
     missing = [c for c in task.fields if c not in row]
     if missing:
         raise KeyError(f"columns {missing} are absent (the row has {sorted(row)})")
+    empty = [c for c in task.fields if row[c] is None]
+    if empty:
+        raise ValueError(f"columns {empty} are null, not text")
     values = [str(row[c]) for c in task.fields]
     return {
         "text": values[0],
@@ -260,10 +271,21 @@ def _exact_match(y_pred: np.ndarray, y_true: np.ndarray, groups: Optional[Sequen
 
 # --------------------------------------------------------------------- loading
 def read_rows(path) -> List[dict]:
-    """Rows of a CSV file (header line) or a JSON-lines file (one object per line)."""
+    """Rows of a CSV file (header line) or a JSON-lines file (one object per line); a file that
+    is not UTF-8 text or not well-formed is an error naming it (and the line)."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"data file {path}: not found")
+    try:
+        return _read_rows(path)
+    except UnicodeDecodeError as error:
+        raise ValueError(f"data file {path}: not UTF-8 text ({error.reason} at byte {error.start}); save it as "
+                         f"UTF-8") from None
+    except csv.Error as error:
+        raise ValueError(f"data file {path}: not a well-formed CSV file ({error})") from None
+
+
+def _read_rows(path: Path) -> List[dict]:
     if path.suffix.lower() in (".jsonl", ".json"):
         rows = []
         with path.open(encoding="utf-8-sig") as handle:
@@ -280,6 +302,7 @@ def read_rows(path) -> List[dict]:
                 rows.append(row)
         return rows
     if path.suffix.lower() in (".csv", ".tsv"):
+        csv.field_size_limit(min(sys.maxsize, 2**31 - 1))  # a long article is one field; the default stops at 128 KB
         with path.open(encoding="utf-8-sig", newline="") as handle:  # -sig: spreadsheet exports start with a BOM
             reader = csv.DictReader(handle, delimiter="\t" if path.suffix.lower() == ".tsv" else ",")
             rows = []

@@ -9,9 +9,10 @@ from pathlib import Path
 
 import pytest
 import torch
-from tiny_models import BUILDERS, adapter_config, moved, task_batch, tiny_bert_classifier, tiny_gpt2, tiny_t5
 
 from ept_fast import EPTModel, get_ept_model
+
+from tiny_models import BUILDERS, adapter_config, moved, task_batch, tiny_bert_classifier, tiny_gpt2, tiny_t5
 
 TASKS = list(BUILDERS)
 

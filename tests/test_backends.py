@@ -2,10 +2,11 @@
 
 import pytest
 import torch
-from helpers import assert_close, padded_batch
 
 from ept_fast import EPTConfig, EPTPromptEncoder
 from ept_fast.functional import use_triton
+
+from helpers import assert_close, padded_batch
 
 
 @pytest.mark.parametrize("interpreter", ["1", "0"])

@@ -4,10 +4,11 @@ import math
 
 import pytest
 import torch
-from helpers import padded_batch
 from torch import nn
 
 from ept_fast import EPTConfig, EPTPromptEncoder, reference
+
+from helpers import padded_batch
 
 
 class WordTokenizer:

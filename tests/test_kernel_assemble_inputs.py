@@ -3,6 +3,12 @@ gradcheck, determinism, opcheck, random shapes (CPU: Triton interpreter; CUDA wh
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from ept_fast import functional, reference
+from ept_fast.kernels import assemble_inputs, compile_check, fused_assemble_inputs
+
 from helpers import (
     DEVICE,
     assert_close,
@@ -12,11 +18,6 @@ from helpers import (
     scaling_for,
     table,
 )
-from hypothesis import given, settings
-from hypothesis import strategies as st
-
-from ept_fast import functional, reference
-from ept_fast.kernels import assemble_inputs, compile_check, fused_assemble_inputs
 
 # (lengths per row, T, V, d, n, r, m, left padding)
 CASES = {

@@ -3,6 +3,12 @@ determinism, opcheck, random shapes (CPU: Triton interpreter; CUDA where present
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from ept_fast import functional, reference
+from ept_fast.kernels import compile_check, ept_prompt, fused_ept_prompt
+
 from helpers import (
     DEVICE,
     PROMPT_ARGS,
@@ -12,11 +18,6 @@ from helpers import (
     run_directly_and_from_a_cuda_graph,
     scaling_for,
 )
-from hypothesis import given, settings
-from hypothesis import strategies as st
-
-from ept_fast import functional, reference
-from ept_fast.kernels import compile_check, ept_prompt, fused_ept_prompt
 
 TOLERANCE = {torch.float64: (1e-10, 1e-12), torch.float32: (1e-4, 1e-5)}
 

@@ -4,10 +4,11 @@ import os
 
 import pytest
 import torch
-from helpers import needs_offline_data
 
 from ept_fast import EPTConfig, get_ept_model, param_groups
 from ept_fast.offline import bbc_news, minilm_path
+
+from helpers import needs_offline_data
 
 pytestmark = needs_offline_data
 

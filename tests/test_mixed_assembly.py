@@ -4,10 +4,11 @@ gradcheck, and the errors (CPU: Triton interpreter; CUDA where present)."""
 
 import pytest
 import torch
-from helpers import DEVICE, assert_close, padded_batch, prompt_inputs, scaling_for, table
 
 from ept_fast import functional, reference
 from ept_fast.kernels.assemble_inputs import fused_assemble_inputs_mixed
+
+from helpers import DEVICE, assert_close, padded_batch, prompt_inputs, scaling_for, table
 
 # Per adapter (m, n, r): different prompt lengths, reaches and ranks, one prompt-tuning adapter (r = 0).
 ADAPTERS = [(5, 12, 3), (2, 9, 1), (4, 12, 0)]

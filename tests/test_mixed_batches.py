@@ -3,9 +3,10 @@ gives alone under its own adapter, for classifiers, seq2seq and causal LMs, cach
 
 import pytest
 import torch
-from tiny_models import BUILDERS, adapter_config, moved, task_batch, tiny_bert_classifier, tiny_gpt2, tiny_t5
 
 from ept_fast import get_ept_model
+
+from tiny_models import BUILDERS, adapter_config, moved, task_batch, tiny_bert_classifier, tiny_gpt2, tiny_t5
 
 # Three adapters of different prompt lengths and methods; rows assigned out of order.
 ADAPTERS = {"a": dict(num_virtual_tokens=4), "b": dict(num_virtual_tokens=2, method="dept", num_spaces=None),

@@ -6,13 +6,14 @@ import os
 
 import pytest
 import torch
+
+from ept_fast import EPTConfig, EPTModel, get_ept_model, param_groups, reference
+
 from helpers import needs_modules
 from tiny_models import BUILDERS, HIDDEN, tiny_bert_classifier, tiny_gpt2, tiny_t5
 from tiny_models import adapter_config as _config
 from tiny_models import moved as _moved
 from tiny_models import task_batch as _batch
-
-from ept_fast import EPTConfig, EPTModel, get_ept_model, param_groups, reference
 
 TASKS = list(BUILDERS)
 

@@ -5,10 +5,11 @@ import json
 
 import pytest
 import torch
-from helpers import needs_modules
-from tiny_models import BUILDERS, VOCAB, adapter_config, moved, task_batch, tiny_t5
 
 from ept_fast import EPTConfig, EPTModel, PromptInit, get_ept_model
+
+from helpers import needs_modules
+from tiny_models import BUILDERS, VOCAB, adapter_config, moved, task_batch, tiny_t5
 
 TASKS = list(BUILDERS)
 

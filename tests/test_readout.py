@@ -4,11 +4,12 @@ PEFT export and the errors."""
 
 import pytest
 import torch
-from helpers import padded_batch
-from tiny_models import HIDDEN, VOCAB, adapter_config, moved, tiny_bert_classifier, tiny_gpt2
 
 from ept_fast import EPTConfig, EPTModel, Method, Readout, get_ept_model
 from ept_fast.budget import adapter_parameters, fit_budget
+
+from helpers import padded_batch
+from tiny_models import HIDDEN, VOCAB, adapter_config, moved, tiny_bert_classifier, tiny_gpt2
 
 
 def _classifier():

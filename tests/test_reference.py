@@ -4,6 +4,9 @@ import math
 
 import pytest
 import torch
+
+from ept_fast import reference
+
 from helpers import (
     PROMPT_ARGS,
     PROMPT_SHAPES,
@@ -14,8 +17,6 @@ from helpers import (
     scaling_for,
     table,
 )
-
-from ept_fast import reference
 
 
 def equations(prompt, lora_a, lora_b, fusion_scale, proj_down, proj_up, gate_weight, gate_bias, scaling):

@@ -4,7 +4,6 @@ import json
 
 import numpy as np
 import pytest
-from helpers import needs_offline_data
 from scipy.stats import pearsonr, spearmanr
 from sklearn.metrics import accuracy_score, f1_score, matthews_corrcoef
 
@@ -21,6 +20,8 @@ from ept_fast.tasks import (
     split_validation_test,
     stratified_split,
 )
+
+from helpers import needs_offline_data
 
 # One row shaped like each task, and the T5 source DePT builds from it.
 ROWS = {

@@ -9,7 +9,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import needs_offline_data
 from safetensors.torch import load_file
 
 from ept_fast.cli import main as cli_main
@@ -17,6 +16,8 @@ from ept_fast.offline import minilm_path
 from ept_fast.tasks import get_task
 from ept_fast.train import main, parse_args
 from ept_fast.training import TrainArguments, train
+
+from helpers import needs_offline_data
 
 pytestmark = needs_offline_data  # the tiny models use the packaged MiniLM tokenizer; the default run, BBC News
 

@@ -6,11 +6,12 @@ import math
 import pytest
 import torch
 from safetensors.torch import load_file
-from tiny_models import VOCAB, adapter_config, moved, tiny_bert_classifier, tiny_gpt2, tiny_t5
 from transformers import Seq2SeqTrainingArguments, TrainingArguments
 
 from ept_fast import EPTModel, get_ept_model, param_groups
 from ept_fast.trainer import EPTSeq2SeqTrainer, EPTTrainer
+
+from tiny_models import VOCAB, adapter_config, moved, tiny_bert_classifier, tiny_gpt2, tiny_t5
 
 ADAPTER_FILES = ["adapter_config.json", "adapter_model.safetensors"]
 

@@ -3,9 +3,10 @@ and the received shape / dtype / device / value."""
 
 import pytest
 import torch
-from helpers import padded_batch, prompt_inputs, table
 
 from ept_fast import functional, reference
+
+from helpers import padded_batch, prompt_inputs, table
 
 ENTRY_POINTS = {"reference": reference, "functional": functional}
 

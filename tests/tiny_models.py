@@ -2,7 +2,6 @@
 small adapters and batches for them."""
 
 import torch
-from helpers import padded_batch
 from transformers import (
     BertConfig,
     BertForSequenceClassification,
@@ -13,6 +12,8 @@ from transformers import (
 )
 
 from ept_fast import EPTConfig
+
+from helpers import padded_batch
 
 VOCAB, HIDDEN = 64, 40
 

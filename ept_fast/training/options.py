@@ -176,6 +176,13 @@ class TrainArguments(AdapterArguments, RunArguments, DataArguments):
                                      "max_steps", "early_stopping_patience"))
         if not self.num_epochs > 0:
             raise ValueError(f"--num-epochs: expected a number > 0, got {self.num_epochs}")
+        for name in ("lr", "lr_lowrank", "max_grad_norm"):
+            if getattr(self, name) is not None and not getattr(self, name) > 0:
+                raise ValueError(f"--{name.replace('_', '-')}: expected a number > 0, got {getattr(self, name)}")
+        if not 0 <= self.warmup_ratio < 1:
+            raise ValueError(f"--warmup-ratio: expected a fraction of the steps in [0, 1), got {self.warmup_ratio}")
+        if not self.weight_decay >= 0:
+            raise ValueError(f"--weight-decay: expected a number >= 0, got {self.weight_decay}")
         config = self.adapter_config()  # a value that contradicts the method fails now, as EPTConfig says
         if self.param_budget is not None and config.method is Method.HEAD:
             raise ValueError("--param-budget: method 'head' trains the head alone, no adapter parameters to size")
@@ -295,7 +302,10 @@ def _read_config(path: str, cls) -> dict:
     file = Path(path)
     if not file.is_file():
         raise FileNotFoundError(f"--config: {file} not found")
-    text = file.read_text(encoding="utf-8")
+    try:
+        text = file.read_text(encoding="utf-8")
+    except UnicodeDecodeError as error:
+        raise ValueError(f"--config: {file} is not UTF-8 text ({error.reason} at byte {error.start})") from None
     if file.suffix.lower() in (".yaml", ".yml"):
         import yaml
 
@@ -310,7 +320,36 @@ def _read_config(path: str, cls) -> dict:
     unknown = sorted(set(values) - set(spellings))
     if unknown:
         raise ValueError(f"--config: {file} has unknown option(s) {unknown}")
-    return {spellings[key]: value for key, value in values.items()}
+    hints = typing.get_type_hints(cls)
+    return {spellings[key]: _config_value(file, key, value, hints[spellings[key]]) for key, value in values.items()}
+
+
+def _config_value(file: Path, key: str, value, hint):
+    """A config file's ``value`` for an option annotated ``hint``, read as its flag would read
+    it: a single name for a list option is a list of one; a string for a number is parsed; a
+    value of another kind (a list for a number, a string for a yes/no) is an error naming the key."""
+    if value is None:
+        return None
+    kinds = [typing.get_origin(k) or k for k in typing.get_args(hint) if k is not type(None)] or [hint]
+    if type(value) in kinds:
+        return value
+    kind = kinds[0]
+    if kind is list:
+        return [str(item) for item in value] if isinstance(value, list) else [str(value)]
+    if isinstance(value, (list, dict)):
+        raise ValueError(f"--config: {file}: {key} expects one {kind.__name__}, got {value!r}")
+    if kind is bool:
+        if isinstance(value, bool):
+            return value
+        raise ValueError(f"--config: {file}: {key} expects true or false (unquoted), got {value!r}")
+    if kind in (int, float) and isinstance(value, (int, float)) and not isinstance(value, bool):
+        if kind is int and value != int(value):
+            raise ValueError(f"--config: {file}: {key} expects an integer, got {value!r}")
+        return kind(value)
+    try:
+        return kind(value) if isinstance(value, str) else kind(str(value))
+    except (TypeError, ValueError):
+        raise ValueError(f"--config: {file}: {key} expects a {kind.__name__}, got {value!r}") from None
 
 
 def parse_options(cls, argv: Optional[List[str]], prog: str, description: str):
