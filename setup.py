@@ -31,6 +31,7 @@ setup(
         "matplotlib>=3.7",
         "tqdm>=4.60",
         "pyyaml>=6.0",
+        "filelock>=3.10",
     ],
     entry_points={"console_scripts": ["ept-fast=ept_fast.cli:main"]},
     extras_require={

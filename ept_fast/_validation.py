@@ -277,7 +277,7 @@ def check_assemble_inputs_mixed_args(input_ids, attention_mask, word_embeddings,
                                      lora_b, scalings, adapter_ids, embed_scale=1.0, padding_side="right",
                                      max_lengths=None) -> Dims:
     """Validate the arguments of ``assemble_inputs_mixed``; returns b, T, V, d, m, n, r, N.
-    Reads values: ids in range, adapter ids in [0, N), prompt lengths in [1, m], and (with
+    Reads values: ids in range, adapter ids in [0, N), prompt lengths in [0, m], and (with
     ``max_lengths`` (N,), each adapter's n) no row longer than its adapter covers."""
     dims = check_mixed_layout(input_ids, attention_mask, word_embeddings, prompts, prompt_lengths, lora_a, lora_b,
                               scalings, adapter_ids, embed_scale)

@@ -15,7 +15,7 @@ from typing import Dict, Iterator, List, Optional, Tuple, Union
 import torch
 from torch import nn
 
-from .config import EPTConfig, PromptInit, Readout, TaskType
+from .config import EPTConfig, Method, PromptInit, Readout, TaskType
 from .heads import head_copy, sequence_output_module
 from .hub import CARD_NAME, adapter_folder, model_card, push_folder
 from .interop import dept_checkpoint, export_peft_prompt_tuning
@@ -146,9 +146,9 @@ class AdapterLifecycle:
         for name, encoder in self.prompt_encoders.items():
             trains = name == adapter_name and self._trainable[name]
             for parameter_name, parameter in encoder.named_parameters():
-                # An empty parameter (the head alone has no P, A or B) must not make the backbone's input need
-                # a gradient: that would run the backward through the whole frozen backbone for nothing.
-                parameter.requires_grad_(trains and parameter.numel() > 0
+                # The head alone's empty P, A and B must not make the backbone's input need a gradient (a
+                # backward through the whole frozen backbone for nothing); other methods keep their groups.
+                parameter.requires_grad_(trains and (parameter.numel() > 0 or encoder.config.method is not Method.HEAD)
                                          and (parameter_name != "fusion_scale" or encoder.config.trains_fusion))
         for name, heads in self.head_copies.items():
             heads.requires_grad_(name == adapter_name and self._trainable[name])

@@ -174,6 +174,9 @@ class EPTConfig:
             raise TypeError(f"lora_alpha: expected a number, got {type(self.lora_alpha).__name__}")
         if not math.isfinite(self.lora_alpha):
             raise ValueError(f"lora_alpha: expected a finite number, got {self.lora_alpha}")
+        if self.method is Method.HEAD and self.task_type not in (None, TaskType.SEQ_CLS):
+            raise ValueError(f"method: 'head' trains a classifier's head alone; task_type {self.task_type.value} has "
+                             f"no head of its own to train")
         if self.method is Method.HEAD and self.num_virtual_tokens != 0:
             raise ValueError(f"num_virtual_tokens: method='head' (the head alone) has no prompt, so "
                              f"num_virtual_tokens must be 0, got {self.num_virtual_tokens}")

@@ -95,7 +95,7 @@ def read_out(weights: torch.Tensor) -> Callable:
     position 0 (BERT's pooler, RoBERTa's head) reads that instead."""
     def hook(module, args, output):
         hidden = output if isinstance(output, torch.Tensor) else output[0]
-        vector = torch.einsum("bs,bsd->bd", weights.to(hidden.dtype), hidden)
+        vector = torch.einsum("bs,bsd->bd", weights.float(), hidden.float()).to(hidden.dtype)
         hidden = torch.cat([vector.unsqueeze(1), hidden[:, 1:]], dim=1)
         if isinstance(output, torch.Tensor):
             return hidden

@@ -77,6 +77,9 @@ class EPTModel(AdapterLifecycle, nn.Module):
         try:
             return super().__getattr__(name)
         except AttributeError:
+            if name == "param_groups":
+                raise AttributeError("EPTModel.param_groups moved: use ept_fast.param_groups(model, lr_prompt, "
+                                     "lr_lowrank)") from None
             if name == "base_model" or name in _NOT_FORWARDED:
                 raise AttributeError(f"{type(self).__name__} has no attribute {name!r}") from None
             return getattr(self.base_model, name)

@@ -131,3 +131,23 @@ def test_backbone_mismatches_are_named_before_transformers_sees_them():
     t5 = get_ept_model(tiny_t5(), adapter_config("SEQ_2_SEQ_LM", max_length=200))  # relative positions: no limit
     ids, mask = padded_batch([150], 150, VOCAB, left=False)
     assert t5.generate(input_ids=ids, attention_mask=mask, max_new_tokens=1).shape[0] == 1
+
+
+def test_a_pair_of_adapter_files_from_two_saves_is_read_again_then_refused(tmp_path, monkeypatch):
+    from ept_fast import serialization
+
+    first, second = _saved(tmp_path / "a"), _saved(tmp_path / "b")
+    (first / "adapter_config.json").write_bytes((second / "adapter_config.json").read_bytes())  # a torn pair
+    reads = []
+    monkeypatch.setattr(serialization.time, "sleep", lambda seconds: reads.append(seconds))
+    with pytest.raises(ValueError, match=r"adapter_config.json and adapter_model.safetensors belong to different saves "
+                                         r"\(save_id \w+ and \w+\), still after 20 reads"):
+        load_adapter(first)
+    assert len(reads) == 20
+
+    def the_other_writer_finishes(seconds):  # the second save's weights land while the reader waits
+        (first / WEIGHTS_NAME).write_bytes((second / WEIGHTS_NAME).read_bytes())
+
+    monkeypatch.setattr(serialization.time, "sleep", the_other_writer_finishes)
+    assert torch.equal(load_adapter(first).tensors["prompt_encoder.prompt"],
+                       load_adapter(second).tensors["prompt_encoder.prompt"])

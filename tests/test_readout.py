@@ -153,3 +153,36 @@ def test_the_head_alone_runs_no_backward_through_the_backbone():
     assert not embeds.requires_grad  # nothing before the head needs a gradient
     assert all(p.requires_grad == (p.numel() > 0) for p in model.head_copies["default"].parameters())
     assert not any(p.requires_grad for p in model.prompt_encoder.parameters())
+
+
+def test_the_head_alone_is_for_classifiers_and_the_moved_param_groups_says_where():
+    with pytest.raises(ValueError, match=r"method: 'head' trains a classifier's head alone; task_type CAUSAL_LM"):
+        EPTConfig(method="head", task_type="CAUSAL_LM")
+    with pytest.raises(ValueError, match=r"method: 'head' .* task_type CAUSAL_LM"):
+        get_ept_model(tiny_gpt2(), EPTConfig(method="head"))
+    model = get_ept_model(_classifier(), adapter_config("SEQ_CLS"))
+    with pytest.raises(AttributeError, match=r"EPTModel.param_groups moved: use ept_fast.param_groups\(model"):
+        model.param_groups(0.1, 0.01)
+
+
+def test_baselines_keep_their_optimizer_groups():
+    """Only the head alone freezes its empty tensors: DePT's and PT's groups (and so their saved
+    optimizer states) are as they were."""
+    from ept_fast import param_groups
+
+    for method, sizes in (("dept", dict(num_spaces=0)), ("pt", dict(r=0, num_spaces=0))):
+        model = get_ept_model(_classifier(), adapter_config("SEQ_CLS", method=method, **sizes))
+        trainable = {name for name, p in model.prompt_encoder.named_parameters() if p.requires_grad}
+        assert trainable == {"prompt", "lora_a", "lora_b", "proj_down", "proj_up", "gate_weight", "gate_bias"}
+        assert len(param_groups(model, 0.1, 0.01)) == 2
+
+
+def test_a_bf16_backbone_reads_the_mean_with_float32_weights():
+    """The weights (1/3 is not a bf16 number) and the sum stay float32; the vector is cast once."""
+    from ept_fast.heads import read_out
+
+    hidden = torch.randn(2, 5, 8, generator=torch.Generator().manual_seed(0)).to(torch.bfloat16)
+    weights = torch.tensor([[0.0, 1 / 3, 1 / 3, 1 / 3, 0.0], [0.0, 0.5, 0.5, 0.0, 0.0]])
+    out = read_out(weights)(None, (), hidden)
+    expected = torch.einsum("bs,bsd->bd", weights, hidden.float()).to(torch.bfloat16)
+    assert torch.equal(out[:, 0], expected) and torch.equal(out[:, 1:], hidden[:, 1:])

@@ -628,3 +628,17 @@ def test_predict_errors_are_clear(two_adapters, sst2_files, tiny_models, tmp_pat
                      str(tiny_models / "bert"), "--input-file", str(unknown), "--device", "cpu"]) == 2
     assert "token_dim: the config says 48, but word_embeddings (the backbone's input embeddings) have hidden size " \
         "32" in capsys.readouterr().err
+
+
+def test_a_second_run_into_a_folder_in_use_is_refused(tiny_models, sst2_files, tmp_path, capsys):
+    from filelock import FileLock
+
+    from ept_fast.training.loop import LOCK_NAME
+
+    out = tmp_path / "busy"
+    out.mkdir()
+    with FileLock(str(out / LOCK_NAME)):  # another run holds the folder
+        assert main(_args(tiny_models, sst2_files, out, "--task", "sst2", "--overwrite")) == 2
+    assert f"--output-dir: {out} is in use by another ept-fast run" in capsys.readouterr().err
+    assert not (out / "metrics.json").exists()
+    assert main(_args(tiny_models, sst2_files, out, "--task", "sst2")) == 0  # free again: the lock file is no run

@@ -95,7 +95,12 @@ def load_checkpoint(folder: Path, model: EPTModel, optimizer, scheduler, options
     (``check_same_options``)."""
     saved = torch.load(folder / STATE_FILE, map_location="cpu", weights_only=True)
     check_same_options(saved["args"], options, f"the checkpoint in {folder}")
-    model.load_adapter_state_dict(load_adapter(folder).tensors, str(folder))
+    files = load_adapter(folder)
+    readout = files.config.get("readout", "backbone")  # a checkpoint from before the option read position 0
+    if readout != model.active_peft_config.readout.value:
+        raise ValueError(f"--resume: the checkpoint in {folder} reads out {readout!r}, this run "
+                         f"{model.active_peft_config.readout.value!r}; resume with --readout {readout}")
+    model.load_adapter_state_dict(files.tensors, str(folder))
     optimizer.load_state_dict(saved["optimizer"])
     scheduler.load_state_dict(saved["scheduler"])
     return TrainState(**saved["state"])

@@ -90,6 +90,9 @@ def _run(args: CompareArguments, run: TrainArguments, probe: bool = False) -> di
     if args.resume and (folder / "metrics.json").is_file():
         finished = json.loads((folder / "metrics.json").read_text(encoding="utf-8"))
         check_same_options(finished["config"], dataclasses.asdict(run), f"the finished run in {folder}")
+        if not probe and "readout" not in finished["adapter"]:
+            raise ValueError(f"--resume: the finished run in {folder} predates --readout (it read position 0, "
+                             f"today's default reads otherwise); redo the comparison with --overwrite")
         print(f"{folder}: finished before, read back")
         return finished
     if args.resume and (folder / CHECKPOINT).is_dir():

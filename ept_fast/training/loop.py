@@ -16,7 +16,7 @@ import math
 import os
 import time
 from pathlib import Path
-from typing import Optional, Tuple
+from typing import Iterator, Optional, Tuple
 
 import torch
 
@@ -39,6 +39,8 @@ from .report import (
     write_json,
     write_results,
 )
+
+LOCK_NAME = ".ept-fast.lock"  # held in the output folder while a run writes into it
 
 
 class NonFiniteLossError(RuntimeError):
@@ -69,24 +71,52 @@ def prepare_output_dir(args: TrainArguments) -> Path:
     out = output_dir(args)
     if args.resume:
         checkpoint_folder(out, args.resume)  # it must exist
-    elif out.exists() and any(out.iterdir()) and not args.overwrite:
+    elif out.exists() and any(path.name != LOCK_NAME for path in out.iterdir()) and not args.overwrite:
         raise FileExistsError(f"--output-dir: {out} already holds a run; pass --overwrite to replace it or "
                               f"--resume to continue it")
     out.mkdir(parents=True, exist_ok=True)
     return out
 
 
+@contextlib.contextmanager
+def hold_output_dir(args: TrainArguments) -> Iterator[Path]:
+    """--output-dir, checked (``prepare_output_dir``) and locked for as long as the run writes
+    into it: a second run into the same folder, ``--overwrite`` or not, is refused."""
+    from filelock import FileLock, Timeout
+
+    out = prepare_output_dir(args)
+    lock = FileLock(str(out / LOCK_NAME))
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        raise FileExistsError(f"--output-dir: {out} is in use by another ept-fast run (it holds "
+                              f"{out / LOCK_NAME}); let that run finish, or write into another folder") from None
+    try:
+        yield out
+    finally:
+        # Removed while still held (a run that then takes the folder makes a new lock file): the
+        # folder is left as the run left it.
+        Path(lock.lock_file).unlink(missing_ok=True)
+        lock.release()
+
+
 def train(args: TrainArguments, stop_after_steps: Optional[int] = None) -> dict:
     """Run the whole job; returns the summary written to ``metrics.json``. ``stop_after_steps``
     ends the loop early after a checkpoint (to simulate an interruption)."""
     from accelerate import Accelerator
-    from tqdm.auto import tqdm
-    from transformers import get_linear_schedule_with_warmup
 
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     accelerator = Accelerator(cpu=args.device == "cpu", mixed_precision=args.mixed_precision)
-    out = prepare_output_dir(args) if accelerator.is_main_process else output_dir(args)
-    accelerator.wait_for_everyone()
+    held = hold_output_dir(args) if accelerator.is_main_process else contextlib.nullcontext(output_dir(args))
+    with held as out:
+        accelerator.wait_for_everyone()
+        return _train(args, accelerator, out, stop_after_steps)
+
+
+def _train(args: TrainArguments, accelerator, out: Path, stop_after_steps: Optional[int]) -> dict:
+    from tqdm.auto import tqdm
+    from transformers import get_linear_schedule_with_warmup
+
     torch.manual_seed(args.seed)
     task, train_set, validation_set, test_set = load_data(args)
     metric = args.metric_for_best_model or task.metrics[0]
@@ -199,7 +229,8 @@ def train(args: TrainArguments, stop_after_steps: Optional[int] = None) -> dict:
         "train_examples_per_s": state.examples_seen / max(state.train_seconds, 1e-9),
         "peak_memory_mb": peak_memory_mb(), "trainable_parameters": model.get_nb_trainable_parameters()[0],
         "adapter_parameters": adapter_parameters(config, token_dim),
-        "adapter": {"method": config.method.value, "m": config.num_virtual_tokens, "n": config.max_length,
+        "adapter": {"method": config.method.value, "readout": config.readout.value,
+                    "m": config.num_virtual_tokens, "n": config.max_length,
                     "r": config.r, "K": config.num_spaces, "h": config.space_rank},
         "replica_adapter_checksums": checksums, "processes": world,
         "config": dataclasses.asdict(args), "versions": versions(), "history": state.history,

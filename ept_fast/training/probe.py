@@ -14,9 +14,9 @@ import numpy as np
 import torch
 
 from ..config import TaskType
-from ..tasks import Example, compute_metrics
+from ..tasks import Example, Task, compute_metrics
 from .data import Collator, load_backbone, load_data
-from .loop import prepare_output_dir
+from .loop import hold_output_dir
 from .options import TrainArguments
 from .report import peak_memory_mb, versions, write_results
 
@@ -24,53 +24,68 @@ PROBE_C = (0.01, 0.1, 1.0, 10.0, 100.0)
 
 
 @torch.no_grad()
-def sentence_embeddings(backbone, examples: List[Example], collate: Collator, batch_size: int) -> np.ndarray:
+def sentence_embeddings(backbone, examples: List[Example], collate: Collator, batch_size: int,
+                        device: torch.device) -> np.ndarray:
     """(len(examples), d): the mean of the backbone's last hidden states over each input's
     attended tokens (inputs cut to the collator's max_length, as the adapters see them)."""
-    encoder = backbone.base_model.eval()
+    encoder = backbone.base_model.eval().to(device)
     rows = []
     for start in range(0, len(examples), batch_size):
-        batch = collate(examples[start:start + batch_size])
-        batch.pop("labels")
+        batch = {key: value.to(device) for key, value in collate(examples[start:start + batch_size]).items()
+                 if key != "labels"}
         hidden = encoder(**batch).last_hidden_state
         mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)
-        rows.append(((hidden * mask).sum(1) / mask.sum(1).clamp(min=1)).float())
+        rows.append(((hidden * mask).sum(1) / mask.sum(1).clamp(min=1)).float().cpu())
     return torch.cat(rows).numpy()
 
 
 def linear_probe(args: TrainArguments) -> dict:
-    """Fit the probe for ``args`` (its data, backbone, --max-length, --seed); write and return
-    the summary that ``ept-fast train`` would (method "probe", no adapter parameters)."""
+    """Fit the probe for ``args`` (its data, backbone, --max-length, --seed, --device); write
+    and return the summary that ``ept-fast train`` would (method "probe", no adapter parameters)."""
+    task, *splits = load_data(args)  # the checks come before the output folder is taken
+    metric = args.metric_for_best_model or task.metrics[0]
+    if metric not in task.metrics:
+        raise ValueError(f"--metric-for-best-model: task {task.name} reports {list(task.metrics)}, got {metric!r}")
+    if task.is_regression:
+        raise ValueError(f"--methods probe: the linear probe is a classifier; task {task.name} is a regression")
+    with hold_output_dir(args) as out:
+        return _fit(args, out, task, splits, metric)
+
+
+def _fit(args: TrainArguments, out, task: Task, splits: List[List[Example]], metric: str) -> dict:
     from sklearn.linear_model import LogisticRegression
 
-    out = prepare_output_dir(args)
-    task, train_set, validation_set, test_set = load_data(args)
-    metric = args.metric_for_best_model or task.metrics[0]
     backbone, tokenizer, task_type = load_backbone(args, task)
-    if task_type is not TaskType.SEQ_CLS or task.is_regression:
-        raise ValueError(f"--methods probe: the linear probe is a classifier of sentence embeddings; this run is "
-                         f"{task_type.value}{' regression' if task.is_regression else ''}")
+    if task_type is not TaskType.SEQ_CLS:
+        raise ValueError(f"--methods probe: the linear probe reads an encoder's sentence embeddings; this backbone "
+                         f"is {task_type.value}")
     started = time.perf_counter()
     collate = Collator(tokenizer, task_type, task, args.adapter_config().max_length, args.max_new_tokens)
-    features = {split: sentence_embeddings(backbone, examples, collate, args.eval_batch_size)
-                for split, examples in (("train", train_set), ("validation", validation_set), ("test", test_set))}
-    labels = {split: [e["label"] for e in examples]
-              for split, examples in (("train", train_set), ("validation", validation_set), ("test", test_set))}
+    device = args.run_device()
+    names = ("train", "validation", "test")
+    features = {name: sentence_embeddings(backbone, examples, collate, args.eval_batch_size, device)
+                for name, examples in zip(names, splits)}
+    labels = {name: [e["label"] for e in examples] for name, examples in zip(names, splits)}
+    groups = {name: [e["group"] for e in examples] if task.group_column else None
+              for name, examples in zip(names, splits)}
+
+    def score(classifier, split: str) -> dict:
+        return compute_metrics(task, classifier.predict(features[split]), labels[split], groups[split])
+
     fits = {}
     for C in PROBE_C:
         classifier = LogisticRegression(C=C, max_iter=2000).fit(features["train"], labels["train"])
-        fits[C] = (compute_metrics(task, classifier.predict(features["validation"]), labels["validation"]), classifier)
+        fits[C] = (score(classifier, "validation"), classifier)
     best_C = max(PROBE_C, key=lambda C: fits[C][0][metric])  # the first of equals: the strongest regularisation
     validation, classifier = fits[best_C]
-    test = compute_metrics(task, classifier.predict(features["test"]), labels["test"])
+    test = score(classifier, "test")
     summary = {
         "validation": validation, "test": test, "task": task.name, "task_type": task_type.value,
         "metric_for_best_model": metric, "probe_C": best_C,
         "validation_by_C": {str(C): fits[C][0][metric] for C in PROBE_C},
         # Reported, never used to choose: what each C would have scored (C = 1 is scikit-learn's default).
-        "test_by_C": {str(C): compute_metrics(task, fits[C][1].predict(features["test"]), labels["test"])[metric]
-                      for C in PROBE_C},
-        "train_examples": len(train_set), "validation_examples": len(validation_set), "test_examples": len(test_set),
+        "test_by_C": {str(C): score(fits[C][1], "test")[metric] for C in PROBE_C},
+        "train_examples": len(splits[0]), "validation_examples": len(splits[1]), "test_examples": len(splits[2]),
         "train_time_s": time.perf_counter() - started, "peak_memory_mb": peak_memory_mb(),
         "adapter_parameters": 0, "trainable_parameters": classifier.coef_.size + classifier.intercept_.size,
         "adapter": {"method": "probe", "C": best_C},
