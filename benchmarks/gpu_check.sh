@@ -6,15 +6,23 @@
 #   bash benchmarks/gpu_check.sh OUT_DIR             on the GPU machine
 #   bash benchmarks/gpu_check.sh --dry-run OUT_DIR   anywhere: tiny shapes, kernels in Triton's
 #                                                    interpreter (CI runs this so the script cannot rot)
-# PYTHON names the interpreter (default: python3).
+# Options may come before or after OUT_DIR. PYTHON names the interpreter (default: python3).
 set -euo pipefail
-cd "$(dirname "$0")/.."
+usage="usage: bash benchmarks/gpu_check.sh [--dry-run] OUT_DIR"
 mode=()
-if [ "${1:-}" = "--dry-run" ]; then
-  mode=(--dry-run)
-  shift
-fi
-out=${1:?usage: bash benchmarks/gpu_check.sh [--dry-run] OUT_DIR}
+out=
+for argument in "$@"; do
+  case $argument in
+    --dry-run) mode=(--dry-run) ;;
+    -h|--help) echo "$usage"; exit 0 ;;
+    -*) echo "gpu_check.sh: unknown option $argument; $usage" >&2; exit 2 ;;
+    *) [ -z "$out" ] || { echo "gpu_check.sh: one OUT_DIR, got $out and $argument; $usage" >&2; exit 2; }
+       out=$argument ;;
+  esac
+done
+[ -n "$out" ] || { echo "$usage" >&2; exit 2; }
+case $out in /*) ;; *) out=$PWD/$out ;; esac  # relative to where it was called from, not the checkout
+cd "$(dirname "$0")/.."
 python=${PYTHON:-python3}
 if [ ${#mode[@]} -eq 0 ]; then
   "$python" -m pip install -q --no-deps --no-build-isolation -e .

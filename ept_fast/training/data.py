@@ -3,8 +3,9 @@ News or the user's files; the backbone with the head the task needs; the collato
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, Iterator, List, Optional, Tuple
 
 import torch
 
@@ -85,9 +86,9 @@ def load_backbone(args: RunArguments, task: Task, source: Optional[str] = None):
         AutoTokenizer,
     )
 
-    from ..offline import minilm_path
+    from ..offline import MINILM_NAME, packaged_copy, portable_name
 
-    source = source or args.model or str(minilm_path())
+    source = packaged_copy(source or args.model or MINILM_NAME)
     if Path(source).exists():  # a local folder: recorded absolute, so the adapter finds it from anywhere
         source = str(Path(source).resolve())
     try:
@@ -99,19 +100,34 @@ def load_backbone(args: RunArguments, task: Task, source: Optional[str] = None):
     if task_type is TaskType.SEQ_CLS:
         problem = "regression" if task.is_regression else "single_label_classification"
         labels = {"id2label": dict(enumerate(task.label_names))} if task.label_names else {}
-        # The head is trained (and saved with the adapter), so one of another size is replaced.
-        model = AutoModelForSequenceClassification.from_pretrained(source, num_labels=task.num_labels,
-                                                                   problem_type=problem, ignore_mismatched_sizes=True,
-                                                                   **labels)
+        # The head is trained (and saved with the adapter), so one of another size is replaced, and
+        # transformers' report that the backbone has no such head says nothing to a user of ept_fast.
+        with _quiet_transformers():
+            model = AutoModelForSequenceClassification.from_pretrained(
+                source, num_labels=task.num_labels, problem_type=problem, ignore_mismatched_sizes=True, **labels)
     else:
         loader = AutoModelForSeq2SeqLM if task_type is TaskType.SEQ_2_SEQ_LM else AutoModelForCausalLM
         model = loader.from_pretrained(source)
+    model.config.name_or_path = portable_name(source)  # what the adapter records as its base model
     tokenizer = AutoTokenizer.from_pretrained(source)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     if model.config.pad_token_id is None:
         model.config.pad_token_id = tokenizer.pad_token_id
     return model, tokenizer, task_type
+
+
+@contextlib.contextmanager
+def _quiet_transformers() -> Iterator[None]:
+    """transformers logs errors only, within the block."""
+    from transformers.utils import logging
+
+    verbosity = logging.get_verbosity()
+    logging.set_verbosity_error()
+    try:
+        yield
+    finally:
+        logging.set_verbosity(verbosity)
 
 
 class Collator:

@@ -48,7 +48,7 @@ def option(default=None, help: str = "", aliases: Sequence[str] = ()):
 
 @dataclasses.dataclass
 class DataArguments:
-    """Where the examples come from (both commands)."""
+    """Where the examples come from (train, eval, compare)."""
 
     task: Optional[str] = option(help=f"registry task: {', '.join(sorted(TASKS))} (default: bbc_news, or your "
                                       f"files)")
@@ -73,7 +73,7 @@ class DataArguments:
 
 @dataclasses.dataclass
 class RunArguments:
-    """The backbone and the machine (both commands)."""
+    """The backbone and the machine (train, eval, compare, predict)."""
 
     model: Optional[str] = option(help="Hugging Face model name or local path (default: the packaged "
                                        "all-MiniLM-L6-v2)", aliases=("model_name_or_path",))
