@@ -646,3 +646,35 @@ def test_a_second_run_into_a_folder_in_use_is_refused(tiny_models, sst2_files, t
     assert f"--output-dir: {out} is in use by another ept-fast run" in capsys.readouterr().err
     assert not (out / "metrics.json").exists()
     assert main(_args(tiny_models, sst2_files, out, "--task", "sst2")) == 0  # free again: the lock file is no run
+
+
+def test_work_that_would_be_lost_is_refused_first(tiny_models, sst2_files, two_adapters, tmp_path, capsys):
+    run = tmp_path / "a"
+    assert main(_args(tiny_models, sst2_files, run, "--task", "sst2", "--max-steps", "3")) == 0
+    assert main(_args(tiny_models, sst2_files, tmp_path / "b", "--task", "sst2", "--max-steps", "3",
+                      "--resume", str(run / "checkpoint"))) == 2
+    assert (f"--resume: {run / 'checkpoint'} is a checkpoint of another run than --output-dir {tmp_path / 'b'}; "
+            f"resume it with --output-dir {run}") in capsys.readouterr().err
+    blocked = tmp_path / "a-file"  # a folder inside a file can be made by nobody, root included
+    blocked.write_text("")
+    assert cli_main(["eval", "--adapter", str(run), "--output-dir", str(blocked / "eval"), "--validation-file",
+                     sst2_files[1], "--test-file", sst2_files[2]]) == 2
+    assert f"--output-dir: cannot write into {blocked / 'eval'}" in capsys.readouterr().err
+    requests = _requests(sst2_files, tmp_path / "requests.jsonl", ["sst2"] * 16)
+    assert cli_main(["predict", "--adapter", f"sst2={two_adapters / 'sst2'}", "--input-file", str(requests),
+                     "--output-file", str(blocked / "out.jsonl")]) == 2
+    assert f"--output-file: cannot write into {blocked}" in capsys.readouterr().err
+
+
+def test_each_command_says_where_it_wrote(tiny_models, sst2_files, two_adapters, tmp_path, capsys):
+    assert main(_args(tiny_models, sst2_files, tmp_path / "run", "--task", "sst2", "--max-steps", "1",
+                      "--eval-steps", "1")) == 0
+    assert "ept-fast train: wrote the adapter, metrics.json" in capsys.readouterr().out
+    assert cli_main(["eval", "--adapter", str(tmp_path / "run"), "--validation-file", sst2_files[1],
+                     "--test-file", sst2_files[2]]) == 0
+    assert f"ept-fast eval: wrote metrics.json and all_results.json to {tmp_path / 'run' / 'eval'}" in \
+        capsys.readouterr().out
+    requests = _requests(sst2_files, tmp_path / "requests.jsonl", ["sst2"] * 16)
+    assert cli_main(["predict", "--adapter", f"sst2={two_adapters / 'sst2'}", "--input-file", str(requests),
+                     "--output-file", str(tmp_path / "p.jsonl")]) == 0
+    assert f"ept-fast predict: wrote 16 predictions to {tmp_path / 'p.jsonl'}" in capsys.readouterr().out

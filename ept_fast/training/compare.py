@@ -80,6 +80,7 @@ def compare(args: CompareArguments) -> dict:
     write_json(out / "compare.json", result)
     plot(result, out / "compare.png")
     print(table(result))
+    print(f"ept-fast compare: wrote compare.json and compare.png to {out}, and each run to its own folder there")
     return result
 
 

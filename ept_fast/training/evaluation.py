@@ -15,7 +15,7 @@ from ..serialization import load_adapter
 from ..tasks import Example, Task, compute_metrics, get_task, parse_prediction
 from .data import Collator, load_backbone, load_data, report_inputs_cut
 from .options import EvalArguments
-from .report import peak_memory_mb, summary_table, versions, write_results
+from .report import check_writable, peak_memory_mb, summary_table, versions, write_results
 
 
 @torch.no_grad()
@@ -76,6 +76,8 @@ def score_adapter(args: EvalArguments) -> dict:
     """``ept-fast eval``: the adapter's metrics on the validation and test splits of its task
     (or of --task / the files given), written as training writes them."""
     files = load_adapter(args.adapter)
+    out = Path(args.output_dir or Path(args.adapter) / "eval")
+    check_writable(out, "--output-dir")
     saved_task = task_from_metadata(files.task)
     task = get_task(args.task) if args.task else saved_task
     if task is None and not (args.validation_file or args.test_file):
@@ -110,7 +112,7 @@ def score_adapter(args: EvalArguments) -> dict:
         "validation_examples": len(validation), "test_examples": len(test),
         "peak_memory_mb": peak_memory_mb(), "config": dataclasses.asdict(args), "versions": versions(),
     })
-    out = Path(args.output_dir or Path(args.adapter) / "eval")
     write_results(out, summary)
     print(summary_table(summary, task))
+    print(f"ept-fast eval: wrote metrics.json and all_results.json to {out}")
     return summary

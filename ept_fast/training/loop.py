@@ -31,6 +31,7 @@ from .data import Collator, data_name, load_backbone, load_data, report_inputs_c
 from .evaluation import evaluate, task_metadata
 from .options import TrainArguments
 from .report import (
+    check_writable,
     peak_memory_mb,
     plot_history,
     summary_table,
@@ -70,11 +71,14 @@ def output_dir(args: TrainArguments) -> Path:
 def prepare_output_dir(args: TrainArguments) -> Path:
     out = output_dir(args)
     if args.resume:
-        checkpoint_folder(out, args.resume)  # it must exist
+        folder = checkpoint_folder(out, args.resume)  # it must exist
+        if folder.resolve().parent != out.resolve():  # the run's best adapter and reports are in its own folder
+            raise ValueError(f"--resume: {folder} is a checkpoint of another run than --output-dir {out}; resume "
+                             f"it with --output-dir {folder.parent}")
     elif out.exists() and any(path.name != LOCK_NAME for path in out.iterdir()) and not args.overwrite:
         raise FileExistsError(f"--output-dir: {out} already holds a run; pass --overwrite to replace it or "
                               f"--resume to continue it")
-    out.mkdir(parents=True, exist_ok=True)
+    check_writable(out, "--output-dir")
     return out
 
 
@@ -241,5 +245,7 @@ def _train(args: TrainArguments, accelerator, out: Path, stop_after_steps: Optio
         log_state()
         plot_history(state.history, metric, out / "training.png")
         print(summary_table(summary, task))
+        print(f"ept-fast train: wrote the adapter, metrics.json, all_results.json, trainer_state.json and "
+              f"training.png to {out}")
     accelerator.wait_for_everyone()
     return summary

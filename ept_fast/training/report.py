@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import platform
 import resource
+import tempfile
 from pathlib import Path
 from typing import Dict, List, Optional
 
@@ -18,6 +19,18 @@ from ..serialization import atomic_write
 from ..tasks import Task
 
 SPLIT_PREFIX = {"validation": "eval", "test": "test"}
+
+
+def check_writable(folder: Path, option: str) -> None:
+    """``folder`` (created if needed) takes new files; else an error naming ``option``, before any
+    work whose results would have nowhere to go."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=".ept-fast-write-check."):
+            pass
+    except OSError as error:
+        raise ValueError(f"{option}: cannot write into {folder} ({error.strerror or error}); choose a folder you "
+                         f"can write to") from None
 
 
 def write_json(path: Path, document: dict) -> None:

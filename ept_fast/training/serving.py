@@ -26,6 +26,7 @@ from ..tasks import Task, format_input, parse_prediction, read_rows
 from .data import Collator, load_backbone
 from .evaluation import task_from_metadata
 from .options import RunArguments, option
+from .report import check_writable
 
 
 @dataclasses.dataclass
@@ -164,6 +165,8 @@ def _predict_batch(model: EPTModel, tokenizer, tasks: Dict[str, Task], names: Li
 
 def predict_file(args: PredictArguments) -> dict:
     """Run ``ept-fast predict``; returns the throughput summary it prints."""
+    out = Path(args.output_file or f"{args.input_file}.predictions.jsonl")
+    check_writable(out.parent, "--output-file")
     model, tokenizer, tasks = load_served_model(args)
     device = args.run_device()
     model.to(device).eval()
@@ -195,14 +198,14 @@ def predict_file(args: PredictArguments) -> dict:
         for offset, result in enumerate(results):
             predictions.append({"row": begin + offset + 1, "adapter": names[offset], **result})
     seconds = time.perf_counter() - start
-    out = Path(args.output_file or f"{args.input_file}.predictions.jsonl")
     _write(out, predictions)
     per_adapter = {name: sum(1 for p in predictions if p["adapter"] == name) for name in tasks}
     summary = {"rows": len(predictions), "seconds": round(seconds, 3),
                "rows_per_second": round(len(predictions) / seconds, 1) if seconds > 0 else None,
                "batch_size": args.eval_batch_size, "rows_per_adapter": per_adapter, "output_file": str(out)}
     print(f"{summary['rows']} rows ({', '.join(f'{k}: {v}' for k, v in per_adapter.items())}) in {seconds:.1f} s: "
-          f"{summary['rows_per_second']} rows/s, batches of {args.eval_batch_size} -> {out}")
+          f"{summary['rows_per_second']} rows/s, batches of {args.eval_batch_size}")
+    print(f"ept-fast predict: wrote {len(predictions)} predictions to {out}")
     return summary
 
 
