@@ -669,7 +669,14 @@ def test_work_that_would_be_lost_is_refused_first(tiny_models, sst2_files, two_a
 def test_each_command_says_where_it_wrote(tiny_models, sst2_files, two_adapters, tmp_path, capsys):
     assert main(_args(tiny_models, sst2_files, tmp_path / "run", "--task", "sst2", "--max-steps", "1",
                       "--eval-steps", "1")) == 0
-    assert "ept-fast train: wrote the adapter, metrics.json" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "ept-fast train: wrote the adapter, metrics.json" in printed
+    assert "step 1: validation accuracy " in printed  # each validation as it happens, not a silent stall
+    from ept_fast.training.report import plot_history
+
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    plot_history(metrics["history"], "accuracy", tmp_path / "plot.png", best_step=1, test_score=0.5)
+    assert (tmp_path / "plot.png").read_bytes()[:4] == b"\x89PNG"
     assert cli_main(["eval", "--adapter", str(tmp_path / "run"), "--validation-file", sst2_files[1],
                      "--test-file", sst2_files[2]]) == 0
     assert f"ept-fast eval: wrote metrics.json and all_results.json to {tmp_path / 'run' / 'eval'}" in \

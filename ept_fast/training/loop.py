@@ -193,6 +193,9 @@ def _train(args: TrainArguments, accelerator, out: Path, stop_after_steps: Optio
         if state.step % args.eval_steps == 0 or state.step == total_steps:
             metrics = evaluate(model, validation_set, collate, **scoring)
             record["validation"] = metrics
+            if accelerator.is_main_process:
+                scores = ", ".join(f"{name} {value:.4f}" for name, value in metrics.items())
+                progress.write(f"step {state.step}: validation {scores}")
             if state.best_metric is None or metrics[metric] > state.best_metric:
                 state.best_metric, state.best_step = metrics[metric], state.step
                 state.evaluations_without_improvement = 0
@@ -243,7 +246,7 @@ def _train(args: TrainArguments, accelerator, out: Path, stop_after_steps: Optio
         model.save_pretrained(out)
         write_results(out, summary)
         log_state()
-        plot_history(state.history, metric, out / "training.png")
+        plot_history(state.history, metric, out / "training.png", state.best_step, results["test"].get(metric))
         print(summary_table(summary, task))
         print(f"ept-fast train: wrote the adapter, metrics.json, all_results.json, trainer_state.json and "
               f"training.png to {out}")

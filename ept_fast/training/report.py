@@ -91,7 +91,10 @@ def versions() -> dict:
             "python": platform.python_version()}
 
 
-def plot_history(history: List[dict], metric: str, path: Path) -> None:
+def plot_history(history: List[dict], metric: str, path: Path, best_step: Optional[int] = None,
+                 test_score: Optional[float] = None) -> None:
+    """The training loss and the validation metric by step; the best checkpoint (``best_step``)
+    marked, and its ``test_score`` when known."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -102,6 +105,13 @@ def plot_history(history: List[dict], metric: str, path: Path) -> None:
     loss_axis.set(xlabel="step", ylabel="training loss", title="loss")
     evaluated = [h for h in history if "validation" in h]
     metric_axis.plot([h["step"] for h in evaluated], [h["validation"][metric] for h in evaluated], marker="o")
+    if best_step is not None:
+        best = next(h["validation"][metric] for h in evaluated if h["step"] == best_step)
+        label = f"best, step {best_step}" + (f" (test {test_score:.4f})" if test_score is not None else "")
+        metric_axis.scatter([best_step], [best], s=120, facecolors="none", edgecolors="red", zorder=3, label=label)
+        if test_score is not None:
+            metric_axis.axhline(test_score, color="gray", linestyle=":", linewidth=1, label=f"test {metric}")
+        metric_axis.legend(loc="lower right")
     metric_axis.set(xlabel="step", ylabel=metric, title=f"validation {metric}")
     figure.tight_layout()
     atomic_write(path, lambda tmp: figure.savefig(tmp, format="png", dpi=100))
