@@ -58,15 +58,19 @@ def predict_main(argv: Optional[List[str]] = None) -> int:
 
 def train_main(argv: Optional[List[str]] = None) -> int:
     from .training import NonFiniteLossError, train
+    from .training.checkpoints import CheckpointWriteError
 
-    return _run("train", lambda: train(parse_train_args(argv)), extra_errors=(NonFiniteLossError,))
+    return _run("train", lambda: train(parse_train_args(argv)),
+                extra_errors=(NonFiniteLossError, CheckpointWriteError))
 
 
 def compare_main(argv: Optional[List[str]] = None) -> int:
     from .training import NonFiniteLossError
+    from .training.checkpoints import CheckpointWriteError
     from .training.compare import compare
 
-    return _run("compare", lambda: compare(parse_compare_args(argv)), extra_errors=(NonFiniteLossError,))
+    return _run("compare", lambda: compare(parse_compare_args(argv)),
+                extra_errors=(NonFiniteLossError, CheckpointWriteError))
 
 
 def eval_main(argv: Optional[List[str]] = None) -> int:

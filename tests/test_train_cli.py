@@ -685,3 +685,26 @@ def test_each_command_says_where_it_wrote(tiny_models, sst2_files, two_adapters,
     assert cli_main(["predict", "--adapter", f"sst2={two_adapters / 'sst2'}", "--input-file", str(requests),
                      "--output-file", str(tmp_path / "p.jsonl")]) == 0
     assert f"ept-fast predict: wrote 16 predictions to {tmp_path / 'p.jsonl'}" in capsys.readouterr().out
+
+
+def test_a_full_disk_keeps_the_last_checkpoint_and_says_so(tiny_models, sst2_files, tmp_path, monkeypatch, capsys):
+    from ept_fast.training import checkpoints
+
+    saves = []
+    real_save = torch.save
+
+    def fills_the_disk_on_the_second_save(obj, path, *args, **kwargs):
+        saves.append(path)
+        if len(saves) == 2:
+            raise RuntimeError("[enforce fail at inline_container.cc:664] . unexpected pos 1024 vs 980")
+        return real_save(obj, path, *args, **kwargs)
+
+    monkeypatch.setattr(checkpoints.torch, "save", fills_the_disk_on_the_second_save)
+    out = tmp_path / "full"
+    assert main(_args(tiny_models, sst2_files, out, "--task", "sst2")) == 2  # checkpoints at steps 3 and 6
+    err = capsys.readouterr().err
+    assert (f"could not write the checkpoint of step 6 into {out} ([enforce fail at inline_container.cc:664] . "
+            f"unexpected pos 1024 vs 980); is the disk full? the checkpoint of the last save in "
+            f"{out / 'checkpoint'} is kept: free some space, then --resume") in err
+    kept = torch.load(out / "checkpoint" / "training_state.pt", weights_only=True)
+    assert kept["state"]["step"] == 3 and not (out / ".checkpoint.tmp").exists()

@@ -37,14 +37,26 @@ class TrainState:
     examples_seen: int = 0
 
 
+class CheckpointWriteError(RuntimeError):
+    """A checkpoint could not be written (the earlier one, if any, is kept)."""
+
+
 def save_checkpoint(directory: Path, model: EPTModel, optimizer, scheduler, state: TrainState, options: dict) -> None:
-    """Write ``directory/checkpoint``: the adapter files and ``training_state.pt``."""
+    """Write ``directory/checkpoint``: the adapter files and ``training_state.pt``. A failed write
+    (a full disk) leaves the earlier checkpoint as it was and says so."""
     final = directory / CHECKPOINT
     staging, previous = directory / f".{CHECKPOINT}.tmp", directory / f".{CHECKPOINT}.old"
     shutil.rmtree(staging, ignore_errors=True)
-    model.save_pretrained(staging)
-    torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                "state": dataclasses.asdict(state), "args": options}, staging / STATE_FILE)
+    try:
+        model.save_pretrained(staging)
+        torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                    "state": dataclasses.asdict(state), "args": options}, staging / STATE_FILE)
+    except (OSError, RuntimeError) as error:  # torch.save on a full disk: RuntimeError "unexpected pos"
+        shutil.rmtree(staging, ignore_errors=True)
+        kept = (f"the checkpoint of the last save in {final} is kept: free some space, then --resume"
+                if _complete(final) else "there is no earlier checkpoint")
+        raise CheckpointWriteError(f"could not write the checkpoint of step {state.step} into {directory} "
+                                   f"({error}); is the disk full? {kept}") from None
     if final.exists():
         shutil.rmtree(previous, ignore_errors=True)
         os.replace(final, previous)
