@@ -563,10 +563,15 @@ def test_predict_serves_two_adapters_in_mixed_batches(two_adapters, sst2_files, 
     served = ["--adapter", f"sst2={two_adapters / 'sst2'}", "--adapter", f"custom={two_adapters / 'custom'}"]
     assert cli_main(["predict", *served, "--input-file", str(requests), "--output-file", str(tmp_path / "out.jsonl"),
                      "--eval-batch-size", "5", "--device", "cpu"]) == 0
-    assert "16 rows (sst2: 8, custom: 8)" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "16 rows (sst2: 8, custom: 8)" in printed
     mixed = [json.loads(line) for line in (tmp_path / "out.jsonl").read_text().splitlines()]
     assert [p["adapter"] for p in mixed] == names and [p["row"] for p in mixed] == list(range(1, 17))
     assert {p["prediction"] for p in mixed if p["adapter"] == "sst2"} <= {"negative", "positive"}
+    labels = [json.loads(line)["label"] for line in requests.read_text().splitlines()]  # the rows carry labels
+    for name, gold in (("sst2", lambda label: ["negative", "positive"][label]), ("custom", lambda label: label)):
+        right = [p["prediction"] == gold(label) for p, label in zip(mixed, labels) if p["adapter"] == name]
+        assert f"{name}: accuracy {sum(right) / 8:.4f} on the 8 rows that carry a label" in printed
     for name in ("sst2", "custom"):  # each adapter alone, on its own rows: the same predictions and scores
         alone_requests = _requests(sst2_files, tmp_path / f"{name}.jsonl", [name] * 16)
         assert cli_main(["predict", "--adapter", f"{name}={two_adapters / name}", "--input-file", str(alone_requests),

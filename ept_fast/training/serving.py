@@ -22,7 +22,7 @@ from ..adapters import check_adapter_name
 from ..config import TaskType
 from ..model import EPTModel
 from ..serialization import atomic_write, load_adapter
-from ..tasks import Task, format_input, parse_prediction, read_rows
+from ..tasks import Task, format_input, label_id, parse_prediction, read_rows
 from .data import Collator, load_backbone
 from .evaluation import task_from_metadata
 from .options import RunArguments, option
@@ -175,6 +175,7 @@ def predict_file(args: PredictArguments) -> dict:
         raise ValueError(f"--input-file: {args.input_file} has no rows to predict")
     only = next(iter(tasks)) if len(tasks) == 1 else None
     requests: List[Tuple[str, dict]] = []
+    gold: List[Optional[object]] = []  # each row's label as the task names it, when the row carries one
     for number, row in enumerate(rows, start=1):
         cell = row.get(args.adapter_column)
         name = str(cell) if cell not in (None, "") else only
@@ -187,6 +188,7 @@ def predict_file(args: PredictArguments) -> dict:
             requests.append((name, format_input(tasks[name], row)))
         except KeyError as error:
             raise ValueError(f"{args.input_file}, row {number} (adapter {name}): {error.args[0]}") from None
+        gold.append(_label_of(tasks[name], row.get("label")))
     predictions: List[dict] = []
     start = time.perf_counter()
     for begin in tqdm(range(0, len(requests), args.eval_batch_size), desc="predict", unit="batch"):
@@ -205,8 +207,32 @@ def predict_file(args: PredictArguments) -> dict:
                "batch_size": args.eval_batch_size, "rows_per_adapter": per_adapter, "output_file": str(out)}
     print(f"{summary['rows']} rows ({', '.join(f'{k}: {v}' for k, v in per_adapter.items())}) in {seconds:.1f} s: "
           f"{summary['rows_per_second']} rows/s, batches of {args.eval_batch_size}")
+    summary["accuracy"] = _accuracy(predictions, gold)
+    for name, (accuracy, count) in summary["accuracy"].items():
+        print(f"{name}: accuracy {accuracy:.4f} on the {count} rows that carry a label")
     print(f"ept-fast predict: wrote {len(predictions)} predictions to {out}")
     return summary
+
+
+def _label_of(task: Task, value) -> Optional[object]:
+    """A row's ``label`` as its task's predictions name it (a class name, or an id where the task
+    has no names); None where the row has none, or the task is a regression."""
+    if value in (None, "") or task.is_regression:
+        return None
+    try:
+        index = label_id(task, value)
+    except ValueError:
+        return None
+    return task.label_names[index] if task.label_names else index
+
+
+def _accuracy(predictions: List[dict], gold: List[Optional[object]]) -> Dict[str, Tuple[float, int]]:
+    """Per adapter, (accuracy, rows) over the rows that carry a label."""
+    scored: Dict[str, List[bool]] = {}
+    for prediction, label in zip(predictions, gold):
+        if label is not None:
+            scored.setdefault(prediction["adapter"], []).append(prediction["prediction"] == label)
+    return {name: (sum(right) / len(right), len(right)) for name, right in scored.items()}
 
 
 def _write(path: Path, predictions: List[dict]) -> None:
