@@ -3,7 +3,10 @@
 A sequence classifier's head trains with the prompt, so every adapter owns a copy of it. The
 backbone itself is left as it was (its modules and ``state_dict`` unchanged): only while an
 ``EPTModel`` runs it, a forward hook on its head answers with the adapter's copy instead of
-the head's own output. (The small head then runs twice; the backbone does not.)"""
+the head's own output. (The small head then runs twice; the backbone does not.) What an encoder
+classifier's head reads is the adapter's ``readout``: a forward hook on the encoder puts the
+chosen vector (first prompt row, first real token, or the mean over the real tokens) at the
+position the backbone pools."""
 
 from __future__ import annotations
 
