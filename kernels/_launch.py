@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import os
 import struct
+from typing import Dict, Sequence
 
 import torch
 import triton
@@ -14,6 +15,27 @@ import triton.language as tl
 MIN_DOT = 16
 # The largest low-rank r the kernels take: rows of A are held on chip (docs/kernels.md).
 MAX_RANK = 256
+
+
+def check_shapes(op: str, tensors: dict, integer: Sequence[str] = (), floating: Sequence[str] = ()) -> Dict[str, int]:
+    """The raw custom ops' own check (the library's entry points check more, first): every
+    ``tensors[name] = (tensor, pattern)`` has ``len(pattern)`` dimensions whose sizes agree with
+    every other use of the same letter (a tensor may be None: not given), the ``integer`` ones of
+    an integer dtype and the ``floating`` ones of a floating one; returns the sizes. A kernel launched on shapes
+    that disagree would read or write out of bounds."""
+    dims: Dict[str, int] = {}
+    for name, (tensor, pattern) in tensors.items():
+        if tensor is None:
+            continue
+        want = "(" + ", ".join(f"{p}={dims[p]}" if p in dims else p for p in pattern) + ")"
+        if not isinstance(tensor, torch.Tensor) or tensor.dim() != len(pattern) or any(
+                dims.setdefault(letter, size) != size for letter, size in zip(pattern, tensor.shape)):
+            got = tuple(tensor.shape) if isinstance(tensor, torch.Tensor) else type(tensor).__name__
+            raise ValueError(f"{op}: {name}: expected shape {want}, got {got}")
+        if (name in integer and tensor.is_floating_point()) or (name in floating and not tensor.is_floating_point()):
+            raise TypeError(f"{op}: {name}: expected {'an integer' if name in integer else 'a floating'} dtype, "
+                            f"got {tensor.dtype}")
+    return dims
 
 
 def interpreting() -> bool:

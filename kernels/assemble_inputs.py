@@ -38,7 +38,7 @@ Tensor = torch.Tensor
 def _assemble_fwd_kernel(
     IDS, MASK, TABLE, PROMPT, A, B, ADAPTER_IDS, PROMPT_LENGTHS, SCALES,
     OUT, OUT_MASK, TOKEN_INDEX, LENGTHS,
-    T, m, d, n, r, segment, scaling_hi, scaling_lo, embed_hi, embed_lo,
+    T, m, d, n, r, V, N, segment, scaling_hi, scaling_lo, embed_hi, embed_lo,
     BT: tl.constexpr, BD: tl.constexpr, R_PAD: tl.constexpr, B_PREFIX: tl.constexpr,
     HAS_MASK: tl.constexpr, HAS_LOW_RANK: tl.constexpr, MIXED: tl.constexpr, PAD_LEFT: tl.constexpr,
     ACC: tl.constexpr, PRECISION: tl.constexpr,
@@ -52,11 +52,14 @@ def _assemble_fwd_kernel(
     out_row = (row * seq).to(tl.int64)
     if MIXED:  # this row's adapter: its prompt (m_row of the m rows), A, B and scaling
         adapter = tl.load(ADAPTER_IDS + row).to(tl.int64)
+        # The entry points check ids on the host; a raw call with a bad one still reads in bounds.
+        tl.device_assert((adapter >= 0) & (adapter < N), "adapter_ids: an id outside [0, N)")
+        adapter = tl.minimum(tl.maximum(adapter, 0), N - 1)
         PROMPT += adapter * m * d
         A += adapter * n * r
         B += adapter * r * d
         scaling = tl.load(SCALES + adapter).to(ACC)
-        m_row = tl.load(PROMPT_LENGTHS + adapter).to(tl.int32)
+        m_row = tl.minimum(tl.maximum(tl.load(PROMPT_LENGTHS + adapter).to(tl.int32), 0), m)
     else:
         scaling = widen(scaling_hi, scaling_lo, ACC)
         m_row = m
@@ -101,7 +104,9 @@ def _assemble_fwd_kernel(
         else:
             attended = is_token
         ids = tl.load(IDS + row * T + t, mask=is_token, other=0).to(tl.int64)
-        tokens = tl.load(TABLE + ids[:, None] * d + cols[None, :], mask=is_token[:, None] & col_ok[None, :],
+        known = (ids >= 0) & (ids < V)  # a raw call's id past the table reads no row (a zero row instead)
+        tl.device_assert(known | ~is_token, "input_ids: an id outside the word-embedding table")
+        tokens = tl.load(TABLE + ids[:, None] * d + cols[None, :], mask=(is_token & known)[:, None] & col_ok[None, :],
                          other=0.0).to(ACC) * embed_scale
         if HAS_LOW_RANK:
             pos = count + tl.cumsum(attended.to(tl.int32), axis=0) - 1
@@ -157,7 +162,7 @@ def _assemble_bwd_kernel(
     batch = tl.arange(0, BB)
     adapter = tl.program_id(2).to(tl.int64)  # a mixed batch: each adapter sums its own rows (masked loads)
     if MIXED:
-        m_rows = tl.load(PROMPT_LENGTHS + adapter).to(tl.int32)
+        m_rows = tl.minimum(tl.maximum(tl.load(PROMPT_LENGTHS + adapter).to(tl.int32), 0), m)
         scaling = tl.load(SCALES + adapter).to(ACC)
         A += adapter * n * r
         B += adapter * r * d
@@ -305,7 +310,8 @@ def _launch_forward(input_ids, attention_mask, word_embeddings, prompts, lora_a,
         input_ids.contiguous(), attention_mask.contiguous() if has_mask else input_ids, word_embeddings.contiguous(),
         prompts.contiguous(), lora_a.contiguous(), lora_b.contiguous(), ids.contiguous(), lengths_of_prompts,
         scalings, out, out_mask, token_index, lengths,
-        T, m, d, n, r, cfg["segment"], *split_float(scaling), *split_float(embed_scale),
+        T, m, d, n, r, word_embeddings.shape[0], prompts.shape[0] if routing is not None else 1, cfg["segment"],
+        *split_float(scaling), *split_float(embed_scale),
         BT=cfg["BT"], BD=cfg["BD"], R_PAD=dot_pad(r), B_PREFIX=cfg["B_PREFIX"], HAS_MASK=has_mask, HAS_LOW_RANK=r > 0,
         MIXED=routing is not None, PAD_LEFT=routing is not None and routing.pad_left, ACC=acc,
         PRECISION=dot_precision(acc, word_embeddings.dtype), **_launch.options(cfg),
@@ -363,6 +369,36 @@ def _launch_backward(grad, token_index, lengths, prompts, lora_a, lora_b, scalin
     return d_prompt, d_a, d_b
 
 
+def _adapter_tensors(prompts, lora_a, lora_b, routing: Optional[Routing]) -> dict:
+    """The adapter's tensors and their shapes for ``_launch.check_shapes`` (stacked: a leading N)."""
+    stacked = "N" if routing is not None else ""
+    named = {"prompts" if routing is not None else "prompt_out": (prompts, stacked + "md"),
+             "lora_a": (lora_a, stacked + "nr"),
+             "lora_b": (lora_b, stacked + "rd")}
+    if routing is not None:
+        named.update(prompt_lengths=(routing.prompt_lengths, "N"), scalings=(routing.scalings, "N"),
+                     adapter_ids=(routing.adapter_ids, "b"))
+    return named
+
+
+def _check_forward(op, input_ids, attention_mask, word_embeddings, prompts, lora_a, lora_b, routing):
+    named = {"input_ids": (input_ids, "bT"), "attention_mask": (attention_mask, "bT"),
+             "word_embeddings": (word_embeddings, "Vd"), **_adapter_tensors(prompts, lora_a, lora_b, routing)}
+    _launch.check_shapes(op, named, integer=("input_ids", "prompt_lengths", "adapter_ids"),
+                         floating=("word_embeddings", "prompts", "prompt_out", "lora_a", "lora_b", "scalings"))
+
+
+def _check_backward(op, grad, token_index, lengths, prompts, lora_a, lora_b, routing):
+    named = {"grad": (grad, "bSd"), **_adapter_tensors(prompts, lora_a, lora_b, routing)}
+    dims = _launch.check_shapes(op, named, integer=("prompt_lengths", "adapter_ids"),
+                                floating=("grad", "prompts", "prompt_out", "lora_a", "lora_b", "scalings"))
+    if dims["S"] < dims["m"]:
+        raise ValueError(f"{op}: grad: expected at least m={dims['m']} positions (the prompt's), got {dims['S']}")
+    saved = {"token_index": (token_index, "bn"), "lengths": (lengths, "b")} if dims["r"] > 0 else {}
+    _launch.check_shapes(op, {"grad": (grad, "bSd"), "lora_a": named["lora_a"], **saved},
+                         integer=("token_index", "lengths"))
+
+
 def _register(name: str, forward, backward, saved: Tuple[int, ...], constants: Tuple[int, ...],
               differentiable: Tuple[int, ...]):
     """Register the custom op ``ept_fast::<name>`` (``forward``: (inputs_embeds, extended mask,
@@ -403,6 +439,8 @@ def assemble_inputs_forward(
     lora_a: Tensor, lora_b: Tensor, scaling: float, embed_scale: float,
 ) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
     """Returns (inputs_embeds (b, m+T, d), extended mask (b, m+T), token_index (b, n), lengths (b,))."""
+    _check_forward("ept_fast::assemble_inputs", input_ids, attention_mask, word_embeddings, prompt_out, lora_a,
+                   lora_b, None)
     return _launch_forward(input_ids, attention_mask, word_embeddings, prompt_out, lora_a, lora_b, scaling,
                            embed_scale, None)
 
@@ -412,6 +450,7 @@ def assemble_inputs_backward(
     scaling: float,
 ) -> Tuple[Tensor, Tensor, Tensor]:
     """Gradients of (prompt_out, lora_a, lora_b) from the gradient of inputs_embeds."""
+    _check_backward("ept_fast::assemble_inputs_backward", grad, token_index, lengths, prompt_out, lora_a, lora_b, None)
     return _launch_backward(grad, token_index, lengths, prompt_out, lora_a, lora_b, scaling, None)
 
 
@@ -437,6 +476,9 @@ def assemble_inputs_mixed_forward(
     pad_left: bool,
 ) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
     """``assemble_inputs_forward`` for stacked adapters: prompts (N, m, d), A (N, n, r), B (N, r, d)."""
+    routing = Routing(adapter_ids, prompt_lengths, scalings, pad_left)
+    _check_forward("ept_fast::assemble_inputs_mixed", input_ids, attention_mask, word_embeddings, prompts, lora_a,
+                   lora_b, routing)
     return _launch_forward(input_ids, attention_mask, word_embeddings, prompts, lora_a, lora_b, 0.0, embed_scale,
                            Routing(adapter_ids, prompt_lengths, scalings, pad_left))
 
@@ -446,6 +488,8 @@ def assemble_inputs_mixed_backward(
     lora_b: Tensor, scalings: Tensor, adapter_ids: Tensor, pad_left: bool,
 ) -> Tuple[Tensor, Tensor, Tensor]:
     """Gradients of the stacked (prompts, lora_a, lora_b): each adapter's from its own rows."""
+    _check_backward("ept_fast::assemble_inputs_mixed_backward", grad, token_index, lengths, prompts, lora_a, lora_b,
+                    Routing(adapter_ids, prompt_lengths, scalings, pad_left))
     return _launch_backward(grad, token_index, lengths, prompts, lora_a, lora_b, 0.0,
                             Routing(adapter_ids, prompt_lengths, scalings, pad_left))
 

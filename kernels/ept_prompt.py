@@ -494,6 +494,16 @@ def launch_config(m: int, d: int, n: int, r: int, K: int, h: int, device: torch.
                 num_warps=4, num_stages=1, mix=mix)
 
 
+def _check_parameters(op, prompt, lora_a, lora_b, fusion_scale, proj_down, proj_up, gate_weight, gate_bias,
+                      grad=None):
+    """The eight parameters' (and the output gradient's) shapes agree; returns m, d, n, r, K, h."""
+    named = {"prompt": (prompt, "md"), "lora_a": (lora_a, "nr"), "lora_b": (lora_b, "rd"), "fusion_scale":
+             (fusion_scale, ""), "proj_down": (proj_down, "KdH"), "proj_up": (proj_up, "KHd"),
+             "gate_weight": (gate_weight, "dK"), "gate_bias": (gate_bias, "K"), "grad": (grad, "md")}
+    dims = _launch.check_shapes(op, named, floating=tuple(named))
+    return dims["m"], dims["d"], dims["n"], dims["r"], dims["K"], dims["H"]
+
+
 def _sizes(prompt, lora_a, proj_down):
     m, d = prompt.shape
     n, r = lora_a.shape
@@ -534,6 +544,8 @@ def ept_prompt_forward(
     proj_up: Tensor, gate_weight: Tensor, gate_bias: Tensor, scaling: float,
 ) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
     """Returns (P*, R, log-sum-exp, F·[W_g | D̃], C, F); the last five are saved for the backward."""
+    _check_parameters("ept_fast::ept_prompt", prompt, lora_a, lora_b, fusion_scale, proj_down, proj_up, gate_weight,
+                      gate_bias)
     return _launch_forward(prompt, lora_a, lora_b, fusion_scale, proj_down, proj_up, gate_weight, gate_bias, scaling)
 
 
@@ -580,6 +592,14 @@ def ept_prompt_backward(
     coefficients: Tensor, fusion: Tensor, scaling: float,
 ) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
     """Gradients of (prompt, lora_a, lora_b, fusion_scale, proj_down, proj_up, gate_weight, gate_bias)."""
+    op = "ept_fast::ept_prompt_backward"
+    m, d, n, r, K, h = _check_parameters(op, prompt, lora_a, lora_b, fusion_scale, proj_down, proj_up, gate_weight,
+                                         gate_bias, grad=grad)
+    for name, tensor, shape in zip(("reduced", "lse", "fused", "coefficients", "fusion"),
+                                   (reduced, lse, fused, coefficients, fusion), _saved_shapes(m, d, r, K, h)):
+        if tuple(tensor.shape) != shape:
+            raise ValueError(f"{op}: {name}: expected shape {shape} (as the forward saved it), got "
+                             f"{tuple(tensor.shape)}")
     return _launch_backward(grad, prompt, lora_a, lora_b, fusion_scale, proj_down, proj_up, gate_weight, gate_bias,
                             reduced, lse, fused, coefficients, fusion, scaling)
 
