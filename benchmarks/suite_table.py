@@ -20,13 +20,19 @@ RUN = re.compile(r"(?P<method>[a-z_]+)-seed(?P<seed>\d+)$")
 
 
 def collect(root: Path) -> Dict[str, Dict[str, Dict[int, dict]]]:
-    """task -> method -> seed -> the run's metrics.json, for every finished run under ``root``."""
+    """task -> method -> seed -> the run's metrics.json, for every finished run under ``root``;
+    a probe that reports its test score at C = 1 (scikit-learn's default, what a user tries
+    first) also gives the method "probe_C1"."""
     runs: Dict[str, Dict[str, Dict[int, dict]]] = {}
     for path in sorted(root.glob("*/*/metrics.json")):
         match = RUN.match(path.parent.name)
         if match:
             summary = json.loads(path.read_text(encoding="utf-8"))
-            runs.setdefault(path.parent.parent.name, {}).setdefault(match["method"], {})[int(match["seed"])] = summary
+            task, seed = runs.setdefault(path.parent.parent.name, {}), int(match["seed"])
+            task.setdefault(match["method"], {})[seed] = summary
+            if "1.0" in summary.get("test_by_C", {}):
+                at_default = {**summary, "test": {summary["metric_for_best_model"]: summary["test_by_C"]["1.0"]}}
+                task.setdefault("probe_C1", {})[seed] = at_default
     return runs
 
 
