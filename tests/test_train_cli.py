@@ -11,9 +11,10 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from ept_fast import EPTConfig, get_ept_model
 from ept_fast.cli import main as cli_main
 from ept_fast.offline import minilm_path
-from ept_fast.tasks import get_task
+from ept_fast.tasks import format_rows, get_task
 from ept_fast.train import main, parse_args
 from ept_fast.training import TrainArguments, train
 
@@ -642,7 +643,7 @@ def test_predict_errors_are_clear(two_adapters, sst2_files, tiny_models, tmp_pat
 def test_a_second_run_into_a_folder_in_use_is_refused(tiny_models, sst2_files, tmp_path, capsys):
     from filelock import FileLock
 
-    from ept_fast.training.loop import LOCK_NAME
+    from ept_fast.training.output import LOCK_NAME
 
     out = tmp_path / "busy"
     out.mkdir()
@@ -713,3 +714,30 @@ def test_a_full_disk_keeps_the_last_checkpoint_and_says_so(tiny_models, sst2_fil
             f"{out / 'checkpoint'} is kept: free some space, then --resume") in err
     kept = torch.load(out / "checkpoint" / "training_state.pt", weights_only=True)
     assert kept["state"]["step"] == 3 and not (out / ".checkpoint.tmp").exists()
+
+
+def test_head_init_probe_starts_the_head_at_the_logistic_regression(tiny_models, sst2_files, tmp_path, capsys):
+    from transformers import AutoTokenizer, BertForSequenceClassification
+
+    from ept_fast.config import TaskType
+    from ept_fast.tasks import compute_metrics, get_task, read_rows
+    from ept_fast.training.data import Collator
+    from ept_fast.training.evaluation import predict
+    from ept_fast.training.probe import init_head_from_probe
+
+    task = get_task("sst2")
+    train_set, validation_set = (format_rows(task, read_rows(path), path) for path in sst2_files[:2])
+    tokenizer = AutoTokenizer.from_pretrained(tiny_models / "bert")
+    model = get_ept_model(BertForSequenceClassification.from_pretrained(tiny_models / "bert", num_labels=2),
+                          EPTConfig(num_virtual_tokens=4, max_length=16, r=2, num_spaces=2, space_rank=2,
+                                    prompt_init="RANDOM_VOCAB", readout="mean"))
+    collate = Collator(tokenizer, TaskType.SEQ_CLS, task, 16, 4)
+    found = init_head_from_probe(model, task, train_set, validation_set, collate, "accuracy", 16, torch.device("cpu"))
+    predictions = predict(model, validation_set, collate, 16, "cpu", 4)
+    assert compute_metrics(task, predictions, [e["label"] for e in validation_set]) == found["validation"]
+    assert main(_args(tiny_models, sst2_files, tmp_path / "lpft", "--task", "sst2", "--head-init", "probe")) == 0
+    assert "--head-init probe: the head starts as the logistic regression" in capsys.readouterr().out
+    assert json.loads((tmp_path / "lpft" / "metrics.json").read_text())["head_init"]["C"] in (0.01, 0.1, 1.0, 10.0,
+                                                                                            100.0)
+    assert main(_args(tiny_models, sst2_files, tmp_path / "x", "--task", "sst2", "--head-init", "lp")) == 2
+    assert "--head-init: expected random or probe, got 'lp'" in capsys.readouterr().err

@@ -16,7 +16,7 @@ import math
 import os
 import time
 from pathlib import Path
-from typing import Iterator, Optional, Tuple
+from typing import Optional, Tuple
 
 import torch
 
@@ -27,11 +27,12 @@ from ..model import get_ept_model
 from ..optimizer import param_groups
 from ..serialization import load_adapter
 from .checkpoints import BEST, TrainState, checkpoint_folder, load_checkpoint, save_checkpoint
-from .data import Collator, data_name, load_backbone, load_data, report_inputs_cut
+from .data import Collator, load_backbone, load_data, report_inputs_cut
 from .evaluation import evaluate, task_metadata
 from .options import TrainArguments
+from .output import hold_output_dir, output_dir
+from .probe import init_head_from_probe
 from .report import (
-    check_writable,
     peak_memory_mb,
     plot_history,
     summary_table,
@@ -40,8 +41,6 @@ from .report import (
     write_json,
     write_results,
 )
-
-LOCK_NAME = ".ept-fast.lock"  # held in the output folder while a run writes into it
 
 
 class NonFiniteLossError(RuntimeError):
@@ -61,47 +60,6 @@ def _micro_batch_indices(j: int, n_examples: int, global_batch: int, rank: int, 
     chunk = list(order[position * global_batch:(position + 1) * global_batch])
     chunk += order[: global_batch - len(chunk)]  # the last batch of an epoch wraps, so all ranks get work
     return chunk[rank * batch:(rank + 1) * batch]
-
-
-def output_dir(args: TrainArguments) -> Path:
-    """--output-dir, or runs/<method>-<task or data>."""
-    return Path(args.output_dir or Path("runs") / f"{args.method}-{data_name(args)}")
-
-
-def prepare_output_dir(args: TrainArguments) -> Path:
-    out = output_dir(args)
-    if args.resume:
-        folder = checkpoint_folder(out, args.resume)  # it must exist
-        if folder.resolve().parent != out.resolve():  # the run's best adapter and reports are in its own folder
-            raise ValueError(f"--resume: {folder} is a checkpoint of another run than --output-dir {out}; resume "
-                             f"it with --output-dir {folder.parent}")
-    elif out.exists() and any(path.name != LOCK_NAME for path in out.iterdir()) and not args.overwrite:
-        raise FileExistsError(f"--output-dir: {out} already holds a run; pass --overwrite to replace it or "
-                              f"--resume to continue it")
-    check_writable(out, "--output-dir")
-    return out
-
-
-@contextlib.contextmanager
-def hold_output_dir(args: TrainArguments) -> Iterator[Path]:
-    """--output-dir, checked (``prepare_output_dir``) and locked for as long as the run writes
-    into it: a second run into the same folder, ``--overwrite`` or not, is refused."""
-    from filelock import FileLock, Timeout
-
-    out = prepare_output_dir(args)
-    lock = FileLock(str(out / LOCK_NAME))
-    try:
-        lock.acquire(timeout=0)
-    except Timeout:
-        raise FileExistsError(f"--output-dir: {out} is in use by another ept-fast run (it holds "
-                              f"{out / LOCK_NAME}); let that run finish, or write into another folder") from None
-    try:
-        yield out
-    finally:
-        # Removed while still held (a run that then takes the folder makes a new lock file): the
-        # folder is left as the run left it.
-        Path(lock.lock_file).unlink(missing_ok=True)
-        lock.release()
 
 
 def train(args: TrainArguments, stop_after_steps: Optional[int] = None) -> dict:
@@ -139,6 +97,13 @@ def _train(args: TrainArguments, accelerator, out: Path, stop_after_steps: Optio
     device = accelerator.device
     scoring = dict(batch_size=args.eval_batch_size, device=device, max_new_tokens=args.max_new_tokens,
                    accelerator=accelerator)
+    head_init = None
+    if args.head_init == "probe" and not args.resume:  # a resumed run's head comes from its checkpoint
+        head_init = init_head_from_probe(model, task, train_set, validation_set, collate, metric,
+                                         args.eval_batch_size, device)
+        if accelerator.is_main_process:
+            print(f"--head-init probe: the head starts as the logistic regression of what it reads "
+                  f"(C={head_init['C']}, validation {metric} {head_init['validation'][metric]:.4f})")
 
     world, rank = accelerator.num_processes, accelerator.process_index
     global_batch = args.batch_size * world
@@ -230,7 +195,7 @@ def _train(args: TrainArguments, accelerator, out: Path, stop_after_steps: Optio
         "task": task.name, "task_type": task_type.value, "metric_for_best_model": metric,
         "best_step": state.best_step, "steps": state.step, "epoch": state.step / steps_per_epoch,
         "train_examples": len(train_set), "validation_examples": len(validation_set), "test_examples": len(test_set),
-        "inputs_cut_to_max_length": inputs_cut,
+        "inputs_cut_to_max_length": inputs_cut, "head_init": head_init,
         "train_loss": sum(h["loss"] for h in state.history) / max(len(state.history), 1),
         "train_time_s": state.train_seconds,
         "train_examples_per_s": state.examples_seen / max(state.train_seconds, 1e-9),

@@ -169,6 +169,9 @@ class TrainArguments(AdapterArguments, RunArguments, DataArguments):
     metric_for_best_model: Optional[str] = option(help="the validation metric that picks the best checkpoint "
                                                        "(default: the task's first)")
     early_stopping_patience: Optional[int] = option(help="stop after N validations without improvement")
+    head_init: str = option("random", "how a classifier's head starts: random (as the backbone makes it) or probe "
+                                      "(the logistic regression of what it reads, C chosen on validation; then "
+                                      "everything tunes from there)")
 
     def __post_init__(self):
         super().__post_init__()
@@ -181,6 +184,8 @@ class TrainArguments(AdapterArguments, RunArguments, DataArguments):
                 raise ValueError(f"--{name.replace('_', '-')}: expected a number > 0, got {getattr(self, name)}")
         if not 0 <= self.warmup_ratio < 1:
             raise ValueError(f"--warmup-ratio: expected a fraction of the steps in [0, 1), got {self.warmup_ratio}")
+        if self.head_init not in ("random", "probe"):
+            raise ValueError(f"--head-init: expected random or probe, got {self.head_init!r}")
         if not self.weight_decay >= 0:
             raise ValueError(f"--weight-decay: expected a number >= 0, got {self.weight_decay}")
         config = self.adapter_config()  # a value that contradicts the method fails now, as EPTConfig says

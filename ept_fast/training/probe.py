@@ -8,16 +8,17 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from typing import List
+from typing import Dict, List, Optional
 
 import numpy as np
 import torch
 
 from ..config import TaskType
+from ..model import EPTModel
 from ..tasks import Example, Task, compute_metrics
 from .data import Collator, load_backbone, load_data
-from .loop import hold_output_dir
 from .options import TrainArguments
+from .output import hold_output_dir
 from .report import peak_memory_mb, versions, write_results
 
 PROBE_C = (0.01, 0.1, 1.0, 10.0, 100.0)
@@ -52,9 +53,81 @@ def linear_probe(args: TrainArguments) -> dict:
         return _fit(args, out, task, splits, metric)
 
 
-def _fit(args: TrainArguments, out, task: Task, splits: List[List[Example]], metric: str) -> dict:
-    from sklearn.linear_model import LogisticRegression
+class LogisticFit:
+    """Logistic regressions of ``features[split]`` (n, d) on ``labels[split]``, one per C of
+    ``PROBE_C``, fitted on "train"; ``C`` is the one with the best validation ``metric`` (the
+    strongest regularisation of equals)."""
 
+    def __init__(self, features: Dict[str, np.ndarray], labels: Dict[str, list], groups: Dict[str, Optional[list]],
+                 task: Task, metric: str):
+        from sklearn.linear_model import LogisticRegression
+
+        self.features, self.labels, self.groups, self.task = features, labels, groups, task
+        self.classifiers = {C: LogisticRegression(C=C, max_iter=2000).fit(features["train"], labels["train"])
+                            for C in PROBE_C}
+        self.validation = {C: self.score("validation", classifier) for C, classifier in self.classifiers.items()}
+        self.C = max(PROBE_C, key=lambda C: self.validation[C][metric])
+        self.classifier = self.classifiers[self.C]
+
+    def score(self, split: str, classifier=None) -> Dict[str, float]:
+        """The task's metrics of ``classifier`` (default: the chosen one) on ``split``."""
+        predictions = (classifier or self.classifier).predict(self.features[split])
+        return compute_metrics(self.task, predictions, self.labels[split], self.groups[split])
+
+
+@torch.no_grad()
+def head_inputs(model: EPTModel, examples: List[Example], collate: Collator, batch_size: int,
+                device: torch.device) -> np.ndarray:
+    """(len(examples), d): what the active adapter's head reads for each example, as it is now."""
+    head = model.head_copies[model.active_adapter][0]
+    captured: List[torch.Tensor] = []
+    handle = head.register_forward_pre_hook(lambda module, args: captured.append(args[0].float().cpu()))
+    training = model.training
+    model.eval()
+    try:
+        for start in range(0, len(examples), batch_size):
+            batch = collate(examples[start:start + batch_size])
+            model(**{key: value.to(device) for key, value in batch.items() if key != "labels"})
+    finally:
+        handle.remove()
+        model.train(training)
+    return torch.cat(captured).numpy()
+
+
+def init_head_from_probe(model: EPTModel, task: Task, train: List[Example], validation: List[Example],
+                         collate: Collator, metric: str, batch_size: int, device: torch.device) -> dict:
+    """``--head-init probe``: the active adapter's linear head starts as the logistic regression
+    of what it reads on the training set (C chosen on validation): linear probing, then tuning
+    (Kumar et al., 2022), so that training starts where the probe ends. Returns the chosen C and
+    its validation metrics."""
+    head = model.head_copies[model.active_adapter]
+    if len(head) != 1 or not isinstance(head[0], torch.nn.Linear) or task.is_regression:
+        raise ValueError(f"--head-init probe: needs a classifier whose head is one linear layer (BERT's "
+                         f"classifier); this one is {[type(module).__name__ for module in head]}"
+                         f"{' and a regression' if task.is_regression else ''}")
+    splits = {"train": train, "validation": validation}
+    fit = LogisticFit({name: head_inputs(model, examples, collate, batch_size, device) for name, examples in
+                       splits.items()},
+                      {name: [e["label"] for e in examples] for name, examples in splits.items()},
+                      {name: [e["group"] for e in examples] if task.group_column else None
+                       for name, examples in splits.items()}, task, metric)
+    coefficients = torch.as_tensor(fit.classifier.coef_, dtype=torch.float32)
+    intercepts = torch.as_tensor(fit.classifier.intercept_, dtype=torch.float32)
+    if len(fit.classifier.classes_) == 2:  # one logit difference: split it evenly between the two classes
+        coefficients = torch.cat([-coefficients, coefficients]) / 2
+        intercepts = torch.cat([-intercepts, intercepts]) / 2
+    linear = head[0]
+    weight = torch.zeros_like(linear.weight, dtype=torch.float32)
+    bias = torch.full_like(linear.bias, -1e4, dtype=torch.float32)  # a class the training set lacks: never predicted
+    rows = torch.as_tensor(fit.classifier.classes_, dtype=torch.long)
+    weight[rows], bias[rows] = coefficients, intercepts
+    with torch.no_grad():
+        linear.weight.copy_(weight)
+        linear.bias.copy_(bias)
+    return {"C": fit.C, "validation": fit.validation[fit.C]}
+
+
+def _fit(args: TrainArguments, out, task: Task, splits: List[List[Example]], metric: str) -> dict:
     backbone, tokenizer, task_type = load_backbone(args, task)
     if task_type is not TaskType.SEQ_CLS:
         raise ValueError(f"--methods probe: the linear probe reads an encoder's sentence embeddings; this backbone "
@@ -69,22 +142,15 @@ def _fit(args: TrainArguments, out, task: Task, splits: List[List[Example]], met
     groups = {name: [e["group"] for e in examples] if task.group_column else None
               for name, examples in zip(names, splits)}
 
-    def score(classifier, split: str) -> dict:
-        return compute_metrics(task, classifier.predict(features[split]), labels[split], groups[split])
-
-    fits = {}
-    for C in PROBE_C:
-        classifier = LogisticRegression(C=C, max_iter=2000).fit(features["train"], labels["train"])
-        fits[C] = (score(classifier, "validation"), classifier)
-    best_C = max(PROBE_C, key=lambda C: fits[C][0][metric])  # the first of equals: the strongest regularisation
-    validation, classifier = fits[best_C]
-    test = score(classifier, "test")
+    fit = LogisticFit(features, labels, groups, task, metric)
+    best_C, classifier, validation = fit.C, fit.classifier, fit.validation[fit.C]
+    test = fit.score("test")
     summary = {
         "validation": validation, "test": test, "task": task.name, "task_type": task_type.value,
         "metric_for_best_model": metric, "probe_C": best_C,
-        "validation_by_C": {str(C): fits[C][0][metric] for C in PROBE_C},
+        "validation_by_C": {str(C): fit.validation[C][metric] for C in PROBE_C},
         # Reported, never used to choose: what each C would have scored (C = 1 is scikit-learn's default).
-        "test_by_C": {str(C): score(fits[C][1], "test")[metric] for C in PROBE_C},
+        "test_by_C": {str(C): fit.score("test", fit.classifiers[C])[metric] for C in PROBE_C},
         "train_examples": len(splits[0]), "validation_examples": len(splits[1]), "test_examples": len(splits[2]),
         "train_time_s": time.perf_counter() - started, "peak_memory_mb": peak_memory_mb(),
         "adapter_parameters": 0, "trainable_parameters": classifier.coef_.size + classifier.intercept_.size,
