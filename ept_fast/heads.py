@@ -76,11 +76,15 @@ def is_encoder_classifier(backbone: nn.Module) -> bool:
     return not isinstance(getattr(backbone, "score", None), nn.Module)
 
 
-def readout_weights(kinds: torch.Tensor, attention_mask: Optional[torch.Tensor], input_ids: torch.Tensor,
+def readout_weights(readouts: Sequence[Readout], adapter_ids: Optional[torch.Tensor],
+                    attention_mask: Optional[torch.Tensor], input_ids: torch.Tensor,
                     layout: PromptLayout) -> torch.Tensor:
-    """(b, m+T): the weights of each prompted slot in what row i's head reads, for its readout
-    ``kinds[i]`` (an index into ``Readout``): position 0 (backbone), the row's first attended
-    token (first_token) or the mean over its attended tokens (mean)."""
+    """(b, m+T): the weights of each prompted slot in what row i's head reads, for its adapter's
+    readout (``readouts[adapter_ids[i]]``; ``readouts[0]`` for every row when ``adapter_ids`` is
+    None): position 0 (backbone), the row's first attended token (first_token) or the mean over
+    its attended tokens (mean)."""
+    kinds = torch.tensor([list(Readout).index(readout) for readout in readouts], device=input_ids.device)
+    kinds = kinds[adapter_ids] if adapter_ids is not None else kinds.expand(input_ids.shape[0])
     attended = (attention_mask != 0 if attention_mask is not None else torch.ones_like(input_ids, dtype=torch.bool))
     attended = attended.float()
     first = torch.nn.functional.one_hot(attended.argmax(dim=1), attended.shape[1]).float()

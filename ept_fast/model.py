@@ -166,9 +166,7 @@ class EPTModel(AdapterLifecycle, nn.Module):
         readouts = [self.peft_config[name].readout for name in used]
         if all(readout is Readout.BACKBONE for readout in readouts):
             return routing
-        kinds = torch.tensor([list(Readout).index(r) for r in readouts], device=input_ids.device)
-        kind = kinds[adapter_ids] if adapter_ids is not None else kinds.expand(input_ids.shape[0])
-        weights = readout_weights(kind, attention_mask, input_ids, assembled.layout)
+        weights = readout_weights(readouts, adapter_ids, attention_mask, input_ids, assembled.layout)
         return together(routing, hooked(sequence_output_module(self.base_model), read_out(weights)))
 
     @property

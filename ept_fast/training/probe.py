@@ -17,6 +17,7 @@ from ..config import TaskType
 from ..model import EPTModel
 from ..tasks import Example, Task, compute_metrics
 from .data import Collator, load_backbone, load_data
+from .evaluation import predict
 from .options import TrainArguments
 from .output import hold_output_dir
 from .report import peak_memory_mb, versions, write_results
@@ -75,22 +76,17 @@ class LogisticFit:
         return compute_metrics(self.task, predictions, self.labels[split], self.groups[split])
 
 
-@torch.no_grad()
 def head_inputs(model: EPTModel, examples: List[Example], collate: Collator, batch_size: int,
                 device: torch.device) -> np.ndarray:
-    """(len(examples), d): what the active adapter's head reads for each example, as it is now."""
+    """(len(examples), d): what the active adapter's head reads for each example, as it is now
+    (caught on its way in while ``evaluation.predict`` runs the examples)."""
     head = model.head_copies[model.active_adapter][0]
     captured: List[torch.Tensor] = []
     handle = head.register_forward_pre_hook(lambda module, args: captured.append(args[0].float().cpu()))
-    training = model.training
-    model.eval()
     try:
-        for start in range(0, len(examples), batch_size):
-            batch = collate(examples[start:start + batch_size])
-            model(**{key: value.to(device) for key, value in batch.items() if key != "labels"})
+        predict(model, examples, collate, batch_size, device, collate.max_new_tokens)
     finally:
         handle.remove()
-        model.train(training)
     return torch.cat(captured).numpy()
 
 
