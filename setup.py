@@ -37,6 +37,6 @@ setup(
     extras_require={
         "hub": ["datasets>=3.0,<6"],  # registry tasks loaded from the Hugging Face hub
         "test": ["pytest>=8", "pytest-benchmark>=5", "hypothesis>=6.100", "datasets>=3.0,<6", "peft>=0.13",
-                 "ruff>=0.6"],
+                 "ruff>=0.6", "tensorboardX>=2.6"],
     },
 )

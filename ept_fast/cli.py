@@ -19,8 +19,9 @@ def parse_train_args(argv: Optional[List[str]] = None):
     from .training.options import parse_options
 
     return parse_options(TrainArguments, argv, "ept-fast train",
-                         "Train an EPT adapter. With no options: the packaged all-MiniLM-L6-v2 as a classifier on "
-                         "BBC News (a stratified, seeded 80/10/10 split).")
+                         "Train an EPT adapter with transformers' Trainer (every TrainingArguments option is "
+                         "accepted). With no options: the packaged all-MiniLM-L6-v2 as a classifier on BBC News (a "
+                         "stratified, seeded 80/10/10 split).")
 
 
 def parse_eval_args(argv: Optional[List[str]] = None):
@@ -58,7 +59,7 @@ def predict_main(argv: Optional[List[str]] = None) -> int:
 
 def train_main(argv: Optional[List[str]] = None) -> int:
     from .training import NonFiniteLossError, train
-    from .training.checkpoints import CheckpointWriteError
+    from .training.output import CheckpointWriteError
 
     return _run("train", lambda: train(parse_train_args(argv)),
                 extra_errors=(NonFiniteLossError, CheckpointWriteError))
@@ -66,8 +67,8 @@ def train_main(argv: Optional[List[str]] = None) -> int:
 
 def compare_main(argv: Optional[List[str]] = None) -> int:
     from .training import NonFiniteLossError
-    from .training.checkpoints import CheckpointWriteError
     from .training.compare import compare
+    from .training.output import CheckpointWriteError
 
     return _run("compare", lambda: compare(parse_compare_args(argv)),
                 extra_errors=(NonFiniteLossError, CheckpointWriteError))

@@ -9,16 +9,21 @@ from ept_fast.cli import parse_eval_args, parse_train_args
 from ept_fast.tasks import get_task
 from ept_fast.training import METHOD_DEFAULTS, EvalArguments, TrainArguments
 from ept_fast.training.compare import CompareArguments
-from ept_fast.training.options import ADAPTER_OPTIONS, build_parser
+from ept_fast.training.options import ADAPTER_OPTIONS, OptionParser
+from ept_fast.training.serving import PredictArguments
 
 
-@pytest.mark.parametrize("cls", [TrainArguments, EvalArguments, CompareArguments], ids=["train", "eval", "compare"])
+@pytest.mark.parametrize("cls", [TrainArguments, EvalArguments, CompareArguments, PredictArguments],
+                         ids=["train", "eval", "compare", "predict"])
 def test_every_option_says_what_it_does(cls):
-    parser = build_parser(cls, "ept-fast", "")
-    shown = [action for action in parser._actions if action.help and action.help != "==SUPPRESS=="]
-    assert {action.dest for action in shown} == {field.name for field in dataclasses.fields(cls)} | {"help", "config"}
-    for action in shown:
-        assert len(action.help) > 15 and not action.help.startswith("default"), (action.dest, action.help)
+    parser = OptionParser(cls, "ept-fast", "")
+    shown = {action.dest: action for action in parser._actions if action.help != "==SUPPRESS=="}
+    assert {dest for dest in shown if not dest.startswith("no_")} == \
+        {field.name for field in dataclasses.fields(cls) if field.init} | {"help", "config"}
+    ours = {field.name for base in (cls.__mro__) if base.__module__.startswith("ept_fast")
+            for field in dataclasses.fields(base) if field.name in vars(base).get("__annotations__", {})}
+    for dest in ours | {"config"}:  # ours, and Trainer's where we changed them, say what they do
+        assert len(shown[dest].help) > 15 and not shown[dest].help.startswith("default"), (dest, shown[dest].help)
 
 
 def test_hugging_face_spellings_underscores_and_negated_booleans():
@@ -28,14 +33,23 @@ def test_hugging_face_spellings_underscores_and_negated_booleans():
         "--per_device_eval_batch_size", "7", "--lr_lowrank", "0.01", "--num_virtual_tokens", "12",
         "--resume_from_checkpoint",
     ])
-    assert (args.model, args.lr, args.batch_size, args.num_epochs, args.limit_train_examples) == ("some/model", 0.1, 4,
-                                                                                                 2.5, 10)
-    assert (args.limit_eval_examples, args.overwrite, args.eval_batch_size, args.lr_lowrank) == (5, True, 7, 0.01)
-    assert args.num_virtual_tokens == 12 and args.resume is True
-    assert parse_train_args(["--resume_from_checkpoint", "runs/x/checkpoint"]).resume == "runs/x/checkpoint"
-    assert parse_train_args(["--resume"]).resume is True and parse_train_args([]).resume is False
-    assert parse_train_args(["--overwrite", "--no-overwrite"]).overwrite is False
-    assert parse_train_args(["--no-overwrite_output_dir"]).overwrite is False
+    assert (args.model, args.learning_rate, args.per_device_train_batch_size, args.num_train_epochs,
+            args.limit_train_examples) == ("some/model", 0.1, 4, 2.5, 10)
+    assert (args.limit_eval_examples, args.overwrite, args.per_device_eval_batch_size, args.lr_lowrank) == (5, True, 7,
+                                                                                                          0.01)
+    assert args.num_virtual_tokens == 12 and args.resume_from_checkpoint is True
+    ours = parse_train_args(["--lr", "0.2", "--batch-size", "3", "--num-epochs", "2", "--eval-batch-size", "5",
+                             "--warmup-ratio", "0.1", "--max-train-samples", "9", "--output-dir", "o", "--overwrite"])
+    assert (ours.learning_rate, ours.per_device_train_batch_size, ours.num_train_epochs) == (0.2, 3, 2)
+    assert (ours.per_device_eval_batch_size, ours.warmup_steps, ours.limit_train_examples) == (5, 0.1, 9)
+    assert ours.output_dir == "o" and ours.overwrite is True
+    assert parse_train_args(["--resume_from_checkpoint", "runs/x/checkpoint-4"]).resume_from_checkpoint == \
+        "runs/x/checkpoint-4"
+    assert parse_train_args(["--resume"]).resume_from_checkpoint is True
+    assert parse_train_args([]).resume_from_checkpoint is None
+    assert parse_train_args(["--device", "cpu", "--mixed-precision", "no"]).use_cpu is True
+    assert parse_train_args(["--overwrite", "false"]).overwrite is False  # HfArgumentParser's booleans
+    assert parse_train_args(["--overwrite_output_dir"]).overwrite is True
     with pytest.raises(SystemExit):  # no abbreviations: --lr-low is not --lr-lowrank
         parse_train_args(["--lr-low", "0.1"])
 
@@ -48,10 +62,11 @@ def test_adapter_options_are_eptconfig_fields_with_one_table_of_defaults():
         config = TrainArguments(method=method).adapter_config()
         assert all(getattr(config, name) == value for name, value in row.items() if name in ADAPTER_OPTIONS)
         assert TrainArguments(method=method).learning_rates() == (row["lr"], row["lr_lowrank"])
+        assert TrainArguments(method=method).learning_rate is None  # resolved when the run starts
     assert (TrainArguments(method="dept").adapter_config().r, TrainArguments(method="dept").adapter_config().num_spaces,
             TrainArguments(method="pt").adapter_config().r) == (59, 0, 0)
     assert TrainArguments(r=16, num_spaces=2).adapter_config().r == 16
-    assert TrainArguments(method="pt", lr=0.3).learning_rates() == (0.3, METHOD_DEFAULTS["pt"]["lr_lowrank"])
+    assert TrainArguments(method="pt", learning_rate=0.3).learning_rates() == (0.3, METHOD_DEFAULTS["pt"]["lr_lowrank"])
 
 
 def test_the_methods_defaults_spend_one_budget():

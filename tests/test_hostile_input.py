@@ -28,9 +28,9 @@ def _options(tmp_path, text, suffix=".yaml"):
     ("fusion: 'false'\n", r"fusion expects true or false \(unquoted\), got 'false'"),
     ("lr: [0.1, 0.2]\n", r"lr expects one float, got \[0.1, 0.2\]"),
     ("num_virtual_tokens: 2.5\n", r"num_virtual_tokens expects an integer, got 2.5"),
-    ("lr: -0.1\n", r"--lr: expected a number > 0, got -0.1"),
-    ("warmup_ratio: 5\n", r"--warmup-ratio: expected a fraction of the steps in \[0, 1\), got 5"),
-    ("weight_decay: -1\n", r"--weight-decay: expected a number >= 0, got -1"),
+    ("lr: -0.1\n", r"--learning_rate: expected a number > 0, got -0.1"),
+    ("warmup_ratio: -5\n", r"--warmup_steps: expected steps >= 0 or a fraction in \[0, 1\), got -5"),
+    ("weight_decay: -1\n", r"--weight_decay: expected a number >= 0, got -1"),
 ])
 def test_config_file_values_of_the_wrong_kind_are_errors(tmp_path, text, expected):
     with pytest.raises(ValueError, match=expected):
@@ -39,7 +39,8 @@ def test_config_file_values_of_the_wrong_kind_are_errors(tmp_path, text, expecte
 
 def test_config_file_values_read_as_their_flags_read_them(tmp_path):
     options = _options(tmp_path, "label_names: pos\nlr: '0.1'\nresume: some/folder\nfusion: false\n")
-    assert options.label_names == ["pos"] and options.lr == 0.1 and options.resume == "some/folder"
+    assert options.label_names == ["pos"] and options.learning_rate == 0.1
+    assert options.resume_from_checkpoint == "some/folder"
     assert options.fusion is False
     with pytest.raises(ValueError, match=r"--config: .* must hold a mapping of option names to values"):
         _options(tmp_path, "[1, 2]", suffix=".json")

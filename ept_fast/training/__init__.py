@@ -1,9 +1,10 @@
-"""``ept-fast train`` and ``ept-fast eval`` as a library: options, data, checkpoints, the loop,
-scoring and the reports, one module each (each imports only those before it in this list)."""
+"""``ept-fast train``, ``eval``, ``compare`` and ``predict`` as a library: options, data, the one
+prediction path, the output folder, the Trainer run, scoring and the reports, one module each."""
 
-from .evaluation import evaluate, score_adapter
-from .loop import NonFiniteLossError, train
+from .engine import NonFiniteLossError, train
+from .evaluation import score_adapter
 from .options import METHOD_DEFAULTS, EvalArguments, TrainArguments
+from .prediction import evaluate, predict_rows
 
-__all__ = ["METHOD_DEFAULTS", "EvalArguments", "NonFiniteLossError", "TrainArguments", "evaluate", "score_adapter",
-           "train"]
+__all__ = ["METHOD_DEFAULTS", "EvalArguments", "NonFiniteLossError", "TrainArguments", "evaluate", "predict_rows",
+           "score_adapter", "train"]

@@ -11,10 +11,9 @@ import statistics
 from pathlib import Path
 from typing import Dict, List, Optional
 
-from .checkpoints import CHECKPOINT, check_same_options
-from .data import data_name
-from .loop import train
-from .options import TrainArguments, option
+from .engine import train
+from .options import Repeatable, TrainArguments, option
+from .output import check_same_options, checkpoints
 from .probe import linear_probe
 from .report import write_json
 
@@ -34,10 +33,13 @@ class CompareArguments(TrainArguments):
 
     methods: List[str] = option(("ept", "dept", "pt"), "the methods to compare: ept, dept, pt, head (the head "
                                                        "alone) and probe (logistic regression on the frozen "
-                                                       "backbone's mean-pooled output), spaces or commas")
+                                                       "backbone's mean-pooled output), spaces or commas",
+                                action=Repeatable)
     seeds: int = option(3, "runs per method, with seeds --seed, --seed + 1, …")
 
     def __post_init__(self):
+        if self.output_dir is None:
+            self.output_dir = str(Path("runs") / f"compare-{self.data_name()}")
         super().__post_init__()
         self.methods = [m for item in self.methods for m in str(item).split(",") if m]  # "ept,dept" or ept dept
         for method in self.methods:
@@ -50,9 +52,9 @@ class CompareArguments(TrainArguments):
 def run_arguments(args: CompareArguments, method: str, seed: int, out: Path, budget: Optional[int]) -> TrainArguments:
     """The ``ept-fast train`` options of one run: the method, the seed, its own output folder,
     the shared budget, and only the adapter options the method takes."""
-    values = {field.name: getattr(args, field.name) for field in dataclasses.fields(TrainArguments)}
+    values = {field.name: getattr(args, field.name) for field in dataclasses.fields(TrainArguments) if field.init}
     values.update(method="head" if method == "probe" else method, seed=seed,
-                  output_dir=str(out / f"{method}-seed{seed}"), overwrite=True, resume=False,
+                  output_dir=str(out / f"{method}-seed{seed}"), overwrite=True, resume_from_checkpoint=None,
                   param_budget=None if method in WITHOUT_ADAPTER else budget)
     for name in FIXED_BY["head" if method == "probe" else method]:
         values[name] = None
@@ -62,9 +64,9 @@ def run_arguments(args: CompareArguments, method: str, seed: int, out: Path, bud
 
 
 def compare(args: CompareArguments) -> dict:
-    out = Path(args.output_dir or Path("runs") / f"compare-{data_name(args)}")
-    if out.exists() and any(out.iterdir()) and not (args.overwrite or args.resume):
-        raise FileExistsError(f"--output-dir: {out} already holds a comparison; pass --resume to finish it (runs "
+    out = Path(args.output_dir)
+    if out.exists() and any(out.iterdir()) and not (args.overwrite or args.resume_from_checkpoint):
+        raise FileExistsError(f"--output_dir: {out} already holds a comparison; pass --resume to finish it (runs "
                               f"that finished are read back, an interrupted one continues from its checkpoint) "
                               f"or --overwrite to redo it")
     runs: Dict[str, List[dict]] = {method: [] for method in args.methods}
@@ -88,16 +90,16 @@ def _run(args: CompareArguments, run: TrainArguments, probe: bool = False) -> di
     """One run of the comparison (``probe``: the linear probe on ``run``'s data); with --resume,
     a finished run is read back and an interrupted one continues from its checkpoint."""
     folder = Path(run.output_dir)
-    if args.resume and (folder / "metrics.json").is_file():
+    if args.resume_from_checkpoint and (folder / "metrics.json").is_file():
         finished = json.loads((folder / "metrics.json").read_text(encoding="utf-8"))
-        check_same_options(finished["config"], dataclasses.asdict(run), f"the finished run in {folder}")
+        check_same_options(finished["config"], run.options(), f"the finished run in {folder}")
         if not probe and "readout" not in finished["adapter"]:
             raise ValueError(f"--resume: the finished run in {folder} predates --readout (it read position 0, "
                              f"today's default reads otherwise); redo the comparison with --overwrite")
         print(f"{folder}: finished before, read back")
         return finished
-    if args.resume and (folder / CHECKPOINT).is_dir():
-        run = dataclasses.replace(run, resume=True, overwrite=False)
+    if args.resume_from_checkpoint and checkpoints(folder):
+        run = dataclasses.replace(run, resume_from_checkpoint=True, overwrite=False)
     return linear_probe(run) if probe else train(run)
 
 

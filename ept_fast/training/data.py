@@ -4,6 +4,7 @@ News or the user's files; the backbone with the head the task needs; the collato
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 from pathlib import Path
 from typing import Dict, Iterator, List, Optional, Tuple
 
@@ -21,7 +22,7 @@ from ..tasks import (
     load_from_hub,
     read_rows,
 )
-from .options import DataArguments, RunArguments
+from .options import DataArguments, ModelArguments
 
 Splits = Tuple[Task, List[Example], List[Example], List[Example]]
 
@@ -66,16 +67,21 @@ def report_inputs_cut(collate: Collator, splits: Dict[str, List[Example]]) -> Di
     return cut
 
 
-def data_name(args: DataArguments) -> str:
-    """What the data is called in a default output folder: the task, or the training file
-    (its folder when the file is called train…)."""
-    if args.train_file:
-        path = Path(args.train_file)
-        return path.parent.name if path.stem.lower().startswith("train") and path.parent.name else path.stem
-    return args.task or DEFAULT_TASK
+def task_metadata(task: Task, split_seed: int) -> dict:
+    """What an adapter saves of its task, so that ``ept-fast eval`` scores it the same way: the
+    task, and the seed its registry or embedded data was split with."""
+    return {**dataclasses.asdict(task), "split_seed": split_seed}
 
 
-def load_backbone(args: RunArguments, task: Task, source: Optional[str] = None):
+def task_from_metadata(metadata: Optional[dict]) -> Optional[Task]:
+    if not metadata:
+        return None
+    fields = {field.name for field in dataclasses.fields(Task)}
+    return Task(**{key: tuple(value) if isinstance(value, list) else value for key, value in metadata.items()
+                   if key in fields})
+
+
+def load_backbone(args: ModelArguments, task: Task, source: Optional[str] = None):
     """(backbone, tokenizer, task type) for ``source`` (default: ``--model``, else the packaged
     MiniLM). A checkpoint without a head of its own (an encoder) becomes a classifier."""
     from transformers import (

@@ -1,75 +1,18 @@
-"""Scoring: the task's metrics on a split (split across processes, then gathered), and
-``ept-fast eval``, which scores a saved adapter the way training scores its best one."""
+"""``ept-fast eval``: a saved adapter's metrics on its task, through the prediction path that
+training scores its best checkpoint with."""
 
 from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
-from typing import Dict, List, Optional
 
-import torch
-
-from ..config import TaskType
 from ..model import EPTModel
 from ..serialization import load_adapter
-from ..tasks import Example, Task, compute_metrics, get_task, parse_prediction
-from .data import Collator, load_backbone, load_data, report_inputs_cut
+from ..tasks import get_task
+from .data import Collator, load_backbone, load_data, report_inputs_cut, task_from_metadata
 from .options import EvalArguments
+from .prediction import evaluate
 from .report import check_writable, peak_memory_mb, summary_table, versions, write_results
-
-
-@torch.no_grad()
-def predict(model: EPTModel, examples: List[Example], collate: Collator, batch_size: int, device,
-            max_new_tokens: int, accelerator=None) -> List:
-    """Predictions for ``examples``, in their order (classifiers: argmax or the regression
-    value; LMs: parsed generations). With several processes each one predicts every
-    world-th example and the predictions are gathered (``gather_for_metrics``)."""
-    rank, world = (accelerator.process_index, accelerator.num_processes) if accelerator else (0, 1)
-    was_training = model.training
-    model.eval()
-    indices = list(range(rank, len(examples), world))
-    predictions = []
-    for start in range(0, len(indices), batch_size):
-        chunk = [examples[i] for i in indices[start:start + batch_size]]
-        if collate.task_type is TaskType.SEQ_CLS:
-            batch = {k: v.to(device) for k, v in collate(chunk).items() if k != "labels"}
-            logits = model(**batch).logits
-            predictions += (logits.squeeze(-1) if collate.task.is_regression else logits.argmax(-1)).tolist()
-        else:
-            batch = {k: v.to(device) for k, v in collate(chunk, for_generation=True).items() if k != "labels"}
-            out = model.generate(**batch, max_new_tokens=max_new_tokens, do_sample=False, num_beams=1,
-                                 pad_token_id=collate.tokenizer.pad_token_id)
-            if collate.task_type is TaskType.CAUSAL_LM:
-                out = out[:, batch["input_ids"].shape[1]:]
-            texts = collate.tokenizer.batch_decode(out, skip_special_tokens=True)
-            predictions += [parse_prediction(collate.task, text) for text in texts]
-    model.train(was_training)
-    indexed = list(zip(indices, predictions))
-    if world > 1:
-        indexed = accelerator.gather_for_metrics(indexed, use_gather_object=True)
-    return [prediction for _, prediction in sorted(indexed)]
-
-
-def evaluate(model: EPTModel, examples: List[Example], collate: Collator, batch_size: int, device,
-             max_new_tokens: int, accelerator=None) -> Dict[str, float]:
-    """The task's metrics on ``examples``."""
-    predictions = predict(model, examples, collate, batch_size, device, max_new_tokens, accelerator)
-    groups = [e["group"] for e in examples] if collate.task.group_column else None
-    return compute_metrics(collate.task, predictions, [e["label"] for e in examples], groups)
-
-
-def task_metadata(task: Task, split_seed: int) -> dict:
-    """What an adapter saves of its task, so that ``ept-fast eval`` scores it the same way: the
-    task, and the seed its registry or embedded data was split with."""
-    return {**dataclasses.asdict(task), "split_seed": split_seed}
-
-
-def task_from_metadata(metadata: Optional[dict]) -> Optional[Task]:
-    if not metadata:
-        return None
-    fields = {field.name for field in dataclasses.fields(Task)}
-    return Task(**{key: tuple(value) if isinstance(value, list) else value for key, value in metadata.items()
-                   if key in fields})
 
 
 def score_adapter(args: EvalArguments) -> dict:
@@ -101,11 +44,9 @@ def score_adapter(args: EvalArguments) -> dict:
     model = EPTModel.from_pretrained(backbone, args.adapter).to(device)
     collate = Collator(tokenizer, task_type, task, model.active_peft_config.max_length, args.max_new_tokens)
     inputs_cut = report_inputs_cut(collate, {"validation": validation, "test": test})
-    with args.autocast(device):
-        summary = {
-            split: evaluate(model, examples, collate, args.eval_batch_size, device, args.max_new_tokens)
-            for split, examples in (("validation", validation), ("test", test)) if examples
-        }
+    summary = {split: evaluate(model, tokenizer, task, examples, args.eval_batch_size, device, args.max_new_tokens,
+                               autocast=lambda: args.autocast(device))
+               for split, examples in (("validation", validation), ("test", test)) if examples}
     summary.update({
         "inputs_cut_to_max_length": inputs_cut, "split_seed": args.seed,
         "task": task.name, "task_type": task_type.value, "adapter": str(args.adapter),

@@ -1,11 +1,11 @@
-"""The options of ``ept-fast train`` and ``ept-fast eval``.
+"""The options of every ``ept-fast`` command, parsed by transformers' ``HfArgumentParser``.
 
-Each command's options are one dataclass; its flags, its config-file keys and its ``--help``
-come from the fields. The adapter's options are ``EPTConfig``'s own fields (declared once,
-there), and what the command line uses where the user gives none is one table by method,
-``METHOD_DEFAULTS`` (sizes and learning rates): the adapter config is built from that row
-plus the values given, so a value that contradicts the method is the same error as in
-``EPTConfig``.
+Each command's options are dataclasses; the flags, the config-file keys and ``--help`` come from
+their fields. ``ept-fast train`` takes every ``transformers.TrainingArguments`` option (its
+spellings are the canonical ones: ``--learning_rate``, ``--num_train_epochs``, …) plus ours. The
+adapter's options are ``EPTConfig``'s own fields (declared once, there); where the user gives
+none, the command line uses one table by method, ``METHOD_DEFAULTS`` (sizes and learning rates),
+so a value that contradicts the method is the same error as in ``EPTConfig``.
 """
 
 from __future__ import annotations
@@ -18,10 +18,11 @@ from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
+from transformers import HfArgumentParser, TrainingArguments
 
 from ..budget import fit_budget
 from ..config import EPTConfig, Method, TaskType, parse_enum
-from ..tasks import TASKS, Task
+from ..tasks import DEFAULT_TASK, TASKS, Task
 
 # EPTConfig's fields that are command-line options.
 ADAPTER_OPTIONS = ("num_virtual_tokens", "max_length", "r", "lora_alpha", "num_spaces", "space_rank", "fusion",
@@ -41,9 +42,40 @@ METHOD_DEFAULTS: Dict[str, Dict[str, float]] = {
 CLI_READOUT = "mean"
 
 
-def option(default=None, help: str = "", aliases: Sequence[str] = ()):
-    """A command-line option: its help, and other spellings it accepts (Hugging Face's)."""
-    return dataclasses.field(default=default, metadata={"help": help, "aliases": tuple(aliases)})
+def option(default=None, help: str = "", aliases: Sequence[str] = (), **argparse_settings):
+    """A command-line option: its help, and other spellings it accepts (ours before the Hugging
+    Face names, or the reverse); ``argparse_settings`` go to ``add_argument``."""
+    metadata = {"help": help, "aliases": _spellings(aliases), **argparse_settings}
+    if isinstance(default, (list, tuple)):  # a list option's default, as HfArgumentParser reads it
+        return dataclasses.field(default_factory=lambda: list(default), metadata=metadata)
+    return dataclasses.field(default=default, metadata=metadata)
+
+
+def _spellings(names: Sequence[str]) -> List[str]:
+    return list(dict.fromkeys(f"--{spelling}" for name in names for spelling in (name, name.replace("_", "-"))))
+
+
+def _require_at_least_one(args, names) -> None:
+    """Each of the integer options ``names`` that is given is >= 1."""
+    for name in names:
+        if getattr(args, name) is not None and getattr(args, name) < 1:
+            raise ValueError(f"--{name}: expected an integer >= 1, got {getattr(args, name)}")
+
+
+@dataclasses.dataclass
+class ModelArguments:
+    """The backbone (every command)."""
+
+    model: Optional[str] = option(help="Hugging Face model name or local path (default: the packaged "
+                                       "all-MiniLM-L6-v2)", aliases=("model_name_or_path",))
+    task_type: Optional[str] = option(help="SEQ_CLS, SEQ_2_SEQ_LM or CAUSAL_LM (default: from the model)")
+    max_new_tokens: int = option(8, "tokens generated per example when seq2seq or causal LMs are scored")
+
+    def __post_init__(self):
+        getattr(super(), "__post_init__", lambda: None)()
+        if self.task_type is not None:
+            self.task_type = parse_enum(TaskType, "--task_type", self.task_type).value
+        _require_at_least_one(self, ("max_new_tokens",))
 
 
 @dataclasses.dataclass
@@ -52,8 +84,8 @@ class DataArguments:
 
     task: Optional[str] = option(help=f"registry task: {', '.join(sorted(TASKS))} (default: bbc_news, or your "
                                       f"files)")
-    train_file: Optional[str] = option(help="CSV or JSON-lines training file (with --validation-file and "
-                                            "--test-file)")
+    train_file: Optional[str] = option(help="CSV or JSON-lines training file (with --validation_file and "
+                                            "--test_file)")
     validation_file: Optional[str] = option(help="CSV or JSON-lines validation file")
     test_file: Optional[str] = option(help="CSV or JSON-lines test file")
     text_column: str = option("text", "the input column of your files (no --task)")
@@ -65,53 +97,49 @@ class DataArguments:
                                                  aliases=("max_train_samples",))
     limit_eval_examples: Optional[int] = option(help="use only the first N validation and test examples",
                                                 aliases=("max_eval_samples",))
-    seed: int = option(42, "seed of the splits, the initialisation, the example order and dropout")
 
     def __post_init__(self):
+        getattr(super(), "__post_init__", lambda: None)()
         _require_at_least_one(self, ("limit_train_examples", "limit_eval_examples"))
+
+    def data_name(self) -> str:
+        """What the data is called in a default output folder: the task, or the training file
+        (its folder when the file is called train…)."""
+        if self.train_file:
+            path = Path(self.train_file)
+            return path.parent.name if path.stem.lower().startswith("train") and path.parent.name else path.stem
+        return self.task or DEFAULT_TASK
 
 
 @dataclasses.dataclass
-class RunArguments:
-    """The backbone and the machine (train, eval, compare, predict)."""
+class InferenceArguments:
+    """The machine (eval, predict)."""
 
-    model: Optional[str] = option(help="Hugging Face model name or local path (default: the packaged "
-                                       "all-MiniLM-L6-v2)", aliases=("model_name_or_path",))
-    task_type: Optional[str] = option(help="SEQ_CLS, SEQ_2_SEQ_LM or CAUSAL_LM (default: from the model)")
-    eval_batch_size: int = option(64, "examples per evaluation batch", aliases=("per_device_eval_batch_size",))
-    max_new_tokens: int = option(8, "tokens generated per example when seq2seq or causal LMs are scored")
+    eval_batch_size: int = option(64, "examples per batch", aliases=("per_device_eval_batch_size",))
     mixed_precision: str = option("no", "no, bf16 or fp16 autocast (CUDA only)")
     device: str = option("auto", "auto, cpu or cuda")
+    seed: int = option(42, "seed of the registry task's or the embedded data's split")
 
     def __post_init__(self):
-        getattr(super(), "__post_init__", lambda: None)()  # DataArguments', for the commands that take data
+        getattr(super(), "__post_init__", lambda: None)()
         _require_at_least_one(self, ("eval_batch_size",))
-        if self.task_type is not None:
-            self.task_type = parse_enum(TaskType, "--task-type", self.task_type).value
         if self.mixed_precision not in ("no", "bf16", "fp16"):
-            raise ValueError(f"--mixed-precision: expected no, bf16 or fp16, got {self.mixed_precision!r}")
+            raise ValueError(f"--mixed_precision: expected no, bf16 or fp16, got {self.mixed_precision!r}")
         if self.device not in ("auto", "cpu", "cuda"):
             raise ValueError(f"--device: expected auto, cpu or cuda, got {self.device!r}")
         if self.device == "cuda" and not torch.cuda.is_available():
             raise ValueError("--device: cuda was requested, but no CUDA device is available here")
         if self.mixed_precision != "no" and not torch.cuda.is_available():
-            raise ValueError(f"--mixed-precision {self.mixed_precision}: needs a CUDA device; use 'no' on the CPU")
+            raise ValueError(f"--mixed_precision {self.mixed_precision}: needs a CUDA device; use 'no' on the CPU")
 
     def run_device(self) -> torch.device:
         """Where the model runs: CUDA when there is one, unless --device cpu."""
         return torch.device("cuda" if self.device != "cpu" and torch.cuda.is_available() else "cpu")
 
     def autocast(self, device: torch.device):
-        """The --mixed-precision autocast for inference on ``device`` (a no-op for 'no')."""
+        """The --mixed_precision autocast for inference on ``device`` (a no-op for 'no')."""
         precision = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(self.mixed_precision)
         return torch.autocast(device.type, dtype=precision, enabled=precision is not None)
-
-
-def _require_at_least_one(args, names) -> None:
-    """Each of the integer options ``names`` that is given is >= 1."""
-    for name in names:
-        if getattr(args, name) is not None and getattr(args, name) < 1:
-            raise ValueError(f"--{name.replace('_', '-')}: expected an integer >= 1, got {getattr(args, name)}")
 
 
 # Where the command line does more than EPTConfig: it tokenizes, so it cuts long texts.
@@ -139,69 +167,88 @@ AdapterArguments.__doc__ = "The adapter (EPTConfig's options; where not given: t
 
 
 @dataclasses.dataclass
-class TrainArguments(AdapterArguments, RunArguments, DataArguments):
+class EPTTrainingArguments(TrainingArguments):
+    """What ept_fast adds to transformers' TrainingArguments, and the defaults it changes.
+
+    Where a default differs from Trainer's, it is the command line's tuned one; a learning rate
+    left out is the method's (METHOD_DEFAULTS)."""
+
+    lr_lowrank: Optional[float] = option(help="learning rate of the low-rank pair A, B and EPT's fusion scale, "
+                                              "projections and gate (DePT's second rate; default 1e-3)")
+    param_budget: Optional[int] = option(help="trainable adapter parameters to spend (the head excluded): sizes m "
+                                              "for pt, r for dept, r (and h if needed) for ept to match")
+    head_init: str = option("random", "how a classifier's head starts: random (as the backbone makes it) or probe "
+                                      "(the logistic regression of what it reads, C chosen on validation; then "
+                                      "everything tunes from there)")
+    early_stopping_patience: Optional[int] = option(help="stop after N validations without improvement")
+    overwrite: bool = option(False, "write into an --output_dir that already holds a run (its checkpoints are "
+                                    "removed)", aliases=("overwrite_output_dir",))
+    # Trainer's options, with the command line's defaults and our spellings beside Hugging Face's.
+    output_dir: Optional[str] = option(help="where the adapter, checkpoints and reports go (default: "
+                                            "runs/<method>-<task or data>)")
+    resume_from_checkpoint: Optional[str] = option(
+        help="continue from the last complete checkpoint-N in --output_dir (no value), or from the checkpoint "
+             "folder given", aliases=("resume",), nargs="?", const=True)
+    learning_rate: Optional[float] = option(help="learning rate of the soft prompt P and the head (default by "
+                                                 "method: ept 3e-2, dept 3e-2, pt 1e-2, head 3e-2)",
+                                            aliases=("lr",))
+    num_train_epochs: float = option(1.0, "passes over the training set", aliases=("num_epochs",))
+    per_device_train_batch_size: int = option(16, "training examples per step and process", aliases=("batch_size",))
+    per_device_eval_batch_size: int = option(64, "examples per evaluation batch and process",
+                                             aliases=("eval_batch_size",))
+    weight_decay: float = option(1e-5, "AdamW weight decay")
+    warmup_steps: float = option(0.06, "steps of linear warm-up (then a linear decay); below 1, a fraction of "
+                                       "the steps", aliases=("warmup_ratio",))
+    eval_strategy: str = option("steps", "when to validate: steps, epoch or no")
+    eval_steps: Optional[float] = option(25, "validate every N steps (and at the end)")
+    save_steps: float = option(50, "checkpoint every N steps (and at the end, and at each new best)")
+    logging_steps: float = option(1, "log the training loss every N steps")
+    dataloader_pin_memory: bool = option(torch.cuda.is_available(), "pin the batches' memory (CUDA only)")
+    remove_unused_columns: bool = option(False, "drop the inputs the model's forward does not name (ept-fast's "
+                                                "collator tokenizes whole examples, so it keeps them)")
+
+    def __post_init__(self):
+        _require_at_least_one(self, ("per_device_train_batch_size", "per_device_eval_batch_size",
+                                     "gradient_accumulation_steps", "early_stopping_patience"))
+        for name in ("learning_rate", "lr_lowrank", "max_grad_norm"):
+            if getattr(self, name) is not None and not getattr(self, name) > 0:
+                raise ValueError(f"--{name}: expected a number > 0, got {getattr(self, name)}")
+        if not self.num_train_epochs > 0:
+            raise ValueError(f"--num_train_epochs: expected a number > 0, got {self.num_train_epochs}")
+        if not 0 <= self.warmup_steps:
+            raise ValueError(f"--warmup_steps: expected steps >= 0 or a fraction in [0, 1), got {self.warmup_steps}")
+        if self.head_init not in ("random", "probe"):
+            raise ValueError(f"--head_init: expected random or probe, got {self.head_init!r}")
+        if not self.weight_decay >= 0:
+            raise ValueError(f"--weight_decay: expected a number >= 0, got {self.weight_decay}")
+        super().__post_init__()
+
+
+@dataclasses.dataclass
+class TrainArguments(AdapterArguments, ModelArguments, DataArguments, EPTTrainingArguments):
     """The training run.
 
     Every option of ``ept-fast train`` (flags, and keys of a --config file)."""
 
-    param_budget: Optional[int] = option(help="trainable adapter parameters to spend (the head excluded): sizes m "
-                                              "for pt, r for dept, r (and h if needed) for ept to match")
-    output_dir: Optional[str] = option(help="where the adapter, checkpoints and reports go (default: "
-                                            "runs/<method>-<task or data>)")
-    overwrite: bool = option(False, "write into an --output-dir that already holds a run",
-                             aliases=("overwrite_output_dir",))
-    resume: Union[bool, str] = option(False, "continue from the last checkpoint in --output-dir, or from the "
-                                             "checkpoint folder given", aliases=("resume_from_checkpoint",))
-    lr: Optional[float] = option(help="learning rate of the soft prompt P and the head (default by method: ept "
-                                      "3e-2, dept 3e-2, pt 1e-2, head 3e-2)", aliases=("learning_rate",))
-    lr_lowrank: Optional[float] = option(help="learning rate of the low-rank pair A, B and EPT's fusion scale, "
-                                              "projections and gate (DePT's second rate; default 1e-3)")
-    weight_decay: float = option(1e-5, "AdamW weight decay")
-    warmup_ratio: float = option(0.06, "fraction of the steps with a linear warm-up (then a linear decay)")
-    num_epochs: float = option(1.0, "passes over the training set", aliases=("num_train_epochs",))
-    max_steps: Optional[int] = option(help="optimizer steps (overrides --num-epochs)")
-    batch_size: int = option(16, "training examples per step and process",
-                             aliases=("per_device_train_batch_size",))
-    gradient_accumulation_steps: int = option(1, "micro-batches added up per optimizer step")
-    max_grad_norm: float = option(1.0, "gradient clipping norm")
-    eval_steps: int = option(25, "validate every N steps (and at the end)")
-    save_steps: int = option(50, "checkpoint every N steps (and at the end)")
-    metric_for_best_model: Optional[str] = option(help="the validation metric that picks the best checkpoint "
-                                                       "(default: the task's first)")
-    early_stopping_patience: Optional[int] = option(help="stop after N validations without improvement")
-    head_init: str = option("random", "how a classifier's head starts: random (as the backbone makes it) or probe "
-                                      "(the logistic regression of what it reads, C chosen on validation; then "
-                                      "everything tunes from there)")
-
     def __post_init__(self):
+        method = parse_enum(Method, "--method", self.method)
+        if self.output_dir is None:
+            self.output_dir = str(Path("runs") / f"{method.value}-{self.data_name()}")
         super().__post_init__()
-        _require_at_least_one(self, ("batch_size", "gradient_accumulation_steps", "eval_steps", "save_steps",
-                                     "max_steps", "early_stopping_patience"))
-        if not self.num_epochs > 0:
-            raise ValueError(f"--num-epochs: expected a number > 0, got {self.num_epochs}")
-        for name in ("lr", "lr_lowrank", "max_grad_norm"):
-            if getattr(self, name) is not None and not getattr(self, name) > 0:
-                raise ValueError(f"--{name.replace('_', '-')}: expected a number > 0, got {getattr(self, name)}")
-        if not 0 <= self.warmup_ratio < 1:
-            raise ValueError(f"--warmup-ratio: expected a fraction of the steps in [0, 1), got {self.warmup_ratio}")
-        if self.head_init not in ("random", "probe"):
-            raise ValueError(f"--head-init: expected random or probe, got {self.head_init!r}")
-        if not self.weight_decay >= 0:
-            raise ValueError(f"--weight-decay: expected a number >= 0, got {self.weight_decay}")
         config = self.adapter_config()  # a value that contradicts the method fails now, as EPTConfig says
         if self.param_budget is not None and config.method is Method.HEAD:
-            raise ValueError("--param-budget: method 'head' trains the head alone, no adapter parameters to size")
+            raise ValueError("--param_budget: method 'head' trains the head alone, no adapter parameters to size")
         if self.param_budget is not None:
             fitted = "num_virtual_tokens" if config.method is Method.PT else "r"
             if getattr(self, fitted) is not None:
-                raise ValueError(f"--param-budget: it picks {fitted} for method {config.method.value!r}; do not "
-                                 f"also give --{fitted.replace('_', '-')}")
+                raise ValueError(f"--param_budget: it picks {fitted} for method {config.method.value!r}; do not "
+                                 f"also give --{fitted}")
 
     def adapter_config(self, task: Optional[Task] = None, task_type: Optional[TaskType] = None,
                        token_dim: Optional[int] = None, encoder_classifier: bool = False) -> EPTConfig:
         """The EPTConfig of this run: the method's row of METHOD_DEFAULTS, the task's init
         text, CLI_READOUT for an ``encoder_classifier``, then every adapter option given; sized
-        to --param-budget on a backbone of hidden size ``token_dim`` when both are known."""
+        to --param_budget on a backbone of hidden size ``token_dim`` when both are known."""
         method = parse_enum(Method, "--method", self.method).value
         values = {key: value for key, value in METHOD_DEFAULTS[method].items() if key in ADAPTER_OPTIONS}
         if task is not None and task.init_text:
@@ -215,20 +262,35 @@ class TrainArguments(AdapterArguments, RunArguments, DataArguments):
         return config
 
     def learning_rates(self) -> Tuple[float, float]:
-        """(--lr, --lr-lowrank), each the method's default where not given."""
+        """(--learning_rate, --lr_lowrank), each the method's default where not given."""
         row = METHOD_DEFAULTS[parse_enum(Method, "--method", self.method).value]
-        return (row["lr"] if self.lr is None else self.lr,
+        return (row["lr"] if self.learning_rate is None else self.learning_rate,
                 row["lr_lowrank"] if self.lr_lowrank is None else self.lr_lowrank)
+
+    def best_model_metric(self, task: Task) -> str:
+        """--metric_for_best_model (with or without Trainer's ``eval_``), else the task's first metric."""
+        metric = self.metric_for_best_model or task.metrics[0]
+        metric = metric[len("eval_"):] if metric.startswith("eval_") else metric
+        if metric not in task.metrics:
+            raise ValueError(f"--metric_for_best_model: task {task.name} reports {list(task.metrics)}, got {metric!r}")
+        return metric
+
+    def run_device(self) -> torch.device:
+        return self.device
+
+    def options(self) -> dict:
+        """The options as JSON writes them (Trainer's ``to_dict``: enums by value, tokens hidden)."""
+        return json.loads(json.dumps(self.to_dict(), default=str))
 
 
 @dataclasses.dataclass
-class EvalArguments(RunArguments, DataArguments):
+class EvalArguments(ModelArguments, InferenceArguments, DataArguments):
     """The adapter to score and where the results go.
 
     Every option of ``ept-fast eval``."""
 
-    adapter: Optional[str] = option(help="the adapter folder to score (an --output-dir of ept-fast train, or its "
-                                         "best/ or checkpoint/ folder)")
+    adapter: Optional[str] = option(help="the adapter folder to score (an --output_dir of ept-fast train, or one "
+                                         "of its checkpoint-N folders)")
     output_dir: Optional[str] = option(help="where metrics.json and all_results.json go (default: <adapter>/eval)")
 
     def __post_init__(self):
@@ -238,69 +300,43 @@ class EvalArguments(RunArguments, DataArguments):
 
 
 # ------------------------------------------------------------------- parsing
-def _base_type(annotation):
-    if typing.get_origin(annotation) is Union:
-        annotation = next(a for a in typing.get_args(annotation) if a is not type(None))
-    return typing.get_origin(annotation) or annotation
+class OptionParser(HfArgumentParser):
+    """``HfArgumentParser`` over one dataclass whose options are grouped in ``--help`` by the
+    dataclass that declares them, with a ``--config`` YAML or JSON file whose values the flags
+    override."""
 
+    def __init__(self, cls, prog: str, description: str):
+        self.options_class = cls
+        super().__init__(cls, prog=prog, description=description, allow_abbrev=False)
+        self.add_argument("--config", help="YAML or JSON file of options (flags override it; keys as the flags, "
+                                           "without the dashes)")
 
-def _own_fields(cls):
-    """The fields ``cls`` declares itself (not its dataclass bases)."""
-    inherited = {name for base in cls.__mro__[1:] for name in getattr(base, "__dataclass_fields__", {})}
-    return [field for field in dataclasses.fields(cls) if field.name not in inherited]
+    def _add_dataclass_arguments(self, cls) -> None:
+        hints = typing.get_type_hints(cls)
+        declared = {}
+        for owner in reversed(cls.__mro__):
+            for name in getattr(owner, "__dataclass_fields__", {}):
+                declared.setdefault(name, owner)
+            for name in vars(owner).get("__annotations__", {}):  # a redeclared field belongs to its last owner
+                if name in getattr(owner, "__dataclass_fields__", {}):
+                    declared[name] = owner
+        groups = {}
+        for field in dataclasses.fields(cls):
+            if not field.init:
+                continue
+            owner = declared[field.name]
+            if owner not in groups:
+                groups[owner] = self.add_argument_group((owner.__doc__ or owner.__name__).split("\n")[0].rstrip("."))
+            field.type = hints[field.name]
+            self._parse_dataclass_field(groups[owner], field)
 
-
-def build_parser(cls, prog: str, description: str) -> argparse.ArgumentParser:
-    """One flag per field of ``cls`` (grouped by the dataclass that declares it), with dashes;
-    the underscore spelling and Hugging Face's names are accepted too; booleans also take
-    --no-…. Every help says what the option does and its default."""
-    parser = argparse.ArgumentParser(prog=prog, description=description, allow_abbrev=False)
-    parser.add_argument("--config", help="YAML or JSON file of options (flags override it; keys as the "
-                                         "flags, with underscores)")
-    hints = typing.get_type_hints(cls)
-    for owner in [base for base in reversed(cls.__mro__) if dataclasses.is_dataclass(base)]:
-        group = parser.add_argument_group((owner.__doc__ or owner.__name__).split("\n")[0].rstrip("."))
-        for field in _own_fields(owner):
-            _add_option(group, field, _base_type(hints[field.name]))
-    return parser
-
-
-class _Repeatable(argparse.Action):
-    """A list option: its first use on a command line replaces the default (or the config
-    file's value), further uses add to it (``--adapter a=x --adapter b=y``)."""
-
-    def __init__(self, *args, **kwargs):
-        super().__init__(*args, **kwargs)
-        self._used_in: set = set()
-
-    def __call__(self, parser, namespace, values, option_string=None):
-        earlier = getattr(namespace, self.dest, None) if id(namespace) in self._used_in else None
-        self._used_in.add(id(namespace))
-        setattr(namespace, self.dest, list(earlier or []) + list(values))
-
-
-def _add_option(group, field, kind) -> None:
-    default = field.default if field.default is not dataclasses.MISSING else None
-    aliases = field.metadata.get("aliases", ())
-    help_text = field.metadata.get("help", "")
-    if default not in (None, False):
-        help_text += f" (default: {default})"
-    if aliases:
-        help_text += f" (also --{', --'.join(aliases)})"
-    if field.name == "resume":
-        settings = dict(nargs="?", const=True, metavar="PATH")
-    elif kind is bool:
-        settings = dict(action=argparse.BooleanOptionalAction)
-    elif kind is list:  # the flag replaces a default or a config file's list; repeating it adds to it
-        settings = dict(nargs="+", metavar="NAME", action=_Repeatable)
-    else:
-        settings = dict(type=kind, metavar=field.name.upper())
-    canonical = f"--{field.name.replace('_', '-')}"
-    group.add_argument(canonical, dest=field.name, default=default, help=help_text, **settings)
-    others = [f"--{spelling}" for name in (field.name, *aliases) for spelling in (name, name.replace("_", "-"))]
-    others = [flag for flag in dict.fromkeys(others) if flag != canonical]
-    if others:  # accepted, not listed
-        group.add_argument(*others, dest=field.name, default=argparse.SUPPRESS, help=argparse.SUPPRESS, **settings)
+    def parse(self, argv: Optional[List[str]]):
+        first, _ = self.parse_known_args(argv)
+        if first.config:
+            self.set_defaults(**_read_config(first.config, self.options_class))
+        values = vars(self.parse_args(argv))
+        values.pop("config")
+        return self.options_class(**values)
 
 
 def _read_config(path: str, cls) -> dict:
@@ -319,9 +355,9 @@ def _read_config(path: str, cls) -> dict:
         values = json.loads(text)
     if not isinstance(values, dict):
         raise ValueError(f"--config: {file} must hold a mapping of option names to values")
-    spellings = {spelling: field.name for field in dataclasses.fields(cls)
-                 for name in (field.name, *field.metadata.get("aliases", ()))
-                 for spelling in (name, name.replace("_", "-"))}
+    spellings = {alias.lstrip("-"): field.name for field in dataclasses.fields(cls) if field.init
+                 for alias in [f"--{field.name}", f"--{field.name.replace('_', '-')}",
+                               *field.metadata.get("aliases", ())]}
     unknown = sorted(set(values) - set(spellings))
     if unknown:
         raise ValueError(f"--config: {file} has unknown option(s) {unknown}")
@@ -341,28 +377,69 @@ def _config_value(file: Path, key: str, value, hint):
     kind = kinds[0]
     if kind is list:
         return [str(item) for item in value] if isinstance(value, list) else [str(value)]
-    if isinstance(value, (list, dict)):
-        raise ValueError(f"--config: {file}: {key} expects one {kind.__name__}, got {value!r}")
+    if isinstance(value, (list, dict)) and kind is not dict:
+        raise ValueError(f"--config: {file}: {key} expects one {getattr(kind, '__name__', kind)}, got {value!r}")
     if kind is bool:
-        if isinstance(value, bool):
-            return value
         raise ValueError(f"--config: {file}: {key} expects true or false (unquoted), got {value!r}")
     if kind in (int, float) and isinstance(value, (int, float)) and not isinstance(value, bool):
         if kind is int and value != int(value):
             raise ValueError(f"--config: {file}: {key} expects an integer, got {value!r}")
         return kind(value)
+    if not isinstance(kind, type):
+        return value
     try:
         return kind(value) if isinstance(value, str) else kind(str(value))
     except (TypeError, ValueError):
         raise ValueError(f"--config: {file}: {key} expects a {kind.__name__}, got {value!r}") from None
 
 
+class Repeatable(argparse.Action):
+    """A list option: its first use on a command line replaces the default (or the config
+    file's value), further uses add to it (``--adapter a=x --adapter b=y``)."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._used_in: set = set()
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        earlier = getattr(namespace, self.dest, None) if id(namespace) in self._used_in else None
+        self._used_in.add(id(namespace))
+        setattr(namespace, self.dest, list(earlier or []) + list(values))
+
+
+# Spellings of the machine options of eval and predict, for ``ept-fast train``: Trainer's flags.
+_TRAIN_MACHINE = {("--device", "cpu"): ["--use_cpu"], ("--device", "cuda"): [], ("--device", "auto"): [],
+                  ("--mixed-precision", "bf16"): ["--bf16"], ("--mixed-precision", "fp16"): ["--fp16"],
+                  ("--mixed-precision", "no"): []}
+
+
+def machine_flags(argv: List[str]) -> List[str]:
+    """``--device cpu`` and ``--mixed-precision bf16|fp16`` (the spellings of eval and predict)
+    as Trainer's ``--use_cpu``, ``--bf16`` and ``--fp16``."""
+    out, i = [], 0
+    while i < len(argv):
+        flag = argv[i].replace("_", "-") if argv[i].startswith("--") else argv[i]
+        flag, _, inline = flag.partition("=")
+        if flag in ("--device", "--mixed-precision"):
+            value = inline or (argv[i + 1] if i + 1 < len(argv) else "")
+            if (flag, value) not in _TRAIN_MACHINE:
+                choices = sorted(v for f, v in _TRAIN_MACHINE if f == flag)
+                raise ValueError(f"{flag}: expected one of {choices}, got {value!r}")
+            if value == "cuda" and not torch.cuda.is_available():
+                raise ValueError("--device: cuda was requested, but no CUDA device is available here")
+            out += _TRAIN_MACHINE[(flag, value)]
+            i += 1 if inline else 2
+            continue
+        out.append(argv[i])
+        i += 1
+    return out
+
+
 def parse_options(cls, argv: Optional[List[str]], prog: str, description: str):
     """``cls`` from the command line: a --config file first, flags over it."""
-    parser = build_parser(cls, prog, description)
-    first = parser.parse_args(argv)
-    if first.config:
-        parser.set_defaults(**_read_config(first.config, cls))
-    values = vars(parser.parse_args(argv))
-    values.pop("config")
-    return cls(**values)
+    import sys
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if issubclass(cls, TrainingArguments):
+        argv = machine_flags(argv)
+    return OptionParser(cls, prog, description).parse(argv)

@@ -1,53 +1,137 @@
-"""A run's output folder: where it is, the refusal of one that holds another run, and the lock
-held while a run writes into it (a second run into the same folder is refused)."""
+"""A run's output folder: the refusal of one that holds another run, the lock held while a run
+writes into it (a second run into the same folder is refused), and its checkpoints (Trainer's
+``checkpoint-N`` folders): which one a resume takes, and that it was made with the same options."""
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import json
+import logging
+import re
+import shutil
 from pathlib import Path
-from typing import Iterator
+from typing import Iterator, List, Optional, Union
 
-from .checkpoints import checkpoint_folder
-from .data import data_name
-from .options import TrainArguments
+from ..serialization import CONFIG_NAME, WEIGHTS_NAME
+from .options import ADAPTER_OPTIONS, DataArguments, ModelArguments, TrainArguments
 from .report import check_writable
 
 LOCK_NAME = ".ept-fast.lock"  # held in the output folder while a run writes into it
+OPTIONS_NAME = "ept_fast_options.json"  # a checkpoint's run options, compared when it is resumed
+_CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
+# A checkpoint is complete when Trainer and ept-fast wrote all of these.
+_CHECKPOINT_FILES = (CONFIG_NAME, WEIGHTS_NAME, "optimizer.pt", "scheduler.pt", "trainer_state.json", OPTIONS_NAME)
+# The options that make a run what it computes: a resumed run must have the same ones.
+RUN_DEFINING = frozenset(
+    ["method", *ADAPTER_OPTIONS, *(f.name for f in dataclasses.fields(DataArguments)),
+     *(f.name for f in dataclasses.fields(ModelArguments) if f.name != "max_new_tokens"),
+     "learning_rate", "lr_lowrank", "weight_decay", "warmup_steps", "num_train_epochs", "max_steps",
+     "per_device_train_batch_size", "gradient_accumulation_steps", "max_grad_norm", "seed", "data_seed",
+     "lr_scheduler_type", "lr_scheduler_kwargs", "optim", "optim_args", "adam_beta1", "adam_beta2", "adam_epsilon",
+     "param_budget", "head_init", "metric_for_best_model", "eval_strategy", "eval_steps", "early_stopping_patience",
+     "bf16", "fp16", "label_smoothing_factor"])
+logger = logging.getLogger(__name__)
 
 
-def output_dir(args: TrainArguments) -> Path:
-    """--output-dir, or runs/<method>-<task or data>."""
-    return Path(args.output_dir or Path("runs") / f"{args.method}-{data_name(args)}")
+class CheckpointWriteError(RuntimeError):
+    """A checkpoint could not be written (the earlier ones are kept)."""
+
+
+def checkpoints(out: Path) -> List[Path]:
+    """The ``checkpoint-N`` folders in ``out``, by step."""
+    found = [(int(match.group(1)), path) for path in out.glob("checkpoint-*")
+             if path.is_dir() and (match := _CHECKPOINT.match(path.name))]
+    return [path for _, path in sorted(found)]
+
+
+def is_complete(folder: Path) -> bool:
+    return all((folder / name).is_file() for name in _CHECKPOINT_FILES)
+
+
+def resume_folder(out: Path, resume: Union[None, bool, str]) -> Optional[Path]:
+    """The checkpoint --resume_from_checkpoint names: None when not resuming; with no value, the
+    last complete checkpoint in ``out`` (one a crash left half-written is passed over, said in
+    the log); else the folder given, which must be a complete checkpoint of this run."""
+    if resume in (None, False, "", "False", "false"):
+        return None
+    if resume in (True, "True", "true"):
+        complete = [folder for folder in checkpoints(out) if is_complete(folder)]
+        if not complete:
+            raise FileNotFoundError(f"--resume_from_checkpoint: no complete checkpoint-N folder in {out} "
+                                    f"(each holds {', '.join(_CHECKPOINT_FILES)})")
+        later = [folder.name for folder in checkpoints(out) if folder not in complete and
+                 int(folder.name.split("-")[1]) > int(complete[-1].name.split("-")[1])]
+        if later:
+            logger.warning("--resume_from_checkpoint: %s incomplete (a save was interrupted); resuming from %s",
+                           ", ".join(later), complete[-1])
+        return complete[-1]
+    folder = Path(resume)
+    if not is_complete(folder):
+        raise FileNotFoundError(f"--resume_from_checkpoint: {folder} is not a complete checkpoint (expected "
+                                f"{', '.join(_CHECKPOINT_FILES)})")
+    if folder.resolve().parent != out.resolve():  # the run's adapter and reports are in its own folder
+        raise ValueError(f"--resume_from_checkpoint: {folder} is a checkpoint of another run than --output_dir "
+                         f"{out}; resume it with --output_dir {folder.parent}")
+    return folder
+
+
+def check_same_options(saved: dict, options: dict, what: str) -> None:
+    """``options`` (a resumed run's) must be those ``what`` was made with (``saved``) in every
+    option of RUN_DEFINING: a resume continues the same run."""
+    saved, options = json.loads(json.dumps(saved)), json.loads(json.dumps(options))
+    changed = {key: (saved[key], options[key]) for key in sorted(RUN_DEFINING)
+               if key in saved and key in options and saved[key] != options[key]}
+    if changed:
+        listed = ", ".join(f"--{key} {before!r} -> {now!r}" for key, (before, now) in changed.items())
+        raise ValueError(f"--resume_from_checkpoint: {what} was made with other options ({listed}); resume with "
+                         f"the same options, or start over with --overwrite")
+
+
+def read_options(folder: Path) -> dict:
+    return json.loads((folder / OPTIONS_NAME).read_text(encoding="utf-8"))
+
+
+def remove_partial_checkpoint(out: Path, step: int) -> Optional[Path]:
+    """Remove what a failed save of step ``step`` left; returns the last complete checkpoint."""
+    shutil.rmtree(out / f"checkpoint-{step}", ignore_errors=True)
+    complete = [folder for folder in checkpoints(out) if is_complete(folder)]
+    return complete[-1] if complete else None
 
 
 def prepare_output_dir(args: TrainArguments) -> Path:
-    out = output_dir(args)
-    if args.resume:
-        folder = checkpoint_folder(out, args.resume)  # it must exist
-        if folder.resolve().parent != out.resolve():  # the run's best adapter and reports are in its own folder
-            raise ValueError(f"--resume: {folder} is a checkpoint of another run than --output-dir {out}; resume "
-                             f"it with --output-dir {folder.parent}")
-    elif out.exists() and any(path.name != LOCK_NAME for path in out.iterdir()) and not args.overwrite:
-        raise FileExistsError(f"--output-dir: {out} already holds a run; pass --overwrite to replace it or "
-                              f"--resume to continue it")
-    check_writable(out, "--output-dir")
+    """--output_dir, checked: a folder holding another run is refused unless --overwrite (which
+    removes that run's checkpoints, so a later resume cannot take one of them) or a resume."""
+    out = Path(args.output_dir)
+    resuming = resume_folder(out, args.resume_from_checkpoint) is not None
+    if not resuming and out.exists() and any(path.name != LOCK_NAME for path in out.iterdir()):
+        if not args.overwrite:
+            raise FileExistsError(f"--output_dir: {out} already holds a run; pass --overwrite to replace it or "
+                                  f"--resume_from_checkpoint to continue it")
+    check_writable(out, "--output_dir")
     return out
 
 
 @contextlib.contextmanager
-def hold_output_dir(args: TrainArguments) -> Iterator[Path]:
-    """--output-dir, checked (``prepare_output_dir``) and locked for as long as the run writes
-    into it: a second run into the same folder, ``--overwrite`` or not, is refused."""
+def hold_output_dir(args: TrainArguments, main_process: bool = True) -> Iterator[Path]:
+    """--output_dir, checked (``prepare_output_dir``) and, by the main process, locked for as long
+    as the run writes into it: a second run into the same folder, --overwrite or not, is refused."""
     from filelock import FileLock, Timeout
 
+    if not main_process:
+        yield Path(args.output_dir)
+        return
     out = prepare_output_dir(args)
     lock = FileLock(str(out / LOCK_NAME))
     try:
         lock.acquire(timeout=0)
     except Timeout:
-        raise FileExistsError(f"--output-dir: {out} is in use by another ept-fast run (it holds "
+        raise FileExistsError(f"--output_dir: {out} is in use by another ept-fast run (it holds "
                               f"{out / LOCK_NAME}); let that run finish, or write into another folder") from None
     try:
+        if args.overwrite and resume_folder(out, args.resume_from_checkpoint) is None:
+            for folder in checkpoints(out):
+                shutil.rmtree(folder)
         yield out
     finally:
         # Removed while still held (a run that then takes the folder makes a new lock file): the

@@ -6,7 +6,6 @@ same training split, its inverse regularisation C chosen on validation. ``ept-fa
 
 from __future__ import annotations
 
-import dataclasses
 import time
 from typing import Dict, List, Optional
 
@@ -17,9 +16,9 @@ from ..config import TaskType
 from ..model import EPTModel
 from ..tasks import Example, Task, compute_metrics
 from .data import Collator, load_backbone, load_data
-from .evaluation import predict
 from .options import TrainArguments
 from .output import hold_output_dir
+from .prediction import predict_rows
 from .report import peak_memory_mb, versions, write_results
 
 PROBE_C = (0.01, 0.1, 1.0, 10.0, 100.0)
@@ -45,9 +44,7 @@ def linear_probe(args: TrainArguments) -> dict:
     """Fit the probe for ``args`` (its data, backbone, --max-length, --seed, --device); write
     and return the summary that ``ept-fast train`` would (method "probe", no adapter parameters)."""
     task, *splits = load_data(args)  # the checks come before the output folder is taken
-    metric = args.metric_for_best_model or task.metrics[0]
-    if metric not in task.metrics:
-        raise ValueError(f"--metric-for-best-model: task {task.name} reports {list(task.metrics)}, got {metric!r}")
+    metric = args.best_model_metric(task)
     if task.is_regression:
         raise ValueError(f"--methods probe: the linear probe is a classifier; task {task.name} is a regression")
     with hold_output_dir(args) as out:
@@ -79,12 +76,14 @@ class LogisticFit:
 def head_inputs(model: EPTModel, examples: List[Example], collate: Collator, batch_size: int,
                 device: torch.device) -> np.ndarray:
     """(len(examples), d): what the active adapter's head reads for each example, as it is now
-    (caught on its way in while ``evaluation.predict`` runs the examples)."""
-    head = model.head_copies[model.active_adapter][0]
+    (caught on its way in while the prediction path runs the examples)."""
+    name = model.active_adapter
+    head = model.head_copies[name][0]
     captured: List[torch.Tensor] = []
     handle = head.register_forward_pre_hook(lambda module, args: captured.append(args[0].float().cpu()))
     try:
-        predict(model, examples, collate, batch_size, device, collate.max_new_tokens)
+        predict_rows(model, collate.tokenizer, {name: collate.task}, [(name, e) for e in examples], batch_size, device,
+                     collate.max_new_tokens)
     finally:
         handle.remove()
     return torch.cat(captured).numpy()
@@ -151,7 +150,7 @@ def _fit(args: TrainArguments, out, task: Task, splits: List[List[Example]], met
         "train_time_s": time.perf_counter() - started, "peak_memory_mb": peak_memory_mb(),
         "adapter_parameters": 0, "trainable_parameters": classifier.coef_.size + classifier.intercept_.size,
         "adapter": {"method": "probe", "C": best_C},
-        "config": dataclasses.asdict(args), "versions": versions(),
+        "config": args.options(), "versions": versions(),
     }
     write_results(out, summary)
     print(f"linear probe ({task.name}): C={best_C} on validation; test {metric} {test[metric]:.4f}")

@@ -1,7 +1,7 @@
 """What a run leaves behind, in the forms users' tools read: ``metrics.json`` (the whole
 summary), ``all_results.json`` (flat ``eval_*`` / ``test_*`` / ``train_*`` keys, as Hugging
-Face's example scripts write them), ``trainer_state.json`` (a ``transformers.Trainer``-style
-log history, rewritten as the run goes), ``training.png``, and the table printed at the end."""
+Face's example scripts write them), ``training.png`` (from Trainer's log history), and the
+table printed at the end."""
 
 from __future__ import annotations
 
@@ -59,25 +59,6 @@ def write_results(directory: Path, summary: dict) -> None:
     write_json(directory / "all_results.json", flat_results(summary))
 
 
-def trainer_state(history: List[dict], max_steps: int, steps_per_epoch: float, metric: str,
-                  best_metric: Optional[float], best_step: Optional[int], best_folder: Optional[str]) -> dict:
-    """The loop's history as ``transformers.Trainer`` logs it: a ``{"loss", "learning_rate",
-    "epoch", "step"}`` entry per step and an ``{"eval_<metric>", "epoch", "step"}`` entry per
-    validation."""
-    log = []
-    for record in history:
-        epoch = record["step"] / steps_per_epoch
-        log.append({"loss": record["loss"], "learning_rate": record["learning_rate"], "epoch": epoch,
-                    "step": record["step"]})
-        if "validation" in record:
-            log.append({**{f"eval_{k}": v for k, v in record["validation"].items()}, "epoch": epoch,
-                        "step": record["step"]})
-    step = history[-1]["step"] if history else 0
-    return {"global_step": step, "max_steps": max_steps, "epoch": step / steps_per_epoch,
-            "metric_for_best_model": f"eval_{metric}", "best_metric": best_metric, "best_global_step": best_step,
-            "best_model_checkpoint": best_folder, "log_history": log}
-
-
 def peak_memory_mb() -> float:
     if torch.cuda.is_available():
         return torch.cuda.max_memory_allocated() / 2**20
@@ -91,24 +72,26 @@ def versions() -> dict:
             "python": platform.python_version()}
 
 
-def plot_history(history: List[dict], metric: str, path: Path, best_step: Optional[int] = None,
+def plot_history(log_history: List[dict], metric: str, path: Path, best_step: Optional[int] = None,
                  test_score: Optional[float] = None) -> None:
-    """The training loss and the validation metric by step; the best checkpoint (``best_step``)
-    marked, and its ``test_score`` when known."""
+    """The training loss and the validation metric by step, from Trainer's ``log_history``; the
+    best checkpoint (``best_step``) marked, and its ``test_score`` when known."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     figure, (loss_axis, metric_axis) = plt.subplots(1, 2, figsize=(10, 4))
-    loss_axis.plot([h["step"] for h in history], [h["loss"] for h in history], linewidth=0.8)
+    losses = [entry for entry in log_history if "loss" in entry]
+    loss_axis.plot([e["step"] for e in losses], [e["loss"] for e in losses], linewidth=0.8)
     loss_axis.set(xlabel="step", ylabel="training loss", title="loss")
-    evaluated = [h for h in history if "validation" in h]
-    metric_axis.plot([h["step"] for h in evaluated], [h["validation"][metric] for h in evaluated], marker="o")
-    if best_step is not None:
-        best = next(h["validation"][metric] for h in evaluated if h["step"] == best_step)
+    key = f"eval_{metric}"
+    evaluated = {e["step"]: e[key] for e in log_history if key in e}  # a step validated twice: its last score
+    metric_axis.plot(list(evaluated), list(evaluated.values()), marker="o")
+    if best_step in evaluated:
         label = f"best, step {best_step}" + (f" (test {test_score:.4f})" if test_score is not None else "")
-        metric_axis.scatter([best_step], [best], s=120, facecolors="none", edgecolors="red", zorder=3, label=label)
+        metric_axis.scatter([best_step], [evaluated[best_step]], s=120, facecolors="none", edgecolors="red",
+                            zorder=3, label=label)
         if test_score is not None:
             metric_axis.axhline(test_score, color="gray", linestyle=":", linewidth=1, label=f"test {metric}")
         metric_axis.legend(loc="lower right")

@@ -15,28 +15,27 @@ import time
 from pathlib import Path
 from typing import Dict, List, Optional, Tuple
 
-import torch
 from tqdm.auto import tqdm
 
 from ..adapters import check_adapter_name
 from ..config import TaskType
 from ..model import EPTModel
 from ..serialization import atomic_write, load_adapter
-from ..tasks import Task, format_input, label_id, parse_prediction, read_rows
-from .data import Collator, load_backbone
-from .evaluation import task_from_metadata
-from .options import RunArguments, option
+from ..tasks import Task, format_input, label_id, read_rows
+from .data import load_backbone, task_from_metadata
+from .options import InferenceArguments, ModelArguments, Repeatable, option
+from .prediction import predict_rows
 from .report import check_writable
 
 
 @dataclasses.dataclass
-class PredictArguments(RunArguments):
+class PredictArguments(ModelArguments, InferenceArguments):
     """The adapters, the inputs and where the predictions go.
 
     Every option of ``ept-fast predict``."""
 
     adapter: List[str] = option(help="NAME=PATH of an adapter to serve (an --output-dir of ept-fast train); "
-                                     "repeat it for several; a bare PATH is named after its folder")
+                                     "repeat it for several; a bare PATH is named after its folder", action=Repeatable)
     input_file: Optional[str] = option(help="CSV or JSON-lines file of inputs, in the adapters' input columns")
     adapter_column: str = option("adapter", "the column naming each row's adapter (not needed with one --adapter)")
     output_file: Optional[str] = option(help="where the predictions go, .jsonl or .csv (default: the input file's "
@@ -108,61 +107,6 @@ def load_served_model(args: PredictArguments) -> Tuple[EPTModel, object, Dict[st
     return model, tokenizer, tasks
 
 
-def _batch(model: EPTModel, tokenizer, tasks: Dict[str, Task], rows: List[Tuple[str, dict]],
-           max_new_tokens: int) -> Dict[str, torch.Tensor]:
-    """One padded batch of rows that may run different adapters: each adapter's rows are
-    tokenized as its training did (its own max_length), then padded together."""
-    encoded: List[Dict[str, torch.Tensor]] = [{} for _ in rows]
-    for name in dict.fromkeys(name for name, _ in rows):
-        collate = Collator(tokenizer, model.task_type, tasks[name], model.peft_config[name].max_length, max_new_tokens)
-        indices = [i for i, (row_name, _) in enumerate(rows) if row_name == name]
-        # The collator also encodes labels; predictions have none, so each gets a placeholder.
-        group = collate([dict(rows[i][1], label=0, target="") for i in indices], for_generation=True)
-        keys = [key for key in ("input_ids", "attention_mask", "token_type_ids") if key in group]
-        for position, i in enumerate(indices):
-            kept = group["attention_mask"][position].bool()
-            encoded[i] = {key: group[key][position][kept] for key in keys}
-    width = max(len(row["input_ids"]) for row in encoded)
-    left = model.task_type is TaskType.CAUSAL_LM  # generation continues each row from its last token
-    batch = {key: torch.full((len(rows), width), tokenizer.pad_token_id if key == "input_ids" else 0)
-             for key in encoded[0]}
-    for i, row in enumerate(encoded):
-        length = len(row["input_ids"])
-        span = slice(width - length, width) if left else slice(0, length)
-        for key, values in row.items():
-            batch[key][i, span] = values
-    return batch
-
-
-@torch.no_grad()
-def _predict_batch(model: EPTModel, tokenizer, tasks: Dict[str, Task], names: List[str], batch, max_new_tokens: int):
-    if model.task_type is TaskType.SEQ_CLS:
-        logits = model(**batch, adapter_names=names).logits.float()
-        out = []
-        for name, row in zip(names, logits):
-            task = tasks[name]
-            if task.is_regression:
-                out.append({"prediction": float(row[0])})
-                continue
-            probabilities = row.softmax(-1)
-            label = int(probabilities.argmax())
-            out.append({"prediction": task.label_names[label] if task.label_names else label,
-                        "score": round(float(probabilities[label]), 6)})
-        return out
-    generated = model.generate(**batch, adapter_names=names, max_new_tokens=max_new_tokens, do_sample=False,
-                               num_beams=1, pad_token_id=tokenizer.pad_token_id)
-    if model.task_type is TaskType.CAUSAL_LM:
-        generated = generated[:, batch["input_ids"].shape[1]:]
-    texts = tokenizer.batch_decode(generated, skip_special_tokens=True)
-    out = []
-    for name, text in zip(names, texts):
-        label = parse_prediction(tasks[name], text)
-        names_of = tasks[name].label_names
-        out.append({"generated": text, "prediction": names_of[label] if names_of and 0 <= label < len(names_of)
-                    else label})
-    return out
-
-
 def predict_file(args: PredictArguments) -> dict:
     """Run ``ept-fast predict``; returns the throughput summary it prints."""
     out = Path(args.output_file or f"{args.input_file}.predictions.jsonl")
@@ -189,16 +133,12 @@ def predict_file(args: PredictArguments) -> dict:
         except KeyError as error:
             raise ValueError(f"{args.input_file}, row {number} (adapter {name}): {error.args[0]}") from None
         gold.append(_label_of(tasks[name], row.get("label")))
-    predictions: List[dict] = []
     start = time.perf_counter()
-    for begin in tqdm(range(0, len(requests), args.eval_batch_size), desc="predict", unit="batch"):
-        chunk = requests[begin:begin + args.eval_batch_size]
-        batch = {k: v.to(device) for k, v in _batch(model, tokenizer, tasks, chunk, args.max_new_tokens).items()}
-        names = [name for name, _ in chunk]
-        with args.autocast(device):
-            results = _predict_batch(model, tokenizer, tasks, names, batch, args.max_new_tokens)
-        for offset, result in enumerate(results):
-            predictions.append({"row": begin + offset + 1, "adapter": names[offset], **result})
+    answers = predict_rows(model, tokenizer, tasks, requests, args.eval_batch_size, device, args.max_new_tokens,
+                           autocast=lambda: args.autocast(device),
+                           progress=lambda starts: tqdm(starts, desc="predict", unit="batch"))
+    predictions = [{"row": number, "adapter": name, **_named(tasks[name], answer)}
+                   for number, ((name, _), answer) in enumerate(zip(requests, answers), start=1)]
     seconds = time.perf_counter() - start
     _write(out, predictions)
     per_adapter = {name: sum(1 for p in predictions if p["adapter"] == name) for name in tasks}
@@ -212,6 +152,16 @@ def predict_file(args: PredictArguments) -> dict:
         print(f"{name}: accuracy {accuracy:.4f} on the {count} rows that carry a label")
     print(f"ept-fast predict: wrote {len(predictions)} predictions to {out}")
     return summary
+
+
+def _named(task: Task, answer: dict) -> dict:
+    """A prediction as the output file writes it: ``prediction`` (the class name where the task
+    has names, else the id or the regression value), then ``score`` or ``generated``."""
+    label = answer["label"]
+    names = task.label_names
+    named = names[label] if names and isinstance(label, int) and 0 <= label < len(names) else label
+    return {"prediction": named, **{key: round(value, 6) if key == "score" else value
+                                    for key, value in answer.items() if key != "label"}}
 
 
 def _label_of(task: Task, value) -> Optional[object]:

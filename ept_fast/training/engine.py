@@ -1,0 +1,256 @@
+"""``ept-fast train``: one run of transformers' Trainer (``EPTTrainer``) on the command line's
+options, and what the command adds around it.
+
+Trainer does the optimisation (DePT's two learning rates, warm-up and decay, clipping,
+accumulation, mixed precision, data parallelism through Accelerate), the checkpoints (adapter
+files, optimizer, scheduler and RNG states, ``trainer_state.json``; read back with
+``weights_only=True``), resuming, the best checkpoint, early stopping and the reporting
+integrations. The command adds the data and the adapter, validation through the one
+prediction path (generation for seq2seq and causal LMs), the refusals that keep a user's work
+(a used or locked output folder, a resume with other options), and the reports."""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from pathlib import Path
+from typing import Optional
+
+import torch
+from transformers import EarlyStoppingCallback, TrainerCallback
+from transformers.trainer_callback import ProgressCallback
+
+from ..budget import adapter_parameters
+from ..config import TaskType
+from ..heads import is_encoder_classifier
+from ..model import get_ept_model
+from ..trainer import EPTTrainer
+from .data import Collator, load_backbone, load_data, report_inputs_cut, task_metadata
+from .options import TrainArguments
+from .output import (
+    OPTIONS_NAME,
+    CheckpointWriteError,
+    check_same_options,
+    hold_output_dir,
+    read_options,
+    remove_partial_checkpoint,
+    resume_folder,
+)
+from .prediction import evaluate
+from .probe import init_head_from_probe
+from .report import peak_memory_mb, plot_history, summary_table, versions, write_json, write_results
+
+
+class NonFiniteLossError(RuntimeError):
+    """The training loss stopped being a finite number."""
+
+
+class RunTrainer(EPTTrainer):
+    """``EPTTrainer`` as ``ept-fast train`` runs it: validation is the task's metrics through the
+    prediction path (``evaluate``), a non-finite loss stops the run, each checkpoint also holds
+    the run's options (JSON) and a failed checkpoint write says what is kept."""
+
+    def __init__(self, *args, task, validation_set, run_options: dict, max_new_tokens: int, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.task, self.validation_set = task, validation_set
+        self.run_options, self.max_new_tokens = run_options, max_new_tokens
+        self.label_names = ["labels"]  # --label_names are the task's class names, not Trainer's input keys
+
+    def score(self, examples) -> dict:
+        model = self.accelerator.unwrap_model(self.model)
+        return evaluate(model, self.processing_class, self.task, examples, self.args.per_device_eval_batch_size,
+                        self.args.device, self.max_new_tokens, self.accelerator,
+                        self.accelerator.autocast if self.args.bf16 or self.args.fp16 else None)
+
+    def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix: str = "eval") -> dict:
+        metrics = {f"{metric_key_prefix}_{name}": value
+                   for name, value in self.score(self.validation_set if eval_dataset is None else eval_dataset).items()}
+        self.log(metrics)
+        self.control = self.callback_handler.on_evaluate(self.args, self.state, self.control, metrics=metrics)
+        return metrics
+
+    def training_step(self, model, inputs, num_items_in_batch=None):
+        loss = super().training_step(model, inputs, num_items_in_batch)
+        if not torch.isfinite(loss):
+            lr, lr_lowrank = self.args.learning_rate, self.lowrank_learning_rate
+            raise NonFiniteLossError(
+                f"the training loss is {loss.item()} at step {self.state.global_step + 1}; try lower learning rates "
+                f"(--learning_rate {lr}, --lr_lowrank {lr_lowrank}), a smaller --max_grad_norm, or no --bf16/--fp16; "
+                f"the checkpoints in {self.args.output_dir} are kept")
+        return loss
+
+    def _save(self, output_dir: Optional[str] = None, state_dict=None) -> None:
+        super()._save(output_dir, state_dict)
+        if self.args.should_save:
+            write_json(Path(output_dir or self.args.output_dir) / OPTIONS_NAME, self.run_options)
+
+    def _save_checkpoint(self, model, trial) -> None:
+        try:
+            super()._save_checkpoint(model, trial)
+        except (OSError, RuntimeError) as error:  # torch.save on a full disk: RuntimeError "unexpected pos"
+            kept = remove_partial_checkpoint(Path(self.args.output_dir), self.state.global_step)
+            raise CheckpointWriteError(
+                f"could not write the checkpoint of step {self.state.global_step} into {self.args.output_dir} "
+                f"({error}); is the disk full? "
+                + (f"{kept} is kept: free some space, then --resume" if kept else "there is no earlier checkpoint")
+            ) from None
+
+
+class ValidateAndKeepBest(TrainerCallback):
+    """Validation at the last step too, and a checkpoint at every new best (so the best one is
+    always on disk, whatever --save_steps); ``trainer_state.json`` in the output folder after
+    each validation, for the tools that read it as the run goes."""
+
+    def __init__(self, metric: str):
+        self.metric = f"eval_{metric}"
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if state.global_step >= state.max_steps and args.eval_strategy != "no":
+            control.should_evaluate = True
+
+    def on_evaluate(self, args, state, control, metrics=None, **kwargs):
+        if state.best_metric is None or metrics[self.metric] > state.best_metric:
+            control.should_save = True
+        self._write_state(args, state)
+
+    def on_save(self, args, state, control, **kwargs):  # the best metric is known by then
+        self._write_state(args, state)
+
+    @staticmethod
+    def _write_state(args, state):
+        if state.is_world_process_zero:
+            state.save_to_json(os.path.join(args.output_dir, "trainer_state.json"))
+
+
+class Progress(ProgressCallback):
+    """Trainer's bar, with the loss and the training examples per second on it (time in the
+    training steps only), and one line per validation."""
+
+    def __init__(self, examples_per_step: int):
+        super().__init__()
+        self.examples_per_step, self.seconds, self.steps = examples_per_step, 0.0, 0
+        self.started: Optional[float] = None
+
+    def on_step_begin(self, args, state, control, **kwargs):
+        self.started = time.perf_counter()
+
+    def on_step_end(self, args, state, control, **kwargs):
+        self.seconds += time.perf_counter() - self.started
+        self.steps += 1
+        super().on_step_end(args, state, control, **kwargs)
+
+    @property
+    def examples_per_second(self) -> float:
+        return self.steps * self.examples_per_step / max(self.seconds, 1e-9)
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if not state.is_world_process_zero or self.training_bar is None:
+            return
+        if "loss" in logs:
+            self.training_bar.set_postfix(loss=f"{logs['loss']:.4f}", ex_per_s=f"{self.examples_per_second:.1f}")
+        scores = {key[len("eval_"):]: value for key, value in logs.items() if key.startswith("eval_")}
+        if scores:
+            self.training_bar.write(f"step {state.global_step}: validation "
+                                    + ", ".join(f"{name} {value:.4f}" for name, value in scores.items()))
+
+
+def train(args: TrainArguments, stop_after_steps: Optional[int] = None) -> dict:
+    """Run the whole job; returns the summary written to ``metrics.json``. ``stop_after_steps``
+    ends the run after the checkpoint of that step (to simulate an interruption)."""
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    with hold_output_dir(args, main_process(args)) as out:
+        return _train(args, out, stop_after_steps)
+
+
+class _StopAfter(TrainerCallback):
+    def __init__(self, step: int):
+        self.step = step
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if state.global_step == self.step:
+            control.should_save = control.should_training_stop = True
+
+
+def _train(args: TrainArguments, out: Path, stop_after_steps: Optional[int]) -> dict:
+    torch.manual_seed(args.seed)
+    task, train_set, validation_set, test_set = load_data(args)
+    metric = args.best_model_metric(task)
+    checkpoint = resume_folder(out, args.resume_from_checkpoint)
+    run_options = args.options()
+    if checkpoint is not None:
+        check_same_options(read_options(checkpoint), run_options, f"the checkpoint {checkpoint}")
+    backbone, tokenizer, task_type = load_backbone(args, task)
+    token_dim = backbone.get_input_embeddings().embedding_dim
+    config = args.adapter_config(task, task_type, token_dim,
+                                 encoder_classifier=task_type is TaskType.SEQ_CLS and is_encoder_classifier(backbone))
+    model = get_ept_model(backbone, config, tokenizer=tokenizer)
+    model.task_metadata = task_metadata(task, split_seed=args.seed)
+    model.to(args.device)
+    collate = Collator(tokenizer, task_type, task, config.max_length, args.max_new_tokens)
+    inputs_cut = report_inputs_cut(collate, {"train": train_set, "validation": validation_set, "test": test_set}) \
+        if main_process(args) else {}
+    head_init = None
+    if args.head_init == "probe" and checkpoint is None:  # a resumed run's head comes from its checkpoint
+        head_init = init_head_from_probe(model, task, train_set, validation_set, collate, metric,
+                                         args.per_device_eval_batch_size, args.device)
+        if main_process(args):
+            print(f"--head_init probe: the head starts as the logistic regression of what it reads "
+                  f"(C={head_init['C']}, validation {metric} {head_init['validation'][metric]:.4f})")
+
+    lr, lr_lowrank = args.learning_rates()
+    args.learning_rate, args.load_best_model_at_end = lr, True
+    args.metric_for_best_model, args.greater_is_better = f"eval_{metric}", True
+    examples_per_step = args.per_device_train_batch_size * args.world_size * args.gradient_accumulation_steps
+    progress = Progress(examples_per_step)
+    callbacks = [ValidateAndKeepBest(metric)]
+    if args.early_stopping_patience is not None:
+        callbacks.append(EarlyStoppingCallback(args.early_stopping_patience))
+    if stop_after_steps is not None:
+        callbacks.append(_StopAfter(stop_after_steps))
+    trainer = RunTrainer(model=model, args=args, train_dataset=train_set, eval_dataset=validation_set,
+                         data_collator=collate, processing_class=tokenizer, lowrank_learning_rate=lr_lowrank,
+                         callbacks=callbacks, task=task, validation_set=validation_set, run_options=run_options,
+                         max_new_tokens=args.max_new_tokens)
+    trainer.remove_callback(ProgressCallback)
+    trainer.add_callback(progress)
+    trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
+    state = trainer.state
+    if stop_after_steps is not None and state.global_step == stop_after_steps < state.max_steps:
+        return {"stopped_at_step": state.global_step}
+
+    results = {"validation": trainer.score(validation_set), "test": trainer.score(test_set)}
+    steps_per_epoch = math.ceil(len(train_set) / (args.per_device_train_batch_size * args.world_size)) \
+        / args.gradient_accumulation_steps
+    losses = [entry["loss"] for entry in state.log_history if "loss" in entry]
+    summary = {
+        **results,
+        "task": task.name, "task_type": task_type.value, "metric_for_best_model": metric,
+        "best_step": state.best_global_step, "steps": state.global_step, "epoch": state.global_step / steps_per_epoch,
+        "train_examples": len(train_set), "validation_examples": len(validation_set), "test_examples": len(test_set),
+        "inputs_cut_to_max_length": inputs_cut, "head_init": head_init,
+        "train_loss": sum(losses) / max(len(losses), 1),
+        "train_time_s": progress.seconds, "train_examples_per_s": progress.examples_per_second,
+        "peak_memory_mb": peak_memory_mb(), "trainable_parameters": model.get_nb_trainable_parameters()[0],
+        "adapter_parameters": adapter_parameters(model.active_peft_config, token_dim),
+        "adapter": {"method": config.method.value, "readout": model.active_peft_config.readout.value,
+                    "m": model.active_peft_config.num_virtual_tokens, "n": model.active_peft_config.max_length,
+                    "r": model.active_peft_config.r, "K": model.active_peft_config.num_spaces,
+                    "h": model.active_peft_config.space_rank},
+        "learning_rates": {"prompt_and_head": lr, "lowrank": lr_lowrank},
+        "processes": args.world_size, "config": run_options, "versions": versions(), "history": state.log_history,
+    }
+    if main_process(args):
+        model.save_pretrained(out)
+        write_results(out, summary)
+        state.save_to_json(str(out / "trainer_state.json"))
+        plot_history(state.log_history, metric, out / "training.png", state.best_global_step,
+                     results["test"].get(metric))
+        print(summary_table(summary, task))
+        print(f"ept-fast train: wrote the adapter, metrics.json, all_results.json, trainer_state.json and "
+              f"training.png to {out}")
+    return summary
+
+
+def main_process(args: TrainArguments) -> bool:
+    return args.process_index == 0
