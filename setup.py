@@ -36,7 +36,9 @@ setup(
     entry_points={"console_scripts": ["ept-fast=ept_fast.cli:main"]},
     extras_require={
         "hub": ["datasets>=3.0,<6"],  # registry tasks loaded from the Hugging Face hub
+        "serve": ["fastapi>=0.110", "uvicorn>=0.29"],  # ept-fast serve
         "test": ["pytest>=8", "pytest-benchmark>=5", "hypothesis>=6.100", "datasets>=3.0,<6", "peft>=0.13",
-                 "ruff>=0.6", "tensorboardX>=2.6"],
+                 "ruff>=0.6", "tensorboardX>=2.6", "fastapi>=0.110", "uvicorn>=0.29", "httpx>=0.27",
+                 "openai>=1.0"],
     },
 )

@@ -1,4 +1,4 @@
-"""The ``ept-fast`` console script: ``ept-fast train``, ``eval``, ``compare`` and ``predict``."""
+"""The ``ept-fast`` console script: ``ept-fast train``, ``eval``, ``compare``, ``predict`` and ``serve``."""
 
 from __future__ import annotations
 
@@ -8,8 +8,10 @@ from typing import List, Optional
 USAGE = ("usage: ept-fast train [options]   train an adapter (ept-fast train --help lists the options)\n"
          "       ept-fast eval --adapter DIR [options]   score a saved adapter (ept-fast eval --help)\n"
          "       ept-fast compare [options]   methods at one parameter budget over seeds (ept-fast compare --help)\n"
-         "       ept-fast predict --adapter NAME=DIR ... --input-file FILE   serve adapters on one backbone "
-         "(ept-fast predict --help)")
+         "       ept-fast predict --adapter NAME=DIR ... --input-file FILE   predict a file with adapters on one "
+         "backbone (ept-fast predict --help)\n"
+         "       ept-fast serve --adapter NAME=DIR ...   serve adapters on one backbone over HTTP (ept-fast serve "
+         "--help)")
 # What a user error looks like: a clear message and exit status 2, no traceback.
 USER_ERRORS = (ValueError, FileNotFoundError, FileExistsError, ImportError)
 
@@ -49,6 +51,21 @@ def parse_predict_args(argv: Optional[List[str]] = None):
     return parse_options(PredictArguments, argv, "ept-fast predict",
                          "Serve several adapters on one frozen backbone: every row of the input file runs its own "
                          "adapter, rows of different adapters share each batch, predictions go to a file.")
+
+
+def parse_serve_args(argv: Optional[List[str]] = None):
+    from .server.app import ServeArguments
+    from .training.options import parse_options
+
+    return parse_options(ServeArguments, argv, "ept-fast serve",
+                         "Serve several adapters on one frozen backbone over HTTP (OpenAI-style endpoints): requests "
+                         "of any adapters share dynamic batches.")
+
+
+def serve_main(argv: Optional[List[str]] = None) -> int:
+    from .server.app import serve
+
+    return _run("serve", lambda: serve(parse_serve_args(argv)))
 
 
 def predict_main(argv: Optional[List[str]] = None) -> int:
@@ -94,7 +111,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     if not argv or argv[0] in ("-h", "--help"):
         print(USAGE)
         return 0 if argv else 2
-    commands = {"train": train_main, "eval": eval_main, "compare": compare_main, "predict": predict_main}
+    commands = {"train": train_main, "eval": eval_main, "compare": compare_main, "predict": predict_main,
+                "serve": serve_main}
     if argv[0] not in commands:
         print(f"ept-fast: unknown command {argv[0]!r}; the commands are {', '.join(commands)}", file=sys.stderr)
         return 2

@@ -1,3 +1,4 @@
+import json
 import math
 import os
 
@@ -10,7 +11,7 @@ import torch
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
-from helpers import DEVICE  # noqa: E402
+from helpers import DEVICE, WORDS  # noqa: E402
 
 
 def _to_tf32(x: np.ndarray) -> np.ndarray:
@@ -93,3 +94,50 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "cuda" in item.keywords:
             item.add_marker(skip)
+
+
+# The tiny local models and sst2-shaped files of the command-line and server tests.
+@pytest.fixture(scope="session")
+def tiny_models(tmp_path_factory):
+    """A tiny BERT classifier and a tiny T5, saved with the packaged MiniLM tokenizer."""
+    from transformers import (
+        AutoTokenizer,
+        BertConfig,
+        BertForSequenceClassification,
+        T5Config,
+        T5ForConditionalGeneration,
+    )
+
+    from ept_fast.offline import minilm_path
+
+    root = tmp_path_factory.mktemp("models")
+    tokenizer = AutoTokenizer.from_pretrained(minilm_path())
+    torch.manual_seed(0)
+    bert = BertForSequenceClassification(BertConfig(
+        vocab_size=tokenizer.vocab_size, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+        intermediate_size=48, max_position_embeddings=128))
+    t5 = T5ForConditionalGeneration(T5Config(
+        vocab_size=tokenizer.vocab_size, d_model=32, d_ff=48, num_layers=1, num_heads=2, d_kv=16,
+        pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.sep_token_id, decoder_start_token_id=0))
+    for name, model in (("bert", bert), ("t5", t5)):
+        model.save_pretrained(root / name)
+        tokenizer.save_pretrained(root / name)
+    return root
+
+
+@pytest.fixture(scope="session")
+def sst2_files(tmp_path_factory):
+    """sst2-shaped JSON-lines files: positive words -> 1, negative -> 0."""
+    root = tmp_path_factory.mktemp("data")
+    rng = torch.Generator().manual_seed(0)
+    paths = []
+    for split, count in (("train", 48), ("validation", 16), ("test", 16)):
+        lines = []
+        for i in range(count):
+            label = i % 2
+            word = WORDS[int(torch.randint(3, (1,), generator=rng)) + (0 if label else 3)]
+            lines.append(json.dumps({"sentence": f"the movie was {word}", "label": label}))
+        path = root / f"{split}.jsonl"
+        path.write_text("\n".join(lines) + "\n")
+        paths.append(str(path))
+    return paths

@@ -10,6 +10,9 @@ from typing import Dict
 import pytest
 import torch
 
+# The words of the sst2-shaped test files: the first three positive, the next three negative.
+WORDS = ["good", "great", "fine", "bad", "awful", "poor", "movie", "plot", "actors", "the", "was"]
+
 # Tests run unchanged on a GPU machine: the device follows what is there.
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-# Lowest first: kernels -> reference / functional -> modules -> model -> trainer / training -> cli.
+# Lowest first: kernels -> reference / functional -> modules -> model -> trainer / training -> serve -> cli.
 LAYERS = [
     ("kernels", ["ept_fast.kernels", "ept_fast._version", "ept_fast._validation", "ept_fast.layout"]),
     ("ops", ["ept_fast.reference", "ept_fast.functional"]),
@@ -16,6 +16,7 @@ LAYERS = [
                  "ept_fast.serialization", "ept_fast.hub", "ept_fast.interop", "ept_fast.offline", "ept_fast.tasks"]),
     ("model", ["ept_fast.adapters", "ept_fast.model"]),
     ("training", ["ept_fast.optimizer", "ept_fast.trainer", "ept_fast.training"]),
+    ("serve", ["ept_fast.server"]),
     ("cli", ["ept_fast.cli", "ept_fast.train"]),
 ]
 

@@ -14,61 +14,15 @@ from safetensors.torch import load_file
 
 from ept_fast import EPTConfig, get_ept_model
 from ept_fast.cli import main as cli_main
-from ept_fast.offline import minilm_path
 from ept_fast.tasks import format_rows, get_task
 from ept_fast.train import main, parse_args
 from ept_fast.training import TrainArguments, train
 
-from helpers import needs_offline_data
+from helpers import WORDS, needs_offline_data
 
 pytestmark = needs_offline_data  # the tiny models use the packaged MiniLM tokenizer; the default run, BBC News
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
-WORDS = ["good", "great", "fine", "bad", "awful", "poor", "movie", "plot", "actors", "the", "was"]
-
-
-@pytest.fixture(scope="module")
-def tiny_models(tmp_path_factory):
-    """A tiny BERT classifier and a tiny T5, saved with the packaged MiniLM tokenizer."""
-    from transformers import (
-        AutoTokenizer,
-        BertConfig,
-        BertForSequenceClassification,
-        T5Config,
-        T5ForConditionalGeneration,
-    )
-
-    root = tmp_path_factory.mktemp("models")
-    tokenizer = AutoTokenizer.from_pretrained(minilm_path())
-    torch.manual_seed(0)
-    bert = BertForSequenceClassification(BertConfig(
-        vocab_size=tokenizer.vocab_size, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
-        intermediate_size=48, max_position_embeddings=128))
-    t5 = T5ForConditionalGeneration(T5Config(
-        vocab_size=tokenizer.vocab_size, d_model=32, d_ff=48, num_layers=1, num_heads=2, d_kv=16,
-        pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.sep_token_id, decoder_start_token_id=0))
-    for name, model in (("bert", bert), ("t5", t5)):
-        model.save_pretrained(root / name)
-        tokenizer.save_pretrained(root / name)
-    return root
-
-
-@pytest.fixture(scope="module")
-def sst2_files(tmp_path_factory):
-    """sst2-shaped JSON-lines files: positive words -> 1, negative -> 0."""
-    root = tmp_path_factory.mktemp("data")
-    rng = torch.Generator().manual_seed(0)
-    paths = []
-    for split, count in (("train", 48), ("validation", 16), ("test", 16)):
-        lines = []
-        for i in range(count):
-            label = i % 2
-            word = WORDS[int(torch.randint(3, (1,), generator=rng)) + (0 if label else 3)]
-            lines.append(json.dumps({"sentence": f"the movie was {word}", "label": label}))
-        path = root / f"{split}.jsonl"
-        path.write_text("\n".join(lines) + "\n")
-        paths.append(str(path))
-    return paths
 
 
 def _args(tiny_models, files, out, *extra):

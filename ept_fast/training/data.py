@@ -145,20 +145,28 @@ class Collator:
         self.tokenizer, self.task_type, self.task = tokenizer, task_type, task
         self.max_length, self.max_new_tokens = max_length, max_new_tokens
 
-    def inputs_cut(self, examples: List[dict]) -> int:
-        """How many of ``examples`` are longer than ``max_length`` tokens (for a causal LM, than
-        what is left of it for the answer): the batches cut them to it."""
+    @property
+    def input_limit(self) -> int:
+        """The most input tokens a row keeps (a causal LM's leave room for the answer)."""
+        return self.max_length - (self.max_new_tokens if self.task_type is TaskType.CAUSAL_LM else 0)
+
+    def input_lengths(self, examples: List[dict]) -> List[int]:
+        """Each example's input tokens before any cut (what ``input_limit`` is compared with)."""
+        if not examples:
+            return []
         tok = self.tokenizer
         if self.task_type is TaskType.SEQ_CLS:
-            pairs = [e["text_pair"] for e in examples] if examples and examples[0]["text_pair"] is not None else None
-            lengths = [len(ids) for ids in tok([e["text"] for e in examples], pairs, verbose=False)["input_ids"]] \
-                if examples else []
-            return sum(length > self.max_length for length in lengths)
-        if self.task_type is TaskType.SEQ_2_SEQ_LM:
-            sources = tok([e["source"] for e in examples], verbose=False)["input_ids"] if examples else []
-            return sum(len(ids) > self.max_length for ids in sources)
-        budget = self.max_length - self.max_new_tokens
-        return sum(len(tok(e["source"] + " answer:", verbose=False)["input_ids"]) > budget for e in examples)
+            pairs = [e["text_pair"] for e in examples] if examples[0]["text_pair"] is not None else None
+            encoded = tok([e["text"] for e in examples], pairs, verbose=False)
+        elif self.task_type is TaskType.SEQ_2_SEQ_LM:
+            encoded = tok([e["source"] for e in examples], verbose=False)
+        else:
+            encoded = tok([e["source"] + " answer:" for e in examples], verbose=False)
+        return [len(ids) for ids in encoded["input_ids"]]
+
+    def inputs_cut(self, examples: List[dict]) -> int:
+        """How many of ``examples`` are longer than ``input_limit`` tokens: the batches cut them to it."""
+        return sum(length > self.input_limit for length in self.input_lengths(examples))
 
     def __call__(self, examples: List[dict], for_generation: bool = False) -> Dict[str, torch.Tensor]:
         tok = self.tokenizer

@@ -112,17 +112,14 @@ class DataArguments:
 
 
 @dataclasses.dataclass
-class InferenceArguments:
-    """The machine (eval, predict)."""
+class MachineArguments:
+    """The machine (eval, predict, serve)."""
 
-    eval_batch_size: int = option(64, "examples per batch", aliases=("per_device_eval_batch_size",))
     mixed_precision: str = option("no", "no, bf16 or fp16 autocast (CUDA only)")
     device: str = option("auto", "auto, cpu or cuda")
-    seed: int = option(42, "seed of the registry task's or the embedded data's split")
 
     def __post_init__(self):
         getattr(super(), "__post_init__", lambda: None)()
-        _require_at_least_one(self, ("eval_batch_size",))
         if self.mixed_precision not in ("no", "bf16", "fp16"):
             raise ValueError(f"--mixed_precision: expected no, bf16 or fp16, got {self.mixed_precision!r}")
         if self.device not in ("auto", "cpu", "cuda"):
@@ -140,6 +137,18 @@ class InferenceArguments:
         """The --mixed_precision autocast for inference on ``device`` (a no-op for 'no')."""
         precision = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(self.mixed_precision)
         return torch.autocast(device.type, dtype=precision, enabled=precision is not None)
+
+
+@dataclasses.dataclass
+class InferenceArguments(MachineArguments):
+    """Batches and splits (eval, predict)."""
+
+    eval_batch_size: int = option(64, "examples per batch", aliases=("per_device_eval_batch_size",))
+    seed: int = option(42, "seed of the registry task's or the embedded data's split")
+
+    def __post_init__(self):
+        super().__post_init__()
+        _require_at_least_one(self, ("eval_batch_size",))
 
 
 # Where the command line does more than EPTConfig: it tokenizes, so it cuts long texts.
@@ -300,6 +309,15 @@ class EvalArguments(ModelArguments, InferenceArguments, DataArguments):
 
 
 # ------------------------------------------------------------------- parsing
+class _Help(argparse.ArgumentDefaultsHelpFormatter):
+    """Each option's default after its help, where it has one the help does not already say."""
+
+    def _get_help_string(self, action):
+        if action.default in (None, False, argparse.SUPPRESS) or "default" in (action.help or ""):
+            return action.help
+        return super()._get_help_string(action)
+
+
 class OptionParser(HfArgumentParser):
     """``HfArgumentParser`` over one dataclass whose options are grouped in ``--help`` by the
     dataclass that declares them, with a ``--config`` YAML or JSON file whose values the flags
@@ -307,7 +325,7 @@ class OptionParser(HfArgumentParser):
 
     def __init__(self, cls, prog: str, description: str):
         self.options_class = cls
-        super().__init__(cls, prog=prog, description=description, allow_abbrev=False)
+        super().__init__(cls, prog=prog, description=description, allow_abbrev=False, formatter_class=_Help)
         self.add_argument("--config", help="YAML or JSON file of options (flags override it; keys as the flags, "
                                            "without the dashes)")
 

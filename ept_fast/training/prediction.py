@@ -51,7 +51,8 @@ def encode_rows(model: EPTModel, tokenizer, tasks: Dict[str, Task], rows: Sequen
 def predict_batch(model: EPTModel, tokenizer, tasks: Dict[str, Task], names: List[str],
                   batch: Dict[str, torch.Tensor], max_new_tokens: int) -> List[dict]:
     """Per row: ``label`` (the class id, the regression value, or the id parsed from the
-    generated text), and ``score`` (a classifier's probability of that class) or ``generated``."""
+    generated text), and for a classifier ``score`` (the probability of that class) and ``probs``
+    (of every class), else ``generated`` and its ``tokens`` (ids, special tokens left out)."""
     routed = None if set(names) == {model.active_adapter} else names
     if model.task_type is TaskType.SEQ_CLS:
         logits = model(**batch, adapter_names=routed).logits.float()
@@ -62,14 +63,17 @@ def predict_batch(model: EPTModel, tokenizer, tasks: Dict[str, Task], names: Lis
                 continue
             probabilities = row.softmax(-1)
             label = int(probabilities.argmax())
-            out.append({"label": label, "score": float(probabilities[label])})
+            out.append({"label": label, "score": float(probabilities[label]), "probs": probabilities.tolist()})
         return out
     generated = model.generate(**batch, adapter_names=routed, max_new_tokens=max_new_tokens, do_sample=False,
                                num_beams=1, pad_token_id=tokenizer.pad_token_id)
     if model.task_type is TaskType.CAUSAL_LM:
         generated = generated[:, batch["input_ids"].shape[1]:]
     texts = tokenizer.batch_decode(generated, skip_special_tokens=True)
-    return [{"label": parse_prediction(tasks[name], text), "generated": text} for name, text in zip(names, texts)]
+    special = set(tokenizer.all_special_ids)
+    return [{"label": parse_prediction(tasks[name], text), "generated": text,
+             "tokens": [token for token in row.tolist() if token not in special]}
+            for name, text, row in zip(names, texts, generated)]
 
 
 def predict_rows(model: EPTModel, tokenizer, tasks: Dict[str, Task], rows: Sequence[Row], batch_size: int,

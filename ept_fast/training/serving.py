@@ -51,67 +51,95 @@ class PredictArguments(ModelArguments, InferenceArguments):
             raise ValueError(f"--output-file: expected a .jsonl or .csv file, got {self.output_file!r}")
 
     def adapters(self) -> Dict[str, Path]:
-        named: Dict[str, Path] = {}
-        for item in self.adapter:
-            name, _, path = item.partition("=")
-            bare = not path or "/" in name or Path(item).exists()  # a bare PATH (which may hold a '=' itself)
-            if bare:
-                name, path = Path(item).name, item
-            if not name or not path:
-                raise ValueError(f"--adapter: expected NAME=PATH, got {item!r}")
-            try:
-                check_adapter_name(name, f"--adapter {item}")
-            except ValueError as error:
-                raise ValueError(f"{error}{'; name it with NAME=PATH' if bare else ''}") from None
-            if name in named:
-                raise ValueError(f"--adapter: the name {name!r} is given twice")
-            named[name] = Path(path)
-        return named
+        return named_adapters(self.adapter)
 
 
-def load_served_model(args: PredictArguments) -> Tuple[EPTModel, object, Dict[str, Task]]:
-    """The backbone (``--model``, else the one the adapters were trained on) with every adapter
-    loaded under its name; refuses adapters of different backbones, task types or label counts."""
-    adapters = args.adapters()
-    files = {name: load_adapter(path) for name, path in adapters.items()}
-    tasks = {}
-    for name, loaded in files.items():
-        tasks[name] = task_from_metadata(loaded.task)
-        if tasks[name] is None:
-            raise ValueError(f"--adapter {name}: {adapters[name]} records no task (its input columns and labels); "
-                             f"train it with ept-fast train")
-    backbones = {name: loaded.config.get("base_model_name_or_path") for name, loaded in files.items()}
-    if args.model is None and len(set(backbones.values())) > 1:
-        raise ValueError(f"--adapter: the adapters were trained on different backbones ({backbones}); one backbone "
+def named_adapters(items: List[str]) -> Dict[str, Path]:
+    """--adapter values (NAME=PATH, or a bare PATH named after its folder) by name."""
+    named: Dict[str, Path] = {}
+    for item in items:
+        name, _, path = item.partition("=")
+        bare = not path or "/" in name or Path(item).exists()  # a bare PATH (which may hold a '=' itself)
+        if bare:
+            name, path = Path(item).name, item
+        if not name or not path:
+            raise ValueError(f"--adapter: expected NAME=PATH, got {item!r}")
+        try:
+            check_adapter_name(name, f"--adapter {item}")
+        except ValueError as error:
+            raise ValueError(f"{error}{'; name it with NAME=PATH' if bare else ''}") from None
+        if name in named:
+            raise ValueError(f"--adapter: the name {name!r} is given twice")
+        named[name] = Path(path)
+    return named
+
+
+def read_served(name: str, path: Path, option: str = "--adapter") -> Tuple[dict, Task]:
+    """(adapter config, task) of the adapter saved in ``path``; it must record its task."""
+    loaded = load_adapter(path)
+    task = task_from_metadata(loaded.task)
+    if task is None:
+        raise ValueError(f"{option} {name}: {path} records no task (its input columns and labels); train it with "
+                         f"ept-fast train")
+    return loaded.config, task
+
+
+def check_served_together(configs: Dict[str, dict], tasks: Dict[str, Task], backbone_given: bool,
+                          option: str = "--adapter") -> None:
+    """Adapters served on one backbone share it (unless --model names it), their task type, and
+    for classifiers the head's size."""
+    backbones = {name: config.get("base_model_name_or_path") for name, config in configs.items()}
+    if not backbone_given and len(set(backbones.values())) > 1:
+        raise ValueError(f"{option}: the adapters were trained on different backbones ({backbones}); one backbone "
                          f"serves them all, so they must share it")
-    kinds = {name: loaded.config.get("task_type") for name, loaded in files.items()}
+    kinds = {name: config.get("task_type") for name, config in configs.items()}
     if len(set(kinds.values())) > 1:
-        raise ValueError(f"--adapter: the adapters are of different task types ({kinds}); serve them apart")
-    first = next(iter(adapters))
-    if args.task_type is not None and args.task_type != kinds[first]:
-        raise ValueError(f"--task-type: the adapters were trained as {kinds[first]}, got {args.task_type}; leave "
-                         f"it out (predict serves each adapter as it was trained)")
-    if kinds[first] == TaskType.SEQ_CLS.value:
+        raise ValueError(f"{option}: the adapters are of different task types ({kinds}); serve them apart")
+    if next(iter(kinds.values())) == TaskType.SEQ_CLS.value:
         sizes = {name: task.num_labels for name, task in tasks.items()}
         if len(set(sizes.values())) > 1:
-            raise ValueError(f"--adapter: classifiers served together need heads of one size (the backbone's); "
+            raise ValueError(f"{option}: classifiers served together need heads of one size (the backbone's); "
                              f"the adapters have {sizes} labels")
-    backbone, tokenizer, _ = load_backbone(dataclasses.replace(args, task_type=kinds[first]), tasks[first],
-                                           args.model or backbones[first])
+
+
+def load_served_model(args) -> Tuple[EPTModel, object, Dict[str, Task], Dict[str, dict]]:
+    """The backbone (``--model``, else the one the adapters were trained on) with every adapter
+    of ``args.adapters()`` loaded under its name, its P* computed once; refuses adapters that
+    cannot share it (``check_served_together``). Returns the model, the tokenizer, and each
+    adapter's task and config."""
+    adapters = args.adapters()
+    read = {name: read_served(name, path) for name, path in adapters.items()}
+    configs, tasks = {name: r[0] for name, r in read.items()}, {name: r[1] for name, r in read.items()}
+    check_served_together(configs, tasks, args.model is not None)
+    first = next(iter(adapters))
+    kind = configs[first].get("task_type")
+    if args.task_type is not None and args.task_type != kind:
+        raise ValueError(f"--task_type: the adapters were trained as {kind}, got {args.task_type}; leave it out "
+                         f"(each adapter is served as it was trained)")
+    backbone, tokenizer, _ = load_backbone(dataclasses.replace(args, task_type=kind), tasks[first],
+                                           args.model or configs[first].get("base_model_name_or_path"))
     model = EPTModel.from_pretrained(backbone, adapters[first], adapter_name=first)
     for name, path in list(adapters.items())[1:]:
         model.load_adapter(path, adapter_name=name)
     for name in adapters:  # P* once per adapter: serving only runs the assembly and the backbone
-        model.set_adapter(name)
-        model.merge_prompt()
-    return model, tokenizer, tasks
+        merge(model, name)
+    model.set_adapter(first)
+    return model, tokenizer, tasks, configs
+
+
+def merge(model: EPTModel, name: str) -> None:
+    """Compute adapter ``name``'s P* once (the active adapter is left as it was)."""
+    active = model.active_adapter
+    model.set_adapter(name)
+    model.merge_prompt()
+    model.set_adapter(active)
 
 
 def predict_file(args: PredictArguments) -> dict:
     """Run ``ept-fast predict``; returns the throughput summary it prints."""
     out = Path(args.output_file or f"{args.input_file}.predictions.jsonl")
     check_writable(out.parent, "--output-file")
-    model, tokenizer, tasks = load_served_model(args)
+    model, tokenizer, tasks, _ = load_served_model(args)
     device = args.run_device()
     model.to(device).eval()
     rows = read_rows(args.input_file)
@@ -137,7 +165,7 @@ def predict_file(args: PredictArguments) -> dict:
     answers = predict_rows(model, tokenizer, tasks, requests, args.eval_batch_size, device, args.max_new_tokens,
                            autocast=lambda: args.autocast(device),
                            progress=lambda starts: tqdm(starts, desc="predict", unit="batch"))
-    predictions = [{"row": number, "adapter": name, **_named(tasks[name], answer)}
+    predictions = [{"row": number, "adapter": name, **named_answer(tasks[name], answer)}
                    for number, ((name, _), answer) in enumerate(zip(requests, answers), start=1)]
     seconds = time.perf_counter() - start
     _write(out, predictions)
@@ -154,14 +182,14 @@ def predict_file(args: PredictArguments) -> dict:
     return summary
 
 
-def _named(task: Task, answer: dict) -> dict:
+def named_answer(task: Task, answer: dict) -> dict:
     """A prediction as the output file writes it: ``prediction`` (the class name where the task
     has names, else the id or the regression value), then ``score`` or ``generated``."""
     label = answer["label"]
     names = task.label_names
     named = names[label] if names and isinstance(label, int) and 0 <= label < len(names) else label
     return {"prediction": named, **{key: round(value, 6) if key == "score" else value
-                                    for key, value in answer.items() if key != "label"}}
+                                    for key, value in answer.items() if key not in ("label", "probs", "tokens")}}
 
 
 def _label_of(task: Task, value) -> Optional[object]:
