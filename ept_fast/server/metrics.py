@@ -28,7 +28,8 @@ class Histogram:
         for bound, count in zip(self.buckets, self.counts):
             running += count
             out.append(f'{name}_bucket{{le="{bound}"}} {running}')
-        return out + [f'{name}_bucket{{le="+Inf"}} {self.count}', f"{name}_sum {self.sum}", f"{name}_count {self.count}"]
+        out.append(f'{name}_bucket{{le="+Inf"}} {self.count}')
+        return out + [f"{name}_sum {self.sum}", f"{name}_count {self.count}"]
 
 
 class ServerMetrics:
