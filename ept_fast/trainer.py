@@ -33,10 +33,12 @@ class _EPTTrainerMixin:
         if not isinstance(self.model, EPTModel):
             raise TypeError(f"model: {type(self).__name__} trains an EPTModel (get_ept_model), got "
                             f"{type(self.model).__name__}")
-        # EPTModel.forward takes **kwargs, so Trainer would take it to divide its loss by the batch's
-        # token count itself (num_items_in_batch); the backbones' losses are means, so Trainer divides
-        # by the accumulation steps instead, and an accumulated step equals the whole batch.
-        self.model_accepts_loss_kwargs = False
+        # EPTModel.forward takes **kwargs, so Trainer would pass the batch's token count
+        # (num_items_in_batch) for the loss to divide by; a causal LM's loss does, a classifier's and
+        # T5's are means: for those Trainer divides by the accumulation steps, and an accumulated step
+        # equals the whole batch.
+        if self.model.task_type is not TaskType.CAUSAL_LM:
+            self.model_accepts_loss_kwargs = False
 
     def create_optimizer(self, model=None):
         """The optimizer of ``optimizer_cls_and_kwargs`` or ``args.optim``, over the two groups."""

@@ -125,7 +125,9 @@ def test_resume_after_a_crash_during_a_save_takes_the_last_complete_checkpoint(t
     out = tmp_path / "crashed"
     assert train(parse_args(_args(tiny_models, sst2_files, out, "--task", "sst2", "--save-steps", "2")),
                  stop_after_steps=4) == {"stopped_at_step": 4}
-    (out / "checkpoint-4" / "optimizer.pt").unlink()  # the save of step 4 was cut short
+    # The save of step 4 cut short while writing the optimizer's state (trainer_state.json comes last).
+    (out / "checkpoint-4" / "optimizer.pt").write_bytes((out / "checkpoint-4" / "optimizer.pt").read_bytes()[:100])
+    (out / "checkpoint-4" / "trainer_state.json").unlink()
     train(parse_args(_args(tiny_models, sst2_files, out, "--task", "sst2", "--save-steps", "2", "--resume")))
     assert _losses(out) == _losses(tmp_path / "straight") and _same_adapter(tmp_path / "straight", out)
 
@@ -354,8 +356,10 @@ def test_a_non_finite_loss_stops_with_a_clear_error(tiny_models, sst2_files, tmp
     assert "the training loss is nan at step 1; try lower learning rates" in capsys.readouterr().err
 
 
-def test_evaluation_is_split_across_processes_and_gathered(tiny_models):
-    """Each of two ranks predicts every other example; gather_for_metrics puts them back in order."""
+def test_evaluation_is_split_across_processes_and_gathered(tiny_models, monkeypatch):
+    """Each of two ranks predicts every other example; gather_object puts them back in order, all
+    of them (gather_for_metrics would drop some by the training dataloader's remainder)."""
+    import accelerate.utils
     from transformers import AutoTokenizer, BertForSequenceClassification
 
     from ept_fast import EPTConfig, get_ept_model
@@ -376,12 +380,13 @@ def test_evaluation_is_split_across_processes_and_gathered(tiny_models):
         def __init__(self, index):
             self.process_index = index
 
-        def gather_for_metrics(self, data, use_gather_object):
-            shards[self.process_index] = data
-            return shards.get(0, []) + shards.get(1, [])
+    def gather_object(data):
+        shards[len(shards)] = data
+        return shards.get(0, []) + shards.get(1, [])
 
-    predict_rows(model, tokenizer, {"default": task}, rows, 3, "cpu", 4, accelerator=Rank(1))
-    together = predict_rows(model, tokenizer, {"default": task}, rows, 3, "cpu", 4, accelerator=Rank(0))
+    monkeypatch.setattr(accelerate.utils, "gather_object", gather_object)
+    predict_rows(model, tokenizer, {"default": task}, rows, 3, "cpu", 4, accelerator=Rank(0))
+    together = predict_rows(model, tokenizer, {"default": task}, rows, 3, "cpu", 4, accelerator=Rank(1))
     assert [index for index, _ in shards[0]] == [0, 2, 4, 6] and [index for index, _ in shards[1]] == [1, 3, 5]
     assert together == alone
 
@@ -566,7 +571,7 @@ def test_predict_errors_are_clear(two_adapters, sst2_files, tiny_models, tmp_pat
     assert f"--input-file: {empty} has no rows to predict" in capsys.readouterr().err
     assert cli_main(["predict", *served, "--task-type", "CAUSAL_LM", "--input-file", str(plain), "--device",
                      "cpu"]) == 2
-    assert "--task-type: the adapters were trained as SEQ_CLS, got CAUSAL_LM" in capsys.readouterr().err
+    assert "--task_type: the adapters were trained as SEQ_CLS, got CAUSAL_LM" in capsys.readouterr().err
     (tmp_path / "eval").symlink_to(two_adapters / "sst2")
     assert cli_main(["predict", "--adapter", str(tmp_path / "eval"), "--input-file", str(plain), "--device",
                      "cpu"]) == 2

@@ -92,6 +92,9 @@ def _run(args: CompareArguments, run: TrainArguments, probe: bool = False) -> di
     folder = Path(run.output_dir)
     if args.resume_from_checkpoint and (folder / "metrics.json").is_file():
         finished = json.loads((folder / "metrics.json").read_text(encoding="utf-8"))
+        if "learning_rate" not in finished["config"]:
+            raise ValueError(f"--resume: the finished run in {folder} was made before ept-fast train ran on "
+                             f"Trainer (its options had other names); redo the comparison with --overwrite")
         check_same_options(finished["config"], run.options(), f"the finished run in {folder}")
         if not probe and "readout" not in finished["adapter"]:
             raise ValueError(f"--resume: the finished run in {folder} predates --readout (it read position 0, "

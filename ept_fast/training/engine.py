@@ -33,7 +33,9 @@ from .output import (
     CheckpointWriteError,
     check_same_options,
     hold_output_dir,
+    is_complete,
     read_options,
+    remove_checkpoints,
     remove_partial_checkpoint,
     resume_folder,
 )
@@ -89,6 +91,8 @@ class RunTrainer(EPTTrainer):
         try:
             super()._save_checkpoint(model, trial)
         except (OSError, RuntimeError) as error:  # torch.save on a full disk: RuntimeError "unexpected pos"
+            if is_complete(Path(self.args.output_dir) / f"checkpoint-{self.state.global_step}"):
+                raise  # the checkpoint was written whole: the error is another one
             kept = remove_partial_checkpoint(Path(self.args.output_dir), self.state.global_step)
             raise CheckpointWriteError(
                 f"could not write the checkpoint of step {self.state.global_step} into {self.args.output_dir} "
@@ -106,7 +110,8 @@ class ValidateAndKeepBest(TrainerCallback):
         self.metric = f"eval_{metric}"
 
     def on_step_end(self, args, state, control, **kwargs):
-        if state.global_step >= state.max_steps and args.eval_strategy != "no":
+        # transformers >= 5.2x validates the last step itself; the image on the GPU machine may be older.
+        if state.global_step >= state.max_steps and args.eval_strategy == "steps":
             control.should_evaluate = True
 
     def on_evaluate(self, args, state, control, metrics=None, **kwargs):
@@ -132,13 +137,22 @@ class Progress(ProgressCallback):
         self.examples_per_step, self.seconds, self.steps = examples_per_step, 0.0, 0
         self.started: Optional[float] = None
 
+    def on_train_begin(self, args, state, control, **kwargs):
+        if not args.disable_tqdm:
+            super().on_train_begin(args, state, control, **kwargs)
+
     def on_step_begin(self, args, state, control, **kwargs):
         self.started = time.perf_counter()
 
     def on_step_end(self, args, state, control, **kwargs):
         self.seconds += time.perf_counter() - self.started
         self.steps += 1
-        super().on_step_end(args, state, control, **kwargs)
+        if self.training_bar is not None:
+            super().on_step_end(args, state, control, **kwargs)
+
+    def on_train_end(self, args, state, control, **kwargs):
+        if self.training_bar is not None:
+            super().on_train_end(args, state, control, **kwargs)
 
     @property
     def examples_per_second(self) -> float:
@@ -198,8 +212,13 @@ def _train(args: TrainArguments, out: Path, stop_after_steps: Optional[int]) -> 
             print(f"--head_init probe: the head starts as the logistic regression of what it reads "
                   f"(C={head_init['C']}, validation {metric} {head_init['validation'][metric]:.4f})")
 
+    if args.early_stopping_patience is not None and args.eval_strategy == "no":
+        raise ValueError("--early_stopping_patience: stops on validation, but --eval_strategy is 'no'")
+    if args.overwrite and checkpoint is None and main_process(args):  # the run is set up: the old one goes
+        remove_checkpoints(out)
     lr, lr_lowrank = args.learning_rates()
     args.learning_rate, args.load_best_model_at_end = lr, True
+    args.restore_callback_states_from_checkpoint = True  # early stopping's count goes on where it was
     args.metric_for_best_model, args.greater_is_better = f"eval_{metric}", True
     examples_per_step = args.per_device_train_batch_size * args.world_size * args.gradient_accumulation_steps
     progress = Progress(examples_per_step)

@@ -212,6 +212,7 @@ class EPTTrainingArguments(TrainingArguments):
     eval_steps: Optional[float] = option(25, "validate every N steps (and at the end)")
     save_steps: float = option(50, "checkpoint every N steps (and at the end, and at each new best)")
     logging_steps: float = option(1, "log the training loss every N steps")
+    seed: int = option(42, "seed of the splits, the initialisation, the example order and dropout")
     dataloader_pin_memory: bool = option(torch.cuda.is_available(), "pin the batches' memory (CUDA only)")
     remove_unused_columns: bool = option(False, "drop the inputs the model's forward does not name (ept-fast's "
                                                 "collator tokenizes whole examples, so it keeps them)")
@@ -241,6 +242,8 @@ class TrainArguments(AdapterArguments, ModelArguments, DataArguments, EPTTrainin
 
     def __post_init__(self):
         method = parse_enum(Method, "--method", self.method)
+        if self.metric_for_best_model and self.metric_for_best_model.startswith("eval_"):
+            self.metric_for_best_model = self.metric_for_best_model[len("eval_"):]  # Trainer's spelling, or ours
         if self.output_dir is None:
             self.output_dir = str(Path("runs") / f"{method.value}-{self.data_name()}")
         super().__post_init__()
@@ -279,7 +282,6 @@ class TrainArguments(AdapterArguments, ModelArguments, DataArguments, EPTTrainin
     def best_model_metric(self, task: Task) -> str:
         """--metric_for_best_model (with or without Trainer's ``eval_``), else the task's first metric."""
         metric = self.metric_for_best_model or task.metrics[0]
-        metric = metric[len("eval_"):] if metric.startswith("eval_") else metric
         if metric not in task.metrics:
             raise ValueError(f"--metric_for_best_model: task {task.name} reports {list(task.metrics)}, got {metric!r}")
         return metric
@@ -288,8 +290,10 @@ class TrainArguments(AdapterArguments, ModelArguments, DataArguments, EPTTrainin
         return self.device
 
     def options(self) -> dict:
-        """The options as JSON writes them (Trainer's ``to_dict``: enums by value, tokens hidden)."""
-        return json.loads(json.dumps(self.to_dict(), default=str))
+        """The options as JSON writes them (Trainer's ``to_dict``: enums by value, tokens hidden),
+        with the learning rates the run uses (the method's where not given)."""
+        lr, lr_lowrank = self.learning_rates()
+        return json.loads(json.dumps({**self.to_dict(), "learning_rate": lr, "lr_lowrank": lr_lowrank}, default=str))
 
 
 @dataclasses.dataclass
@@ -344,7 +348,8 @@ class OptionParser(HfArgumentParser):
                 continue
             owner = declared[field.name]
             if owner not in groups:
-                groups[owner] = self.add_argument_group((owner.__doc__ or owner.__name__).split("\n")[0].rstrip("."))
+                title = (owner.__doc__ or owner.__name__).strip().split("\n")[0].rstrip(".")
+                groups[owner] = self.add_argument_group(title)
             field.type = hints[field.name]
             self._parse_dataclass_field(groups[owner], field)
 
@@ -376,11 +381,19 @@ def _read_config(path: str, cls) -> dict:
     spellings = {alias.lstrip("-"): field.name for field in dataclasses.fields(cls) if field.init
                  for alias in [f"--{field.name}", f"--{field.name.replace('_', '-')}",
                                *field.metadata.get("aliases", ())]}
+    if issubclass(cls, TrainingArguments):  # eval's and predict's machine options, as Trainer's
+        values = _machine_keys(values)
     unknown = sorted(set(values) - set(spellings))
     if unknown:
         raise ValueError(f"--config: {file} has unknown option(s) {unknown}")
     hints = typing.get_type_hints(cls)
-    return {spellings[key]: _config_value(file, key, value, hints[spellings[key]]) for key, value in values.items()}
+    values = {spellings[key]: _config_value(file, key, value, hints[spellings[key]]) for key, value in values.items()}
+    return {name: value for name, value in values.items() if value is not None or _optional(hints[name])}
+
+
+def _optional(hint) -> bool:
+    """None is a value of the option (else a null in a config file means its default)."""
+    return type(None) in typing.get_args(hint)
 
 
 def _config_value(file: Path, key: str, value, hint):
@@ -393,6 +406,8 @@ def _config_value(file: Path, key: str, value, hint):
     if type(value) in kinds:
         return value
     kind = kinds[0]
+    if isinstance(value, bool) and kind is not bool and not value:
+        return "no"  # YAML reads an unquoted no as false: eval_strategy: no
     if kind is list:
         return [str(item) for item in value] if isinstance(value, list) else [str(value)]
     if isinstance(value, (list, dict)) and kind is not dict:
@@ -429,6 +444,16 @@ class Repeatable(argparse.Action):
 _TRAIN_MACHINE = {("--device", "cpu"): ["--use_cpu"], ("--device", "cuda"): [], ("--device", "auto"): [],
                   ("--mixed-precision", "bf16"): ["--bf16"], ("--mixed-precision", "fp16"): ["--fp16"],
                   ("--mixed-precision", "no"): []}
+
+
+def _machine_keys(values: dict) -> dict:
+    """``device`` and ``mixed_precision`` keys of a config file, as ``machine_flags`` reads the flags."""
+    out = {key: value for key, value in values.items() if key.replace("-", "_") not in ("device", "mixed_precision")}
+    for key in set(values) - set(out):
+        flag = "--" + key.replace("_", "-")
+        for set_flag in machine_flags([flag, str(values[key] if values[key] is not False else "no")]):
+            out[set_flag.lstrip("-")] = True
+    return out
 
 
 def machine_flags(argv: List[str]) -> List[str]:

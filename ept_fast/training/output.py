@@ -20,17 +20,21 @@ from .report import check_writable
 LOCK_NAME = ".ept-fast.lock"  # held in the output folder while a run writes into it
 OPTIONS_NAME = "ept_fast_options.json"  # a checkpoint's run options, compared when it is resumed
 _CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
-# A checkpoint is complete when Trainer and ept-fast wrote all of these.
-_CHECKPOINT_FILES = (CONFIG_NAME, WEIGHTS_NAME, "optimizer.pt", "scheduler.pt", "trainer_state.json", OPTIONS_NAME)
+# A checkpoint is complete when these are there: the adapter and the run's options are written
+# first, trainer_state.json last (after the optimizer's state, in whatever form: plain, DeepSpeed's
+# or FSDP's, or none with --save_only_model).
+_CHECKPOINT_FILES = (CONFIG_NAME, WEIGHTS_NAME, OPTIONS_NAME, "trainer_state.json")
 # The options that make a run what it computes: a resumed run must have the same ones.
 RUN_DEFINING = frozenset(
-    ["method", *ADAPTER_OPTIONS, *(f.name for f in dataclasses.fields(DataArguments)),
+    ["method", *(name for name in ADAPTER_OPTIONS if name != "backend"),
+     *(f.name for f in dataclasses.fields(DataArguments)),
      *(f.name for f in dataclasses.fields(ModelArguments) if f.name != "max_new_tokens"),
      "learning_rate", "lr_lowrank", "weight_decay", "warmup_steps", "num_train_epochs", "max_steps",
      "per_device_train_batch_size", "gradient_accumulation_steps", "max_grad_norm", "seed", "data_seed",
      "lr_scheduler_type", "lr_scheduler_kwargs", "optim", "optim_args", "adam_beta1", "adam_beta2", "adam_epsilon",
      "param_budget", "head_init", "metric_for_best_model", "eval_strategy", "eval_steps", "early_stopping_patience",
-     "bf16", "fp16", "label_smoothing_factor"])
+     "bf16", "fp16", "label_smoothing_factor", "dataloader_drop_last", "neftune_noise_alpha",
+     "train_sampling_strategy", "optim_target_modules"])
 logger = logging.getLogger(__name__)
 
 
@@ -99,9 +103,14 @@ def remove_partial_checkpoint(out: Path, step: int) -> Optional[Path]:
     return complete[-1] if complete else None
 
 
+def remove_checkpoints(out: Path) -> None:
+    """--overwrite: the replaced run's checkpoints go, so that a later resume cannot take one."""
+    for folder in checkpoints(out):
+        shutil.rmtree(folder)
+
+
 def prepare_output_dir(args: TrainArguments) -> Path:
-    """--output_dir, checked: a folder holding another run is refused unless --overwrite (which
-    removes that run's checkpoints, so a later resume cannot take one of them) or a resume."""
+    """--output_dir, checked: a folder holding another run is refused unless --overwrite or a resume."""
     out = Path(args.output_dir)
     resuming = resume_folder(out, args.resume_from_checkpoint) is not None
     if not resuming and out.exists() and any(path.name != LOCK_NAME for path in out.iterdir()):
@@ -129,9 +138,6 @@ def hold_output_dir(args: TrainArguments, main_process: bool = True) -> Iterator
         raise FileExistsError(f"--output_dir: {out} is in use by another ept-fast run (it holds "
                               f"{out / LOCK_NAME}); let that run finish, or write into another folder") from None
     try:
-        if args.overwrite and resume_folder(out, args.resume_from_checkpoint) is None:
-            for folder in checkpoints(out):
-                shutil.rmtree(folder)
         yield out
     finally:
         # Removed while still held (a run that then takes the folder makes a new lock file): the

@@ -97,8 +97,11 @@ def predict_rows(model: EPTModel, tokenizer, tasks: Dict[str, Task], rows: Seque
     finally:
         model.train(was_training)
     indexed = list(zip(indices, answers))
-    if world > 1:
-        indexed = accelerator.gather_for_metrics(indexed, use_gather_object=True)
+    if world > 1:  # each process's share is exact: nothing to drop (gather_for_metrics would cut by the
+        # training dataloader's remainder, which is not this loop's)
+        from accelerate.utils import gather_object
+
+        indexed = gather_object(indexed)
     return [answer for _, answer in sorted(indexed, key=lambda pair: pair[0])]
 
 
