@@ -61,6 +61,10 @@ class EPTModel(AdapterLifecycle, nn.Module):
         if config.task_type is not None and config.task_type is not self.task_type:
             raise ValueError(f"config.task_type: {type(model).__name__} is a {self.task_type.value} backbone, got "
                              f"{config.task_type.value}; leave task_type unset or match it")
+        if self.task_type is TaskType.CAUSAL_LM and getattr(model, "loss_type", "") is None:
+            # A class named like GPT2LMHeadModel gets no loss type from its name; transformers then uses
+            # ForCausalLM after a warning on every first loss. Name it: the same loss, no warning.
+            model.loss_type = "ForCausalLM"
         self.prompt_encoders = nn.ModuleDict()
         self.peft_config: Dict[str, EPTConfig] = {}
         self.heads: List[str] = []  # the backbone's trained head modules (SEQ_CLS); each adapter has copies

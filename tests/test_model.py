@@ -319,3 +319,14 @@ def test_works_as_the_model_of_a_transformers_trainer(tmp_path):
     assert result.global_step == 2 and math.isfinite(result.training_loss)
     moved = [n for n, p in model.named_parameters() if p.requires_grad and not torch.equal(p, before[n])]
     assert "prompt_encoders.default.prompt" in moved and "head_copies.default.0.weight" in moved
+
+
+def test_a_causal_lm_named_like_gpt2_gets_its_loss_without_transformers_warning(capfd):
+    """GPT2LMHeadModel's name gives transformers no loss type: it warns, then uses ForCausalLM.
+    The model names it, so the README's example prints nothing, and the loss is the same."""
+    backbone = tiny_gpt2()
+    ids = torch.randint(2, 64, (2, 6))
+    model = get_ept_model(backbone, _config("CAUSAL_LM"))
+    assert backbone.loss_type == "ForCausalLM"
+    assert torch.isfinite(model(input_ids=ids, labels=ids).loss)
+    assert "loss_type=None" not in capfd.readouterr().err
