@@ -14,7 +14,7 @@ setup(
     license="Apache-2.0",
     python_requires=">=3.10",
     # The kernels live in the top-level kernels/ folder but import as ept_fast.kernels.
-    packages=["ept_fast", "ept_fast.training", "ept_fast.kernels"],
+    packages=["ept_fast", "ept_fast.training", "ept_fast.server", "ept_fast.kernels"],
     package_dir={"ept_fast": "ept_fast", "ept_fast.kernels": "kernels"},
     install_requires=[
         # Tested with torch 2.13 / triton 3.8 / transformers 5.24 (constraints.txt, CPU) and
