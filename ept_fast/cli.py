@@ -16,6 +16,12 @@ USAGE = ("usage: ept-fast train [options]   train an adapter (ept-fast train --h
 USER_ERRORS = (ValueError, FileNotFoundError, FileExistsError, ImportError)
 
 
+def _user_errors():
+    from .serialization import WriteError
+
+    return USER_ERRORS + (WriteError,)
+
+
 def parse_train_args(argv: Optional[List[str]] = None):
     from .training import TrainArguments
     from .training.options import parse_options
@@ -100,7 +106,7 @@ def eval_main(argv: Optional[List[str]] = None) -> int:
 def _run(command: str, job, extra_errors=()) -> int:
     try:
         job()
-    except USER_ERRORS + tuple(extra_errors) as error:
+    except _user_errors() + tuple(extra_errors) as error:
         print(f"ept-fast {command}: error: {error}", file=sys.stderr)
         return 2
     return 0

@@ -181,6 +181,16 @@ class EPTModel(AdapterLifecycle, nn.Module):
         decoder = self.task_type is TaskType.CAUSAL_LM or "score" in self.heads
         return "left" if decoder else "right"
 
+    def _check_class_labels(self, labels: Optional[torch.Tensor]) -> None:
+        """A classifier's integer labels are class ids the head has (-100: ignored, as in the loss)."""
+        classes = getattr(self.base_model.config, "num_labels", None)
+        if self.task_type is not TaskType.SEQ_CLS or labels is None or labels.is_floating_point() or not classes:
+            return
+        outside = labels[(labels != -100) & ((labels < 0) | (labels >= classes))]
+        if outside.numel():
+            raise ValueError(f"labels: expected class ids in [0, {classes}) (the head's {classes} classes), got "
+                             f"{sorted(set(outside.tolist()))[:5]}")
+
     def _runs_bare(self, adapter_names) -> bool:
         """Inside ``disable_adapter()`` the backbone runs alone, and naming adapters is an error."""
         if self._adapters_disabled and adapter_names is not None:
@@ -209,6 +219,7 @@ class EPTModel(AdapterLifecycle, nn.Module):
         if token_types is not None and tuple(token_types.shape) != tuple(input_ids.shape):
             raise ValueError(f"token_type_ids: expected the shape of input_ids {tuple(input_ids.shape)}, got "
                              f"{tuple(token_types.shape)}")
+        self._check_class_labels(labels)
         (embeds, mask, layout), routed = self._prompted(input_ids, attention_mask, adapter_names)
         layout.check_fits(self._position_limit, type(self.base_model).__name__)
         if self.task_type is TaskType.CAUSAL_LM and labels is not None:

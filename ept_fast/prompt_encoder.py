@@ -11,10 +11,13 @@ import torch
 from torch import nn
 
 from . import functional
+from .budget import adapter_parameters
 from .config import EPTConfig, PromptInit
 from .layout import PromptLayout
 
 EmbeddingTable = Union[nn.Embedding, torch.Tensor]
+
+_MAX_PARAMETERS = 1 << 30  # 4 GiB of float32: far past any prompt adapter, short of an allocator's error
 
 
 class AssembledInputs(NamedTuple):
@@ -117,6 +120,10 @@ class EPTPromptEncoder(nn.Module):
         self.config = config
         m, d, n, r = config.num_virtual_tokens, config.token_dim, config.max_length, config.r
         K, h = config.num_spaces, config.space_rank
+        parameters = adapter_parameters(config, d)
+        if parameters > _MAX_PARAMETERS:
+            raise ValueError(f"config: {parameters:,} adapter parameters (m={m}, n={n}, r={r}, K={K}, h={h}, d={d}) "
+                             f"would take {4 * parameters / 2 ** 30:,.0f} GiB in float32; check the sizes")
         fp32 = dict(dtype=torch.float32)
 
         initial = self._initial_prompt(table, tokenizer) if initialize_prompt else torch.zeros(m, d, **fp32)

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Callable, Dict, NamedTuple, Optional, Tuple, Union
 
 import torch
-from safetensors import safe_open
+from safetensors.torch import load as safetensors_load
 from safetensors.torch import save_file
 
 from ._version import __version__
@@ -33,6 +33,10 @@ PAIR_READS = 20  # reads of a pair that two saves are replacing, 50 ms apart, be
 PathLike = Union[str, os.PathLike]
 
 
+class WriteError(OSError):
+    """A file could not be written (a full disk, a folder turned read-only); nothing was replaced."""
+
+
 def atomic_write(path: PathLike, write: Callable[[str], None]) -> None:
     """Call ``write(temporary_path)`` in the target's folder, then rename over ``path``."""
     atomic_write_all({path: write})
@@ -40,8 +44,10 @@ def atomic_write(path: PathLike, write: Callable[[str], None]) -> None:
 
 def atomic_write_all(writers: Dict[PathLike, Callable[[str], None]]) -> None:
     """Each ``writers[path](temporary_path)`` in the target's folder, and only when every one has
-    succeeded, each temporary renamed over its path: a failed write replaces none of them."""
+    succeeded, each temporary renamed over its path: a failed write replaces none of them (and
+    says which file, as a ``WriteError``)."""
     temporaries = {}
+    path = None
     try:
         for path, write in writers.items():
             path = Path(path)
@@ -55,9 +61,12 @@ def atomic_write_all(writers: Dict[PathLike, Callable[[str], None]]) -> None:
             os.chmod(temporary, 0o666 & ~umask)  # mkstemp creates 0600; keep the usual permissions
         for path, temporary in temporaries.items():
             os.replace(temporary, path)
-    except BaseException:
+    except BaseException as error:
         for temporary in temporaries.values():
             Path(temporary).unlink(missing_ok=True)
+        if isinstance(error, OSError) and not isinstance(error, WriteError):
+            raise WriteError(error.errno, f"could not write {path} ({error.strerror or error}); is the disk full? "
+                                          f"nothing was replaced") from None
         raise
 
 
@@ -142,10 +151,11 @@ def read_tensors(path: PathLike, with_metadata: bool = False):
     """The tensors of a safetensors file (and its metadata, ``with_metadata``), each finite: a
     truncated or corrupt file, or a NaN or infinity that would flow into every output, is an
     error naming the file (and the tensor)."""
-    try:
-        with safe_open(str(path), framework="pt") as handle:
-            metadata = handle.metadata() or {}
-            tensors = {name: handle.get_tensor(name) for name in handle.keys()}
+    try:  # the bytes read once: a save renaming a new file over this one between two opens cannot tear it
+        data = Path(path).read_bytes()
+        header = json.loads(data[8:8 + int.from_bytes(data[:8], "little")])
+        metadata = header.get("__metadata__") or {}
+        tensors = safetensors_load(data)
     except Exception as error:  # safetensors raises its own SafetensorError, OSError or others
         raise ValueError(f"{path}: not a readable safetensors file (truncated or corrupt?): {error}") from None
     for name, tensor in tensors.items():

@@ -120,7 +120,9 @@ def custom_task(rows: List[dict], label_column: str, text_columns: Sequence[str]
     if label_names:
         names = tuple(str(name) for name in label_names)
         if len(set(names)) != len(names):
-            raise ValueError(f"--label-names: expected distinct names, got {list(names)}")
+            raise ValueError(f"--label_names: expected distinct names, got {list(names)}")
+        if len(names) < 2:
+            raise ValueError(f"--label_names: a classifier needs at least two class names, got {list(names)}")
         num_labels = len(names)
     elif all(_is_integer(label) for label in labels):
         ids = {int(label) for label in labels}
@@ -137,9 +139,11 @@ def custom_task(rows: List[dict], label_column: str, text_columns: Sequence[str]
     else:
         names = tuple(sorted({str(label) for label in labels}))
         num_labels = len(names)
+        if num_labels == 1:
+            raise ValueError(f"{source}: every label is {names[0]!r}; a classifier needs at least two classes")
     known = REGRESSION_METRICS if num_labels == 1 else CLASSIFICATION_METRICS
     if metric is not None and metric not in known:
-        raise ValueError(f"--metric-for-best-model: the labels of {source} make a "
+        raise ValueError(f"--metric_for_best_model: the labels of {source} make a "
                          f"{'regression' if num_labels == 1 else 'classification'} task, scored by one of "
                          f"{list(known)}; got {metric!r}")
     metrics = known[:2] if metric is None else (metric, *[name for name in known[:2] if name != metric])

@@ -17,12 +17,14 @@ MIN_DOT = 16
 MAX_RANK = 256
 
 
-def check_shapes(op: str, tensors: dict, integer: Sequence[str] = (), floating: Sequence[str] = ()) -> Dict[str, int]:
+def check_shapes(op: str, tensors: dict, integer: Sequence[str] = (), floating: Sequence[str] = (),
+                 nonempty: str = "") -> Dict[str, int]:
     """The raw custom ops' own check (the library's entry points check more, first): every
     ``tensors[name] = (tensor, pattern)`` has ``len(pattern)`` dimensions whose sizes agree with
     every other use of the same letter (a tensor may be None: not given), the ``integer`` ones of
-    an integer dtype and the ``floating`` ones of a floating one; returns the sizes. A kernel launched on shapes
-    that disagree would read or write out of bounds."""
+    an integer dtype and the ``floating`` ones of a floating one, and the sizes named in ``nonempty``
+    at least 1; returns the sizes. A kernel launched on shapes that disagree would read or write out
+    of bounds, and one launched on an empty dimension would leave its outputs unwritten."""
     dims: Dict[str, int] = {}
     for name, (tensor, pattern) in tensors.items():
         if tensor is None:
@@ -35,6 +37,10 @@ def check_shapes(op: str, tensors: dict, integer: Sequence[str] = (), floating: 
         if (name in integer and tensor.is_floating_point()) or (name in floating and not tensor.is_floating_point()):
             raise TypeError(f"{op}: {name}: expected {'an integer' if name in integer else 'a floating'} dtype, "
                             f"got {tensor.dtype}")
+    empty = [letter for letter in nonempty if dims.get(letter, 1) < 1]
+    if empty:
+        raise ValueError(f"{op}: expected sizes {', '.join(empty)} of at least 1, got 0 (shapes "
+                         f"{ {name: tuple(t.shape) for name, (t, _) in tensors.items() if t is not None} })")
     return dims
 
 

@@ -188,8 +188,10 @@ def _assemble_bwd_kernel(
     else:  # positions p0, p0 + splits·BP, …: dL[p] = Σ_b grad[b, start + m_rows + token holding p]
         rk = tl.arange(0, R_PAD)
         everyone = tl.arange(0, NB_PAD)
-        longest = tl.max(tl.load(LENGTHS + everyone, mask=_rows_of(ADAPTER_IDS, everyone, nb, adapter, MIXED),
-                                 other=0), axis=0)
+        # A raw call's lengths and token index are the caller's: kept in bounds like the forward's ids.
+        most = tl.minimum(n, T)
+        longest = tl.max(tl.minimum(tl.load(LENGTHS + everyone, mask=_rows_of(ADAPTER_IDS, everyone, nb, adapter,
+                                                                                MIXED), other=0), most), axis=0)
         b_t = tl.trans(tl.load(B + rk[:, None] * d + cols[None, :], mask=(rk[:, None] < r) & col_ok[None, :],
                                other=0.0).to(ACC))
         db = tl.zeros((R_PAD, BD), dtype=ACC)
@@ -200,8 +202,9 @@ def _assemble_bwd_kernel(
                 for b0 in range(0, nb, BB):
                     bb = b0 + batch
                     lengths = tl.load(LENGTHS + bb, mask=_rows_of(ADAPTER_IDS, bb, nb, adapter, MIXED), other=0)
-                    held = positions[None, :] < lengths[:, None]  # (BB, BP)
+                    held = positions[None, :] < tl.minimum(lengths, most)[:, None]  # (BB, BP)
                     tok = tl.load(TOKEN_INDEX + bb[:, None] * n + positions[None, :], mask=held, other=0)
+                    held = held & (tok >= 0) & (tok < T)
                     grad_rows = (bb[:, None] * seq + start + m_rows + tok).to(tl.int64)
                     g = tl.load(GRAD + grad_rows[:, :, None] * d + cols[None, None, :],
                                 mask=held[:, :, None] & col_ok[None, None, :], other=0.0)
@@ -385,7 +388,8 @@ def _check_forward(op, input_ids, attention_mask, word_embeddings, prompts, lora
     named = {"input_ids": (input_ids, "bT"), "attention_mask": (attention_mask, "bT"),
              "word_embeddings": (word_embeddings, "Vd"), **_adapter_tensors(prompts, lora_a, lora_b, routing)}
     _launch.check_shapes(op, named, integer=("input_ids", "prompt_lengths", "adapter_ids"),
-                         floating=("word_embeddings", "prompts", "prompt_out", "lora_a", "lora_b", "scalings"))
+                         floating=("word_embeddings", "prompts", "prompt_out", "lora_a", "lora_b", "scalings"),
+                         nonempty="bTVd")
 
 
 def _check_backward(op, grad, token_index, lengths, prompts, lora_a, lora_b, routing):

@@ -500,7 +500,10 @@ def _check_parameters(op, prompt, lora_a, lora_b, fusion_scale, proj_down, proj_
     named = {"prompt": (prompt, "md"), "lora_a": (lora_a, "nr"), "lora_b": (lora_b, "rd"), "fusion_scale":
              (fusion_scale, ""), "proj_down": (proj_down, "KdH"), "proj_up": (proj_up, "KHd"),
              "gate_weight": (gate_weight, "dK"), "gate_bias": (gate_bias, "K"), "grad": (grad, "md")}
-    dims = _launch.check_shapes(op, named, floating=tuple(named))
+    dims = _launch.check_shapes(op, named, floating=tuple(named), nonempty="md")
+    dtypes = {name: tensor.dtype for name, (tensor, _) in named.items() if tensor is not None and name != "grad"}
+    if len(set(dtypes.values())) > 1:
+        raise TypeError(f"{op}: expected the eight parameters in one dtype, got {dtypes}")
     return dims["m"], dims["d"], dims["n"], dims["r"], dims["K"], dims["H"]
 
 

@@ -57,6 +57,10 @@ def test_labels_that_cannot_train_a_classifier_are_errors():
     with pytest.raises(ValueError, match=r"train.jsonl, row 2: label column 'label' is nan, not a label"):
         custom_task([{"text": "a", "label": 1.5}, {"text": "b", "label": float("nan")}], "label", ["text"],
                     "train.jsonl")
+    with pytest.raises(ValueError, match=r"train.jsonl: every label is 'pos'; a classifier needs at least two"):
+        custom_task([{"text": "a", "label": "pos"}, {"text": "b", "label": "pos"}], "label", ["text"], "train.jsonl")
+    with pytest.raises(ValueError, match=r"--label_names: a classifier needs at least two class names, got \['pos'\]"):
+        custom_task([{"text": "a", "label": "pos"}], "label", ["text"], "train.jsonl", label_names=["pos"])
     task = custom_task([{"text": "a", "label": "x"}, {"text": "b", "label": "y"}], "label", ["text"], "t")
     with pytest.raises(ValueError, match=r"train.jsonl, row 2: columns \['text'\] are null, not text"):
         format_rows(task, [{"text": "a", "label": "x"}, {"text": None, "label": "y"}], "train.jsonl")
@@ -152,3 +156,40 @@ def test_a_pair_of_adapter_files_from_two_saves_is_read_again_then_refused(tmp_p
     monkeypatch.setattr(serialization.time, "sleep", the_other_writer_finishes)
     assert torch.equal(load_adapter(first).tensors["prompt_encoder.prompt"],
                        load_adapter(second).tensors["prompt_encoder.prompt"])
+
+
+def test_a_full_disk_is_named_and_replaces_nothing(tmp_path):
+    import errno
+
+    from ept_fast.cli import _run
+    from ept_fast.serialization import WriteError, atomic_write
+
+    target = tmp_path / "metrics.json"
+    target.write_text("kept")
+
+    def no_space(temporary):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    with pytest.raises(WriteError, match=r"could not write .*metrics.json \(No space left on device\); is the disk "
+                                         r"full\? nothing was replaced"):
+        atomic_write(target, no_space)
+    assert target.read_text() == "kept" and [p.name for p in tmp_path.iterdir()] == ["metrics.json"]
+    assert _run("eval", lambda: atomic_write(target, no_space)) == 2  # the commands' clean error, no traceback
+
+
+@pytest.mark.parametrize("suffix,text,kind", [(".yaml", "a: [\n", "YAML"), (".json", '{"lr": 0.1,}', "JSON")])
+def test_a_malformed_config_file_is_named(tmp_path, suffix, text, kind):
+    with pytest.raises(ValueError, match=rf"--config: .*options{suffix} is not well-formed {kind}"):
+        _options(tmp_path, text, suffix=suffix)
+
+
+def test_sizes_whose_product_no_memory_holds_are_the_configs_error():
+    from transformers import BertConfig, BertForSequenceClassification
+
+    from ept_fast import EPTConfig, get_ept_model
+
+    bert = BertForSequenceClassification(BertConfig(vocab_size=50, hidden_size=16, num_hidden_layers=1,
+                                                    num_attention_heads=2, intermediate_size=16))
+    with pytest.raises(ValueError, match=r"config: 100,017,601,093 adapter parameters \(m=1000000, n=1000000, "
+                                         r"r=100000.* would take .* GiB in float32; check the sizes"):
+        get_ept_model(bert, EPTConfig(num_virtual_tokens=10**6, max_length=10**6, r=10**5, prompt_init="RANDOM"))

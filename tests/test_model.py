@@ -330,3 +330,11 @@ def test_a_causal_lm_named_like_gpt2_gets_its_loss_without_transformers_warning(
     assert backbone.loss_type == "ForCausalLM"
     assert torch.isfinite(model(input_ids=ids, labels=ids).loss)
     assert "loss_type=None" not in capfd.readouterr().err
+
+
+def test_class_labels_outside_the_head_are_an_error():
+    model = get_ept_model(tiny_bert_classifier(), _config("SEQ_CLS"))
+    ids = torch.randint(2, 64, (2, 6))
+    with pytest.raises(ValueError, match=r"labels: expected class ids in \[0, 3\) \(the head.s 3 classes\), got \[5\]"):
+        model(input_ids=ids, labels=torch.tensor([0, 5]))
+    assert torch.isfinite(model(input_ids=ids, labels=torch.tensor([0, 1])).loss)

@@ -81,3 +81,33 @@ def test_adapter_ids_and_prompt_lengths_outside_the_stack_read_in_bounds():
     assert torch.equal(run([-1, 1]), run([0, 1]))
     assert torch.equal(run([0, 1], torch.tensor([9, 2], device=DEVICE)), run([0, 1], torch.tensor([3, 2],
                                                                                                   device=DEVICE)))
+
+
+def test_the_backward_ops_keep_a_callers_token_index_and_lengths_in_bounds():
+    """Only the forward makes token_index and lengths; a raw backward call may pass anything: the
+    kernel reads no gradient row past the batch (the same answer every time, as with in-range ones)."""
+    ids, mask, E, P, A, B = _assembly()
+    out, _, token_index, lengths = OPS.assemble_inputs(ids, mask, E, P, A, B, 1.0, 1.0)
+    grad = torch.randn(out.shape, generator=torch.Generator().manual_seed(1)).to(DEVICE)
+    clean = OPS.assemble_inputs_backward(grad, token_index, lengths, P, A, B, 1.0)
+    for bad_index, bad_lengths in ((token_index, torch.full_like(lengths, 999)),
+                                   (torch.full_like(token_index, 999), lengths),
+                                   (torch.full_like(token_index, -7), lengths)):
+        runs = [OPS.assemble_inputs_backward(grad, bad_index, bad_lengths, P, A, B, 1.0) for _ in range(2)]
+        assert all(torch.equal(a, b) and torch.isfinite(a).all() for a, b in zip(*runs))
+    # lengths past T read as T: every real token, as the clean call
+    long = OPS.assemble_inputs_backward(grad, token_index, torch.full_like(lengths, 999), P, A, B, 1.0)
+    assert all(torch.allclose(a, b) for a, b in zip(long, clean))
+
+
+def test_empty_sizes_and_mixed_dtypes_are_errors():
+    x = prompt_inputs(4, 16, 8, 3, 2, 2, dtype=torch.float32, device=DEVICE)
+    empty = dict(x, prompt=x["prompt"][:0])
+    with pytest.raises(ValueError, match=r"ept_fast::ept_prompt: expected sizes m of at least 1, got 0"):
+        OPS.ept_prompt(*empty.values(), 1.0)
+    mixed = dict(x, prompt=x["prompt"].half())
+    with pytest.raises(TypeError, match=r"ept_fast::ept_prompt: expected the eight parameters in one dtype"):
+        OPS.ept_prompt(*mixed.values(), 1.0)
+    ids, mask, E, P, A, B = _assembly()
+    with pytest.raises(ValueError, match=r"ept_fast::assemble_inputs: expected sizes T of at least 1, got 0"):
+        OPS.assemble_inputs(ids[:, :0], mask[:, :0], E, P, A, B, 1.0, 1.0)

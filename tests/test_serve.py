@@ -158,6 +158,14 @@ def test_bad_requests_get_clear_errors(classifiers, sst2_files):
     assert too_long.status_code == 400
     assert "input[1]: 42 tokens; adapter 'a' reads at most 16 (its max_length)" in too_long.json()["error"]["message"]
     assert client.post("/v1/classify", json={"model": "a", "input": [long], "truncate": True}).status_code == 200
+    huge = "good " * 2000  # refused (or cut, with truncate) before the tokenizer reads it all
+    refused = client.post("/v1/classify", json={"model": "a", "input": [huge]})
+    assert refused.status_code == 400 and "input[0]: 10000 characters" in refused.json()["error"]["message"]
+    cut = client.post("/v1/classify", json={"model": "a", "input": [huge], "truncate": True}).json()
+    assert cut["usage"]["prompt_tokens"] == 16  # the tokens read, not the ones sent
+    surrogate = client.post("/v1/classify", content=b'{"model": "a", "input": ["\\udc00"]}',
+                            headers={"content-type": "application/json"})
+    assert surrogate.status_code == 400 and "not UTF-8 text" in surrogate.json()["error"]["message"]
     too_many = client.post("/v1/classify", json={"model": "a", "input": ["good"] * 9})
     assert too_many.status_code == 413 and "at most 8 a request" in too_many.json()["error"]["message"]
     pair = client.post("/v1/classify", json={"model": "a", "input": [["good", "bad"]]})

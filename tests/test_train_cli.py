@@ -479,7 +479,7 @@ def test_metric_for_best_model_of_a_custom_task(tiny_models, sst2_files, tmp_pat
     assert metrics["metric_for_best_model"] == "matthews_correlation"
     args[args.index("matthews_correlation")] = "pearson"
     assert main(args + ["--overwrite"]) == 2
-    assert ("--metric-for-best-model: the labels of " in capsys.readouterr().err)
+    assert ("--metric_for_best_model: the labels of " in capsys.readouterr().err)
 
 
 def test_param_budget_sizes_the_method(tiny_models, sst2_files, tmp_path, capsys):
@@ -824,3 +824,28 @@ def test_early_stopping_ends_the_run_when_validation_stops_improving(tiny_models
                       "--lr_lowrank", "1e-12", "--early_stopping_patience", "2")) == 0
     metrics = json.loads((out / "metrics.json").read_text())  # a flat validation: steps 2 and 3 do not improve on 1
     assert metrics["steps"] == 3 and metrics["best_step"] == 1
+
+
+def test_hostile_rerun_cases_of_the_engine(tiny_models, sst2_files, tmp_path, capsys):
+    """Cases the rerun of issue 24's hostile classes found: each is refused clearly or keeps the work."""
+    assert main(_args(tiny_models, sst2_files, tmp_path / "w", "--task", "sst2", "--warmup_ratio", "6")) == 2
+    assert "--warmup_steps: 6 steps of warm-up is the whole run (6 steps)" in capsys.readouterr().err
+    mine = tmp_path / "mine"
+    (mine / "checkpoint-7").mkdir(parents=True)
+    (mine / "checkpoint-7" / "keep.txt").write_text("mine")  # named like a checkpoint, written by the user
+    assert main(_args(tiny_models, sst2_files, mine, "--task", "sst2", "--overwrite")) == 0
+    assert (mine / "checkpoint-7" / "keep.txt").read_text() == "mine"
+    assert cli_main(["eval", "--adapter", str(mine), "--output-dir", str(mine), "--validation-file", sst2_files[1],
+                     "--test-file", sst2_files[2]]) == 2
+    assert f"--output_dir: {mine} holds a training run" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        parse_args(["--learnig_rate", "0.1"])
+    assert "did you mean --learning_rate?" in capsys.readouterr().err
+    t5 = _args(tiny_models, sst2_files, tmp_path / "t5", "--task", "sst2", "--max-steps", "1", "--eval-steps", "1")
+    t5[1] = str(tiny_models / "t5")
+    assert main(t5) == 0
+    capsys.readouterr()
+    t5_on_bert = cli_main(["eval", "--adapter", str(tmp_path / "t5"), "--model", str(tiny_models / "bert"),
+                           "--validation-file", sst2_files[1], "--test-file", sst2_files[2], "--task", "sst2"])
+    assert t5_on_bert == 2
+    assert "(BertConfig) cannot be a SEQ_2_SEQ_LM backbone" in capsys.readouterr().err

@@ -60,6 +60,9 @@ class ServeArguments(ModelArguments, MachineArguments):
         return named_adapters(self.adapter)
 
 
+CHARACTERS_PER_TOKEN = 50  # a bound no tokenizer reaches on text: inputs longer than this per token are refused
+
+
 class ApiError(Exception):
     """An error answered as ``{"error": {"message", "type", "code"}}`` with HTTP status ``code``."""
 
@@ -194,19 +197,37 @@ def create_app(served: Served):
             raise ApiError(413, f"input: {len(inputs)} inputs; this server takes at most {args.max_request_rows} a "
                                 f"request (--max-request-rows)")
         task: Task = served.tasks[name]
+        collate = served.collator(name)
+        # A token is at least one character: past this many, an input is too long whatever it says, and
+        # a truncated one is cut here, before the tokenizer spends time on what it would drop.
+        most_characters = CHARACTERS_PER_TOKEN * collate.input_limit
         examples = []
         for index, item in enumerate(inputs):
             texts = [item] if isinstance(item, str) else list(item)
             if len(texts) != len(task.fields):
                 raise ApiError(400, f"input[{index}]: adapter {name!r} reads {len(task.fields)} text(s) per input "
                                     f"({', '.join(task.fields)}), got {len(texts)}")
+            for text in texts:
+                try:
+                    text.encode("utf-8")
+                except UnicodeEncodeError as error:
+                    raise ApiError(400, f"input[{index}]: not UTF-8 text ({error.reason} at character "
+                                        f"{error.start})") from None
+                if len(text) > most_characters and not truncate:
+                    raise ApiError(400, f"input[{index}]: {len(text)} characters; adapter {name!r} reads at most "
+                                        f"{collate.input_limit} tokens (its max_length); shorten it or send "
+                                        f"\"truncate\": true")
+            texts = [text[:most_characters] for text in texts]
             examples.append(format_input(task, dict(zip(task.fields, texts))))
-        collate = served.collator(name)
         for index, length in enumerate(collate.input_lengths(examples)):
             if length > collate.input_limit and not truncate:
                 raise ApiError(400, f"input[{index}]: {length} tokens; adapter {name!r} reads at most "
                                     f"{collate.input_limit} (its max_length); shorten it or send \"truncate\": true")
         return [(name, example) for example in examples]
+
+    def tokens_read(name: str, rows) -> int:
+        collate = served.collator(name)
+        return sum(min(length, collate.input_limit) for length in collate.input_lengths([row for _, row in rows]))
 
     @app.get("/health")
     async def health():
@@ -241,7 +262,7 @@ def create_app(served: Served):
             if "probs" in answer:
                 entry.update(probs=answer["probs"], num_classes=len(answer["probs"]))
             data.append(entry)
-        tokens = sum(served.collator(name).input_lengths([row for _, row in rows]))
+        tokens = tokens_read(name, rows)
         return {"id": f"classify-{uuid.uuid4().hex}", "object": "list", "created": int(time.time()), "model": name,
                 "data": data, "usage": {"prompt_tokens": tokens, "total_tokens": tokens}}
 
@@ -263,7 +284,7 @@ def create_app(served: Served):
             generated_tokens += min(len(ids), limit)
             choices.append({"index": index, "text": text, "logprobs": None,
                             "finish_reason": "length" if len(ids) >= limit else "stop"})
-        prompt_tokens = sum(served.collator(name).input_lengths([row for _, row in rows]))
+        prompt_tokens = tokens_read(name, rows)
         return {"id": f"cmpl-{uuid.uuid4().hex}", "object": "text_completion", "created": int(time.time()),
                 "model": name, "choices": choices,
                 "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": generated_tokens,
@@ -283,6 +304,10 @@ def create_app(served: Served):
             raise ApiError(400, str(error)) from None
         if request.adapter_name in served.tasks:
             raise ApiError(409, f"adapter_name: {request.adapter_name!r} is already loaded")
+        try:
+            request.adapter_path.encode("utf-8")
+        except UnicodeEncodeError:
+            raise ApiError(400, "adapter_path: not UTF-8 text") from None
         root = Path(args.adapter_root).resolve()
         path = (root / request.adapter_path).resolve()
         if path != root and root not in path.parents:

@@ -113,7 +113,12 @@ def load_backbone(args: ModelArguments, task: Task, source: Optional[str] = None
                 source, num_labels=task.num_labels, problem_type=problem, ignore_mismatched_sizes=True, **labels)
     else:
         loader = AutoModelForSeq2SeqLM if task_type is TaskType.SEQ_2_SEQ_LM else AutoModelForCausalLM
-        model = loader.from_pretrained(source)
+        try:
+            model = loader.from_pretrained(source)
+        except ValueError as error:  # transformers': "Unrecognized configuration class …"
+            raise ValueError(f"--model: {source} ({type(config).__name__}) cannot be a {task_type.value} backbone "
+                             f"({str(error).splitlines()[0][:200]}); an adapter is served on the kind of model it "
+                             f"was trained on") from None
     model.config.name_or_path = portable_name(source)  # what the adapter records as its base model
     tokenizer = AutoTokenizer.from_pretrained(source)
     if tokenizer.pad_token is None:

@@ -90,7 +90,7 @@ class RunTrainer(EPTTrainer):
     def _save_checkpoint(self, model, trial) -> None:
         try:
             super()._save_checkpoint(model, trial)
-        except (OSError, RuntimeError) as error:  # torch.save on a full disk: RuntimeError "unexpected pos"
+        except Exception as error:  # a full disk: OSError, torch.save's RuntimeError, the tokenizers' Exception
             if is_complete(Path(self.args.output_dir) / f"checkpoint-{self.state.global_step}"):
                 raise  # the checkpoint was written whole: the error is another one
             kept = remove_partial_checkpoint(Path(self.args.output_dir), self.state.global_step)
@@ -212,6 +212,12 @@ def _train(args: TrainArguments, out: Path, stop_after_steps: Optional[int]) -> 
             print(f"--head_init probe: the head starts as the logistic regression of what it reads "
                   f"(C={head_init['C']}, validation {metric} {head_init['validation'][metric]:.4f})")
 
+    per_epoch = math.ceil(len(train_set) / (args.per_device_train_batch_size * args.world_size))
+    steps = args.max_steps if args.max_steps > 0 else \
+        math.ceil(math.ceil(per_epoch / args.gradient_accumulation_steps) * args.num_train_epochs)
+    if args.warmup_steps >= max(steps, 1):
+        raise ValueError(f"--warmup_steps: {args.warmup_steps:g} steps of warm-up is the whole run ({steps} steps): "
+                         f"nothing would train at its learning rate; give fewer, or a fraction below 1")
     if args.early_stopping_patience is not None and args.eval_strategy == "no":
         raise ValueError("--early_stopping_patience: stops on validation, but --eval_strategy is 'no'")
     if args.overwrite and checkpoint is None and main_process(args):  # the run is set up: the old one goes

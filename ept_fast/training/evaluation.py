@@ -20,7 +20,10 @@ def score_adapter(args: EvalArguments) -> dict:
     (or of --task / the files given), written as training writes them."""
     files = load_adapter(args.adapter)
     out = Path(args.output_dir or Path(args.adapter) / "eval")
-    check_writable(out, "--output-dir")
+    if (out / "trainer_state.json").is_file():
+        raise FileExistsError(f"--output_dir: {out} holds a training run, whose metrics.json and all_results.json "
+                              f"eval would replace; choose another folder (the default is <adapter>/eval)")
+    check_writable(out, "--output_dir")
     saved_task = task_from_metadata(files.task)
     task = get_task(args.task) if args.task else saved_task
     if task is None and not (args.validation_file or args.test_file):

@@ -353,6 +353,21 @@ class OptionParser(HfArgumentParser):
             field.type = hints[field.name]
             self._parse_dataclass_field(groups[owner], field)
 
+    def error(self, message: str):
+        """argparse's error, without the usage of every option first, and with the nearest
+        spelling of an unknown flag."""
+        import difflib
+        import sys
+
+        hint = ""
+        if message.startswith("unrecognized arguments:"):
+            known = [flag for action in self._actions for flag in action.option_strings]
+            unknown = [word for word in message.split(":", 1)[1].split() if word.startswith("--")]
+            close = {word: difflib.get_close_matches(word.split("=")[0], known, n=1) for word in unknown}
+            hint = "".join(f"; did you mean {match[0]}?" for word, match in close.items() if match)
+        sys.stderr.write(f"{self.prog}: error: {message}{hint} ({self.prog} --help lists the options)\n")
+        sys.exit(2)
+
     def parse(self, argv: Optional[List[str]]):
         first, _ = self.parse_known_args(argv)
         if first.config:
@@ -370,12 +385,13 @@ def _read_config(path: str, cls) -> dict:
         text = file.read_text(encoding="utf-8")
     except UnicodeDecodeError as error:
         raise ValueError(f"--config: {file} is not UTF-8 text ({error.reason} at byte {error.start})") from None
-    if file.suffix.lower() in (".yaml", ".yml"):
-        import yaml
+    import yaml
 
-        values = yaml.safe_load(text) or {}
-    else:
-        values = json.loads(text)
+    try:
+        values = (yaml.safe_load(text) or {}) if file.suffix.lower() in (".yaml", ".yml") else json.loads(text)
+    except (yaml.YAMLError, json.JSONDecodeError) as error:
+        raise ValueError(f"--config: {file} is not well-formed {'YAML' if file.suffix.lower() != '.json' else 'JSON'}"
+                         f" ({str(error).splitlines()[0]})") from None
     if not isinstance(values, dict):
         raise ValueError(f"--config: {file} must hold a mapping of option names to values")
     spellings = {alias.lstrip("-"): field.name for field in dataclasses.fields(cls) if field.init

@@ -104,9 +104,12 @@ def remove_partial_checkpoint(out: Path, step: int) -> Optional[Path]:
 
 
 def remove_checkpoints(out: Path) -> None:
-    """--overwrite: the replaced run's checkpoints go, so that a later resume cannot take one."""
+    """--overwrite: the replaced run's checkpoints go, so that a later resume cannot take one (a
+    folder named like one that neither Trainer nor ept-fast wrote stays)."""
     for folder in checkpoints(out):
-        shutil.rmtree(folder)
+        if (folder / OPTIONS_NAME).is_file() or (folder / "trainer_state.json").is_file() or \
+                (folder / CONFIG_NAME).is_file():
+            shutil.rmtree(folder)
 
 
 def prepare_output_dir(args: TrainArguments) -> Path:
