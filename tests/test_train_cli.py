@@ -623,7 +623,7 @@ def test_work_that_would_be_lost_is_refused_first(tiny_models, sst2_files, two_a
     blocked.write_text("")
     assert cli_main(["eval", "--adapter", str(run), "--output-dir", str(blocked / "eval"), "--validation-file",
                      sst2_files[1], "--test-file", sst2_files[2]]) == 2
-    assert f"--output-dir: cannot write into {blocked / 'eval'}" in capsys.readouterr().err
+    assert f"--output_dir: cannot write into {blocked / 'eval'}" in capsys.readouterr().err
     requests = _requests(sst2_files, tmp_path / "requests.jsonl", ["sst2"] * 16)
     assert cli_main(["predict", "--adapter", f"sst2={two_adapters / 'sst2'}", "--input-file", str(requests),
                      "--output-file", str(blocked / "out.jsonl")]) == 2
