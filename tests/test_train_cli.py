@@ -849,3 +849,11 @@ def test_hostile_rerun_cases_of_the_engine(tiny_models, sst2_files, tmp_path, ca
                            "--validation-file", sst2_files[1], "--test-file", sst2_files[2], "--task", "sst2"])
     assert t5_on_bert == 2
     assert "(BertConfig) cannot be a SEQ_2_SEQ_LM backbone" in capsys.readouterr().err
+
+
+def test_a_warm_up_fraction_never_takes_the_whole_run(tiny_models, sst2_files, tmp_path):
+    """Trainer rounds a warm-up fraction up: one step at 0.06 would warm up through it at rate 0."""
+    out = tmp_path / "one"
+    assert main(_args(tiny_models, sst2_files, out, "--task", "sst2", "--max-steps", "1", "--eval-steps", "1",
+                      "--lr", "0.02")) == 0
+    assert [e["learning_rate"] for e in _trainer_state(out)["log_history"] if "loss" in e] == [0.02]

@@ -218,6 +218,10 @@ def _train(args: TrainArguments, out: Path, stop_after_steps: Optional[int]) -> 
     if args.warmup_steps >= max(steps, 1):
         raise ValueError(f"--warmup_steps: {args.warmup_steps:g} steps of warm-up is the whole run ({steps} steps): "
                          f"nothing would train at its learning rate; give fewer, or a fraction below 1")
+    if args.warmup_steps < 1 and math.ceil(args.warmup_steps * steps) >= steps:
+        # Trainer rounds a fraction up: on a run this short it would warm up through every step, the
+        # first at a learning rate of 0; a fraction leaves the last step at the full rate.
+        args.warmup_steps = steps - 1
     if args.early_stopping_patience is not None and args.eval_strategy == "no":
         raise ValueError("--early_stopping_patience: stops on validation, but --eval_strategy is 'no'")
     if args.overwrite and checkpoint is None and main_process(args):  # the run is set up: the old one goes
