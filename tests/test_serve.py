@@ -202,7 +202,8 @@ def test_adapters_load_and_unload_at_run_time(classifiers, adapters, sst2_files)
         unloaded = client.post("/v1/unload_adapter", json={"adapter_name": "e"})
         answers = [future.result() for future in pending]
     assert unloaded.status_code == 200
-    assert all(answer.status_code in (200, 404) for answer in answers)
+    assert all(answer.status_code in (200, 404) for answer in answers), [a.text for a in answers
+                                                                         if a.status_code not in (200, 404)]
     assert sum(answer.status_code == 200 for answer in answers) >= 1
     assert client.post("/v1/classify", json={"model": "e", "input": "fine"}).status_code == 404
     assert client.post("/v1/unload_adapter", json={"adapter_name": "e"}).status_code == 404

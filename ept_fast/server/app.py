@@ -190,7 +190,9 @@ def create_app(served: Served):
             raise ApiError(400, f"model: adapter {name!r} is {served.task_type.value}; ask {endpoint}")
         return name
 
-    def rows_of(name: str, inputs: list, truncate: bool) -> list:
+    def rows_of(name: str, inputs: list, truncate: bool):
+        """(rows, tokens read, task) of a request: everything that needs the adapter is taken now, before
+        the request waits (an unload may remove the adapter once the request is answered)."""
         if not inputs:
             raise ApiError(422, "input: expected at least one input, got none")
         if len(inputs) > args.max_request_rows:
@@ -219,15 +221,13 @@ def create_app(served: Served):
                                         f"\"truncate\": true")
             texts = [text[:most_characters] for text in texts]
             examples.append(format_input(task, dict(zip(task.fields, texts))))
-        for index, length in enumerate(collate.input_lengths(examples)):
+        lengths = collate.input_lengths(examples)
+        for index, length in enumerate(lengths):
             if length > collate.input_limit and not truncate:
                 raise ApiError(400, f"input[{index}]: {length} tokens; adapter {name!r} reads at most "
                                     f"{collate.input_limit} (its max_length); shorten it or send \"truncate\": true")
-        return [(name, example) for example in examples]
-
-    def tokens_read(name: str, rows) -> int:
-        collate = served.collator(name)
-        return sum(min(length, collate.input_limit) for length in collate.input_lengths([row for _, row in rows]))
+        tokens = sum(min(length, collate.input_limit) for length in lengths)
+        return [(name, example) for example in examples], tokens, task
 
     @app.get("/health")
     async def health():
@@ -252,9 +252,8 @@ def create_app(served: Served):
     async def classify(request: ClassifyRequest):
         name = adapter(request.model, (TaskType.SEQ_CLS,))
         inputs = [request.input] if isinstance(request.input, str) else request.input
-        rows = rows_of(name, inputs, request.truncate)
+        rows, tokens, task = rows_of(name, inputs, request.truncate)
         answers = await _answered(served.predict(rows))
-        task = served.tasks[name]
         data = []
         for index, answer in enumerate(answers):
             label = answer["label"]
@@ -262,7 +261,6 @@ def create_app(served: Served):
             if "probs" in answer:
                 entry.update(probs=answer["probs"], num_classes=len(answer["probs"]))
             data.append(entry)
-        tokens = tokens_read(name, rows)
         return {"id": f"classify-{uuid.uuid4().hex}", "object": "list", "created": int(time.time()), "model": name,
                 "data": data, "usage": {"prompt_tokens": tokens, "total_tokens": tokens}}
 
@@ -273,7 +271,7 @@ def create_app(served: Served):
             raise ApiError(400, f"max_tokens: expected 1 to {args.max_new_tokens} (the server's --max-new-tokens), "
                                 f"got {request.max_tokens}")
         prompts = [request.prompt] if isinstance(request.prompt, str) else request.prompt
-        rows = rows_of(name, prompts, request.truncate)
+        rows, prompt_tokens, _ = rows_of(name, prompts, request.truncate)
         answers = await _answered(served.predict(rows))
         limit = request.max_tokens or args.max_new_tokens
         choices, generated_tokens = [], 0
@@ -284,7 +282,6 @@ def create_app(served: Served):
             generated_tokens += min(len(ids), limit)
             choices.append({"index": index, "text": text, "logprobs": None,
                             "finish_reason": "length" if len(ids) >= limit else "stop"})
-        prompt_tokens = tokens_read(name, rows)
         return {"id": f"cmpl-{uuid.uuid4().hex}", "object": "text_completion", "created": int(time.time()),
                 "model": name, "choices": choices,
                 "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": generated_tokens,
