@@ -10,27 +10,25 @@ import os
 import time
 import uuid
 from pathlib import Path
-from typing import Dict, List, Optional
+from typing import Optional
 
 from ..adapters import check_adapter_name
 from ..config import TaskType
 from ..tasks import Task, format_input
 from ..training.data import Collator
-from ..training.options import MachineArguments, ModelArguments, Repeatable, option
-from ..training.prediction import predict_rows
-from ..training.serving import check_served_together, load_served_model, merge, named_adapters, read_served
+from ..training.options import MachineArguments, ModelArguments, option
+from ..training.prediction import adapter_collator, predict_rows
+from ..training.serving import ServedAdapters, check_served_together, load_served_model, merge, read_served
 from .batcher import DynamicBatcher
 from .metrics import ServerMetrics
 
 
 @dataclasses.dataclass
-class ServeArguments(ModelArguments, MachineArguments):
-    """The adapters, the batching and the HTTP server.
+class ServeArguments(ServedAdapters, ModelArguments, MachineArguments):
+    """The batching and the HTTP server.
 
     Every option of ``ept-fast serve``."""
 
-    adapter: List[str] = option(help="NAME=PATH of an adapter to serve (an --output_dir of ept-fast train); repeat "
-                                     "it for several; a bare PATH is named after its folder", action=Repeatable)
     host: str = option("127.0.0.1", "the address to listen on")
     port: int = option(8000, "the port to listen on")
     max_batch_size: int = option(32, "the most rows run through the backbone at once, across adapters")
@@ -44,20 +42,15 @@ class ServeArguments(ModelArguments, MachineArguments):
 
     def __post_init__(self):
         super().__post_init__()
-        if not self.adapter:
-            raise ValueError("--adapter: expected at least one NAME=PATH, got none")
-        for name in ("max_batch_size", "max_request_rows", "port"):
-            if getattr(self, name) < (0 if name == "port" else 1):
-                raise ValueError(f"--{name}: expected an integer >= 1, got {getattr(self, name)}")
+        for name, least in (("max_batch_size", 1), ("max_request_rows", 1), ("port", 0)):
+            if getattr(self, name) < least:
+                raise ValueError(f"--{name}: expected an integer >= {least}, got {getattr(self, name)}")
         if not self.max_wait_ms >= 0:
             raise ValueError(f"--max_wait_ms: expected a number >= 0, got {self.max_wait_ms}")
         if self.allow_runtime_adapters and not (self.adapter_root and Path(self.adapter_root).is_dir()):
             raise ValueError(f"--adapter_root: --allow-runtime-adapters needs a folder to load adapters from, got "
                              f"{self.adapter_root!r}")
         self.api_key = self.api_key or os.environ.get("EPT_FAST_API_KEY") or None
-
-    def adapters(self) -> Dict[str, Path]:
-        return named_adapters(self.adapter)
 
 
 CHARACTERS_PER_TOKEN = 50  # a bound no tokenizer reaches on text: inputs longer than this per token are refused
@@ -91,8 +84,7 @@ class Served:
         return self.model.task_type
 
     def collator(self, name: str) -> Collator:
-        return Collator(self.tokenizer, self.task_type, self.tasks[name], self.configs[name]["max_length"],
-                        self.args.max_new_tokens)
+        return adapter_collator(self.model, self.tokenizer, self.tasks[name], name, self.args.max_new_tokens)
 
     def _run(self, rows):
         answers = predict_rows(self.model, self.tokenizer, self.tasks, rows, self.args.max_batch_size, self.device,

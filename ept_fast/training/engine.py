@@ -212,9 +212,9 @@ def _train(args: TrainArguments, out: Path, stop_after_steps: Optional[int]) -> 
             print(f"--head_init probe: the head starts as the logistic regression of what it reads "
                   f"(C={head_init['C']}, validation {metric} {head_init['validation'][metric]:.4f})")
 
-    per_epoch = math.ceil(len(train_set) / (args.per_device_train_batch_size * args.world_size))
+    batches_per_epoch = math.ceil(len(train_set) / (args.per_device_train_batch_size * args.world_size))
     steps = args.max_steps if args.max_steps > 0 else \
-        math.ceil(math.ceil(per_epoch / args.gradient_accumulation_steps) * args.num_train_epochs)
+        math.ceil(math.ceil(batches_per_epoch / args.gradient_accumulation_steps) * args.num_train_epochs)
     if args.warmup_steps >= max(steps, 1):
         raise ValueError(f"--warmup_steps: {args.warmup_steps:g} steps of warm-up is the whole run ({steps} steps): "
                          f"nothing would train at its learning rate; give fewer, or a fraction below 1")
@@ -249,8 +249,8 @@ def _train(args: TrainArguments, out: Path, stop_after_steps: Optional[int]) -> 
         return {"stopped_at_step": state.global_step}
 
     results = {"validation": trainer.score(validation_set), "test": trainer.score(test_set)}
-    steps_per_epoch = math.ceil(len(train_set) / (args.per_device_train_batch_size * args.world_size)) \
-        / args.gradient_accumulation_steps
+    steps_per_epoch = batches_per_epoch / args.gradient_accumulation_steps
+    adapter = model.active_peft_config
     losses = [entry["loss"] for entry in state.log_history if "loss" in entry]
     summary = {
         **results,
@@ -261,11 +261,9 @@ def _train(args: TrainArguments, out: Path, stop_after_steps: Optional[int]) -> 
         "train_loss": sum(losses) / max(len(losses), 1),
         "train_time_s": progress.seconds, "train_examples_per_s": progress.examples_per_second,
         "peak_memory_mb": peak_memory_mb(), "trainable_parameters": model.get_nb_trainable_parameters()[0],
-        "adapter_parameters": adapter_parameters(model.active_peft_config, token_dim),
-        "adapter": {"method": config.method.value, "readout": model.active_peft_config.readout.value,
-                    "m": model.active_peft_config.num_virtual_tokens, "n": model.active_peft_config.max_length,
-                    "r": model.active_peft_config.r, "K": model.active_peft_config.num_spaces,
-                    "h": model.active_peft_config.space_rank},
+        "adapter_parameters": adapter_parameters(adapter, token_dim),
+        "adapter": {"method": adapter.method.value, "readout": adapter.readout.value, "m": adapter.num_virtual_tokens,
+                    "n": adapter.max_length, "r": adapter.r, "K": adapter.num_spaces, "h": adapter.space_rank},
         "learning_rates": {"prompt_and_head": lr, "lowrank": lr_lowrank},
         "processes": args.world_size, "config": run_options, "versions": versions(), "history": state.log_history,
     }

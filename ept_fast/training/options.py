@@ -387,11 +387,12 @@ def _read_config(path: str, cls) -> dict:
         raise ValueError(f"--config: {file} is not UTF-8 text ({error.reason} at byte {error.start})") from None
     import yaml
 
+    is_yaml = file.suffix.lower() in (".yaml", ".yml")
     try:
-        values = (yaml.safe_load(text) or {}) if file.suffix.lower() in (".yaml", ".yml") else json.loads(text)
+        values = (yaml.safe_load(text) or {}) if is_yaml else json.loads(text)
     except (yaml.YAMLError, json.JSONDecodeError) as error:
-        raise ValueError(f"--config: {file} is not well-formed {'YAML' if file.suffix.lower() != '.json' else 'JSON'}"
-                         f" ({str(error).splitlines()[0]})") from None
+        raise ValueError(f"--config: {file} is not well-formed {'YAML' if is_yaml else 'JSON'} "
+                         f"({str(error).splitlines()[0]})") from None
     if not isinstance(values, dict):
         raise ValueError(f"--config: {file} must hold a mapping of option names to values")
     spellings = {alias.lstrip("-"): field.name for field in dataclasses.fields(cls) if field.init

@@ -60,12 +60,12 @@ def resume_folder(out: Path, resume: Union[None, bool, str]) -> Optional[Path]:
     if resume in (None, False, "", "False", "false"):
         return None
     if resume in (True, "True", "true"):
-        complete = [folder for folder in checkpoints(out) if is_complete(folder)]
+        found = checkpoints(out)
+        complete = [folder for folder in found if is_complete(folder)]
         if not complete:
             raise FileNotFoundError(f"--resume_from_checkpoint: no complete checkpoint-N folder in {out} "
                                     f"(each holds {', '.join(_CHECKPOINT_FILES)})")
-        later = [folder.name for folder in checkpoints(out) if folder not in complete and
-                 int(folder.name.split("-")[1]) > int(complete[-1].name.split("-")[1])]
+        later = [folder.name for folder in found[found.index(complete[-1]) + 1:]]  # by step: all incomplete
         if later:
             logger.warning("--resume_from_checkpoint: %s incomplete (a save was interrupted); resuming from %s",
                            ", ".join(later), complete[-1])
@@ -107,8 +107,7 @@ def remove_checkpoints(out: Path) -> None:
     """--overwrite: the replaced run's checkpoints go, so that a later resume cannot take one (a
     folder named like one that neither Trainer nor ept-fast wrote stays)."""
     for folder in checkpoints(out):
-        if (folder / OPTIONS_NAME).is_file() or (folder / "trainer_state.json").is_file() or \
-                (folder / CONFIG_NAME).is_file():
+        if any((folder / name).is_file() for name in _CHECKPOINT_FILES):
             shutil.rmtree(folder)
 
 

@@ -21,13 +21,18 @@ from .data import Collator
 Row = Tuple[str, dict]  # (adapter name, example or input row as format_input gives it)
 
 
+def adapter_collator(model: EPTModel, tokenizer, task: Task, name: str, max_new_tokens: int) -> Collator:
+    """The collator of adapter ``name``: its rows tokenized as its training tokenized them."""
+    return Collator(tokenizer, model.task_type, task, model.peft_config[name].max_length, max_new_tokens)
+
+
 def encode_rows(model: EPTModel, tokenizer, tasks: Dict[str, Task], rows: Sequence[Row],
                 max_new_tokens: int) -> Dict[str, torch.Tensor]:
     """One padded batch of ``rows`` (a causal LM's padded on the left, so generation goes on
     from each row's last token; the others' on the right)."""
     encoded: List[Dict[str, torch.Tensor]] = [{} for _ in rows]
     for name in dict.fromkeys(name for name, _ in rows):
-        collate = Collator(tokenizer, model.task_type, tasks[name], model.peft_config[name].max_length, max_new_tokens)
+        collate = adapter_collator(model, tokenizer, tasks[name], name, max_new_tokens)
         indices = [i for i, (row_name, _) in enumerate(rows) if row_name == name]
         # The collator also encodes labels; predictions need none, so each row gets a placeholder.
         group = collate([dict(rows[i][1], label=0, target="") for i in indices], for_generation=True)

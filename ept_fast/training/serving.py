@@ -29,13 +29,27 @@ from .report import check_writable
 
 
 @dataclasses.dataclass
-class PredictArguments(ModelArguments, InferenceArguments):
-    """The adapters, the inputs and where the predictions go.
+class ServedAdapters:
+    """The adapters on one backbone (predict, serve)."""
+
+    adapter: List[str] = option(help="NAME=PATH of an adapter to serve (an --output_dir of ept-fast train); repeat "
+                                     "it for several; a bare PATH is named after its folder", action=Repeatable)
+
+    def __post_init__(self):
+        getattr(super(), "__post_init__", lambda: None)()
+        if not self.adapter:
+            raise ValueError("--adapter: expected at least one NAME=PATH, got none")
+
+    def adapters(self) -> Dict[str, Path]:
+        return named_adapters(self.adapter)
+
+
+@dataclasses.dataclass
+class PredictArguments(ServedAdapters, ModelArguments, InferenceArguments):
+    """The inputs and where the predictions go.
 
     Every option of ``ept-fast predict``."""
 
-    adapter: List[str] = option(help="NAME=PATH of an adapter to serve (an --output-dir of ept-fast train); "
-                                     "repeat it for several; a bare PATH is named after its folder", action=Repeatable)
     input_file: Optional[str] = option(help="CSV or JSON-lines file of inputs, in the adapters' input columns")
     adapter_column: str = option("adapter", "the column naming each row's adapter (not needed with one --adapter)")
     output_file: Optional[str] = option(help="where the predictions go, .jsonl or .csv (default: the input file's "
@@ -43,15 +57,10 @@ class PredictArguments(ModelArguments, InferenceArguments):
 
     def __post_init__(self):
         super().__post_init__()
-        if not self.adapter:
-            raise ValueError("--adapter: expected at least one NAME=PATH, got none")
         if not self.input_file:
             raise ValueError("--input-file: expected a CSV or JSON-lines file of inputs, got none")
         if self.output_file and Path(self.output_file).suffix.lower() not in (".jsonl", ".csv"):
             raise ValueError(f"--output-file: expected a .jsonl or .csv file, got {self.output_file!r}")
-
-    def adapters(self) -> Dict[str, Path]:
-        return named_adapters(self.adapter)
 
 
 def named_adapters(items: List[str]) -> Dict[str, Path]:
