@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from .config import EPTConfig, Method, PromptInit, Readout, TaskType
-from .heads import head_copy, sequence_output_module
+from .heads import head_copy, sequence_output_module, skippable_pooler
 from .hub import CARD_NAME, adapter_folder, model_card, push_folder
 from .interop import dept_checkpoint, export_peft_prompt_tuning
 from .prompt_encoder import EPTPromptEncoder, embedding_scale
@@ -88,6 +88,8 @@ class AdapterLifecycle:
                 raise ValueError(f"readout: a decoder classifier (head 'score') reads each row's last token; "
                                  f"{config.readout.value!r} is for encoder classifiers, use 'backbone'")
             sequence_output_module(self.base_model)  # an encoder whose output can be read out
+            if config.readout is Readout.SENTENCE_EMBEDDING:
+                skippable_pooler(self.base_model, heads)  # and whose pooler can be skipped
         if initialize_prompt and config.prompt_init is PromptInit.TEXT and tokenizer is None \
                 and config.num_virtual_tokens > 0:
             tokenizer = _load_tokenizer(config)

@@ -35,11 +35,15 @@ class Readout(str, enum.Enum):
     """What an encoder classifier's head reads (SEQ_CLS).
 
     The backbone pools its output as it always does (BERT: position 0 through its pooler);
-    ``readout`` chooses the vector put at the position it pools."""
+    ``readout`` chooses the vector put at the position it pools, and ``sentence_embedding``
+    also skips a frozen pooler, so that the head reads that vector itself."""
 
     BACKBONE = "backbone"  # the prompted output as it comes: position 0 is the first prompt row (PEFT's behaviour)
     FIRST_TOKEN = "first_token"  # the output at the row's first real token (BERT's [CLS]), the prompt skipped
-    MEAN = "mean"  # the mean of the output over the row's real tokens, as sentence encoders are read
+    MEAN = "mean"  # the mean of the output over the row's real tokens, through the backbone's pooler
+    # The same mean given to the head as it is, the backbone's frozen pooler (BERT's dense + tanh)
+    # skipped: the sentence embedding a sentence encoder is read by, and a linear probe fits.
+    SENTENCE_EMBEDDING = "sentence_embedding"
 
 
 class TaskType(str, enum.Enum):
@@ -118,7 +122,8 @@ class EPTConfig:
     prompt_init_text: str = _field("Classify the following text:", "the text whose tokens' embeddings start P (TEXT)")
     method: Method = _field(Method.EPT, "ept, or one of the baselines it reduces to: dept, pt, head")
     readout: Readout = _field(Readout.BACKBONE, "what a SEQ_CLS encoder's head reads: backbone (position 0, the "
-                                                "first prompt row), first_token or mean (over the real tokens)")
+                                                "first prompt row), first_token, mean (over the real tokens) or "
+                                                "sentence_embedding (the mean, the frozen pooler skipped)")
     backend: Backend = _field(Backend.AUTO, "auto (fused kernels on CUDA, else PyTorch), triton or torch")
     task_type: Optional[TaskType] = _field(None, "SEQ_CLS, SEQ_2_SEQ_LM or CAUSAL_LM (default: from the model)")
     base_model_name_or_path: Optional[str] = _field(None, "the backbone the adapter was trained on")

@@ -6,7 +6,8 @@ backbone itself is left as it was (its modules and ``state_dict`` unchanged): on
 the head's own output. (The small head then runs twice; the backbone does not.) What an encoder
 classifier's head reads is the adapter's ``readout``: a forward hook on the encoder puts the
 chosen vector (first prompt row, first real token, or the mean over the real tokens) at the
-position the backbone pools."""
+position the backbone pools; for ``sentence_embedding`` a forward hook on the backbone's frozen
+pooler hands that vector on unchanged."""
 
 from __future__ import annotations
 
@@ -76,20 +77,60 @@ def is_encoder_classifier(backbone: nn.Module) -> bool:
     return not isinstance(getattr(backbone, "score", None), nn.Module)
 
 
+def skippable_pooler(backbone: nn.Module, heads: Sequence[str]) -> Optional[nn.Module]:
+    """The frozen pooler between an encoder classifier's position 0 and its head, which the
+    ``sentence_embedding`` readout skips: BERT's, ALBERT's or DeBERTa's ``pooler`` (a dense
+    layer of the hidden size and its activation). None where the head pools with layers it trains
+    (RoBERTa, ELECTRA, or a pooler named in ``heads``). An error where the frozen part cannot be
+    skipped."""
+    frozen_dense = getattr(backbone, "pre_classifier", None)
+    if isinstance(frozen_dense, nn.Module) and "pre_classifier" not in heads:
+        raise ValueError(f"readout: 'sentence_embedding' gives the head the mean itself, but "
+                         f"{type(backbone).__name__} passes it through its frozen pre_classifier and a ReLU; use "
+                         f"'mean', or train pre_classifier too (modules_to_save)")
+    for name, module in backbone.named_modules():
+        if name.rsplit(".", 1)[-1] != "pooler" or name in heads:
+            continue
+        dense, width = getattr(module, "dense", None), getattr(backbone.config, "hidden_size", None)
+        if not (isinstance(dense, nn.Linear) and dense.out_features == width):
+            raise ValueError(f"readout: 'sentence_embedding' skips the backbone's pooler, but {name} "
+                             f"({type(module).__name__}) is not a dense layer of the hidden size ({width}) that the "
+                             f"head could do without; use 'mean'")
+        return module
+    return None
+
+
+def skip_pooler(rows: torch.Tensor) -> Callable:
+    """A forward hook for ``skippable_pooler``'s module: rows where ``rows`` (b,) is True get
+    position 0 of the pooler's input (b, S, d) unchanged, the others the pooler's output."""
+    def hook(module, args, output):
+        return torch.where(rows[:, None], args[0][:, 0].to(output.dtype), output)
+
+    return hook
+
+
+def readout_kinds(readouts: Sequence[Readout], adapter_ids: Optional[torch.Tensor], batch: int,
+                  device: torch.device) -> torch.Tensor:
+    """(b,): the index in ``Readout`` of row i's readout, ``readouts[adapter_ids[i]]``
+    (``readouts[0]`` for every row when ``adapter_ids`` is None)."""
+    kinds = torch.tensor([list(Readout).index(readout) for readout in readouts], device=device)
+    return kinds[adapter_ids] if adapter_ids is not None else kinds.expand(batch)
+
+
 def readout_weights(readouts: Sequence[Readout], adapter_ids: Optional[torch.Tensor],
                     attention_mask: Optional[torch.Tensor], input_ids: torch.Tensor,
                     layout: PromptLayout) -> torch.Tensor:
     """(b, m+T): the weights of each prompted slot in what row i's head reads, for its adapter's
     readout (``readouts[adapter_ids[i]]``; ``readouts[0]`` for every row when ``adapter_ids`` is
     None): position 0 (backbone), the row's first attended token (first_token) or the mean over
-    its attended tokens (mean)."""
-    kinds = torch.tensor([list(Readout).index(readout) for readout in readouts], device=input_ids.device)
-    kinds = kinds[adapter_ids] if adapter_ids is not None else kinds.expand(input_ids.shape[0])
+    its attended tokens (mean, sentence_embedding)."""
+    kinds = readout_kinds(readouts, adapter_ids, input_ids.shape[0], input_ids.device)
     attended = (attention_mask != 0 if attention_mask is not None else torch.ones_like(input_ids, dtype=torch.bool))
     attended = attended.float()
     first = torch.nn.functional.one_hot(attended.argmax(dim=1), attended.shape[1]).float()
     mean = attended / attended.sum(dim=1, keepdim=True).clamp(min=1)
-    per_token = torch.where((kinds == list(Readout).index(Readout.MEAN))[:, None], mean, first)
+    averaged = (kinds == list(Readout).index(Readout.MEAN)) | (kinds == list(Readout).index(Readout.SENTENCE_EMBEDDING))
+    per_token = torch.where(averaged[:, None], mean, first)
     weights = layout.place(per_token, 0.0)
     position0 = torch.zeros_like(weights)
     position0[:, 0] = 1.0

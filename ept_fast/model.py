@@ -19,9 +19,12 @@ from .heads import (
     hooked,
     last_attended_pooled,
     read_out,
+    readout_kinds,
     readout_weights,
     rowwise,
     sequence_output_module,
+    skip_pooler,
+    skippable_pooler,
     together,
 )
 from .prompt_encoder import AssembledInputs, assemble_mixed_inputs
@@ -171,7 +174,12 @@ class EPTModel(AdapterLifecycle, nn.Module):
         if all(readout is Readout.BACKBONE for readout in readouts):
             return routing
         weights = readout_weights(readouts, adapter_ids, attention_mask, input_ids, assembled.layout)
-        return together(routing, hooked(sequence_output_module(self.base_model), read_out(weights)))
+        contexts = [routing, hooked(sequence_output_module(self.base_model), read_out(weights))]
+        pooler = skippable_pooler(self.base_model, self.heads)
+        if pooler is not None and Readout.SENTENCE_EMBEDDING in readouts:
+            kinds = readout_kinds(readouts, adapter_ids, input_ids.shape[0], input_ids.device)
+            contexts.append(hooked(pooler, skip_pooler(kinds == list(Readout).index(Readout.SENTENCE_EMBEDDING))))
+        return together(*contexts)
 
     @property
     def _padding_side(self) -> str:

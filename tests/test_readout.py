@@ -18,8 +18,8 @@ def _classifier():
 
 
 def _by_hand(model, input_ids, attention_mask, readout):
-    """The logits as the readout defines them: BERT's pooler and the adapter's head copy on the
-    chosen vector of the backbone's last hidden states."""
+    """The logits as the readout defines them: the adapter's head copy on the chosen vector of
+    the backbone's last hidden states, through BERT's pooler except for sentence_embedding."""
     backbone = model.get_base_model()
     embeds, mask = model.assemble_inputs(input_ids, attention_mask)
     hidden = backbone.bert(inputs_embeds=embeds, attention_mask=mask).last_hidden_state
@@ -27,8 +27,8 @@ def _by_hand(model, input_ids, attention_mask, readout):
     tokens, real = hidden[:, m:], attention_mask.unsqueeze(-1).float()
     vector = {"backbone": hidden[:, 0],
               "first_token": tokens[torch.arange(len(tokens)), attention_mask.argmax(dim=1)],
-              "mean": (tokens * real).sum(1) / real.sum(1)}[readout]
-    pooled = backbone.bert.pooler(vector.unsqueeze(1))
+              "mean": (tokens * real).sum(1) / real.sum(1)}[readout.replace("sentence_embedding", "mean")]
+    pooled = vector if readout == "sentence_embedding" else backbone.bert.pooler(vector.unsqueeze(1))
     return model.head_copies[model.active_adapter][0](pooled)
 
 
@@ -48,7 +48,7 @@ def test_readouts_differ_and_padding_is_not_read():
     backbone = _classifier()
     ids, mask = padded_batch([7, 4], 7, VOCAB, left=False)
     logits = {}
-    for readout in ("backbone", "first_token", "mean"):
+    for readout in ("backbone", "first_token", "mean", "sentence_embedding"):
         model = get_ept_model(backbone, adapter_config("SEQ_CLS", readout=readout))
         with torch.no_grad():
             logits[readout] = model(input_ids=ids, attention_mask=mask).logits
@@ -57,6 +57,7 @@ def test_readouts_differ_and_padding_is_not_read():
         torch.testing.assert_close(logits[readout][1:], alone, atol=1e-5, rtol=1e-5)
     assert not torch.allclose(logits["backbone"], logits["mean"])
     assert not torch.allclose(logits["first_token"], logits["mean"])
+    assert not torch.allclose(logits["sentence_embedding"], logits["mean"])
 
 
 def test_the_head_alone_trains_only_the_head():
@@ -74,7 +75,7 @@ def test_the_head_alone_trains_only_the_head():
 
 def test_readout_and_head_method_are_saved_and_loaded(tmp_path):
     for name, config in (("mean", adapter_config("SEQ_CLS", readout="first_token")),
-                         ("head", EPTConfig(method="head", max_length=12, readout="mean"))):
+                         ("head", EPTConfig(method="head", max_length=12, readout="sentence_embedding"))):
         model = moved(get_ept_model(_classifier(), config)) if name == "mean" else get_ept_model(_classifier(), config)
         model.save_pretrained(tmp_path / name)
         loaded = EPTModel.from_pretrained(_classifier(), tmp_path / name)
@@ -97,9 +98,10 @@ def test_a_mixed_batch_reads_each_row_as_its_adapter_does():
     model.add_adapter("first", adapter_config("SEQ_CLS", num_virtual_tokens=2, r=2, readout="first_token"))
     model.add_adapter("plain", adapter_config("SEQ_CLS", num_virtual_tokens=3, readout="backbone"))
     model.add_adapter("head", EPTConfig(method="head", max_length=12, readout="mean"))
+    model.add_adapter("embedding", adapter_config("SEQ_CLS", num_virtual_tokens=2, readout="sentence_embedding"))
     model.eval()
-    ids, mask = padded_batch([7, 4, 6, 5, 3], 7, VOCAB, left=False)
-    names = ["mean", "first", "plain", "head", "first"]
+    ids, mask = padded_batch([7, 4, 6, 5, 3, 6], 7, VOCAB, left=False)
+    names = ["mean", "first", "plain", "head", "embedding", "first"]
     with torch.no_grad():
         mixed = model(input_ids=ids, attention_mask=mask, adapter_names=names).logits
         for row, name in enumerate(names):
@@ -109,7 +111,8 @@ def test_a_mixed_batch_reads_each_row_as_its_adapter_does():
 
 
 def test_readout_and_head_errors():
-    with pytest.raises(ValueError, match=r"readout: expected one of 'backbone', 'first_token', 'mean', got 'cls'"):
+    with pytest.raises(ValueError, match=r"readout: expected one of 'backbone', 'first_token', 'mean', "
+                                         r"'sentence_embedding', got 'cls'"):
         EPTConfig(readout="cls")
     with pytest.raises(ValueError, match=r"readout: 'mean' chooses what a classifier's head reads \(SEQ_CLS\); "
                                          r"task_type is SEQ_2_SEQ_LM"):
@@ -132,6 +135,39 @@ def test_readout_and_head_errors():
     with pytest.raises(ValueError, match=r"readout: a decoder classifier \(head 'score'\) reads each row's last "
                                          r"token; 'mean' is for encoder classifiers"):
         get_ept_model(decoder, adapter_config("SEQ_CLS", readout="mean"))
+
+
+def test_sentence_embedding_skips_only_a_frozen_pooler_it_can_do_without():
+    from torch import nn
+    from transformers import (DebertaV2Config, DebertaV2ForSequenceClassification, DistilBertConfig,
+                              DistilBertForSequenceClassification, RobertaConfig, RobertaForSequenceClassification)
+
+    sizes = dict(vocab_size=VOCAB, hidden_size=HIDDEN, num_hidden_layers=1, num_attention_heads=2,
+                 intermediate_size=32, max_position_embeddings=64, num_labels=2)
+    config = adapter_config("SEQ_CLS", readout="sentence_embedding")
+    # RoBERTa's head pools with its own trained dense layer: nothing frozen to skip, so it reads as mean does.
+    roberta = RobertaForSequenceClassification(RobertaConfig(**sizes, pad_token_id=1)).eval()
+    ids, mask = padded_batch([6, 3], 6, VOCAB, left=False)
+    logits = {}
+    for readout in ("mean", "sentence_embedding"):
+        torch.manual_seed(0)  # the same prompt; both head copies start as RoBERTa's own head
+        model = get_ept_model(roberta, adapter_config("SEQ_CLS", readout=readout))
+        with torch.no_grad():
+            logits[readout] = model(input_ids=ids, attention_mask=mask).logits
+    torch.testing.assert_close(logits["mean"], logits["sentence_embedding"])
+    distilbert = DistilBertForSequenceClassification(DistilBertConfig(
+        vocab_size=VOCAB, dim=HIDDEN, n_layers=1, n_heads=2, hidden_dim=32, max_position_embeddings=64, num_labels=2))
+    with pytest.raises(ValueError, match=r"readout: 'sentence_embedding' gives the head the mean itself, but "
+                                         r"DistilBertForSequenceClassification passes it through its frozen "
+                                         r"pre_classifier and a ReLU; use 'mean'"):
+        get_ept_model(distilbert, config)
+    deberta = DebertaV2ForSequenceClassification(DebertaV2Config(**sizes)).eval()
+    assert get_ept_model(deberta, config)(input_ids=ids, attention_mask=mask).logits.shape == (2, 2)
+    narrow = _classifier()  # a pooler that changes the width: its head cannot read the mean itself
+    narrow.bert.pooler.dense, narrow.classifier = nn.Linear(HIDDEN, 8), nn.Linear(8, 3)
+    with pytest.raises(ValueError, match=r"readout: 'sentence_embedding' skips the backbone's pooler, but "
+                                         rf"bert.pooler \(BertPooler\) is not a dense layer of the hidden size \({HIDDEN}\)"):
+        get_ept_model(narrow, config)
 
 
 def test_peft_export_refuses_what_it_cannot_express(tmp_path):

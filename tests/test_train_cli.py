@@ -225,7 +225,8 @@ def test_the_embedded_default_runs_offline(tmp_path):
     assert saved["method"] == "ept" and saved["token_dim"] == 384 and saved["modules_to_save"] == ["classifier"]
     # The packaged MiniLM is recorded by its hub name (not a folder inside this venv), and that name
     # loads offline from the packaged copy.
-    assert saved["base_model_name_or_path"] == "sentence-transformers/all-MiniLM-L6-v2" and saved["readout"] == "mean"
+    assert saved["base_model_name_or_path"] == "sentence-transformers/all-MiniLM-L6-v2"
+    assert saved["readout"] == "sentence_embedding" and metrics["backbone_dropout"] == 0.0
     assert cli_main(["eval", "--adapter", str(out), "--limit-eval-examples", "8"]) == 0
 
 
@@ -443,9 +444,9 @@ def test_compare_runs_the_head_alone_and_the_linear_probe_beside_the_adapters(ti
         "0.01", "0.1", "1.0", "10.0", "100.0"}
     assert probe["validation"]["accuracy"] == max(probe["validation_by_C"].values())
     assert 0.0 <= probe["test"]["accuracy"] <= 1.0 and probe["trainable_parameters"] == 32 + 1
-    for method in ("head", "ept"):  # an encoder classifier on the command line reads the mean by default
+    for method in ("head", "ept"):  # an encoder classifier on the command line reads the mean embedding by default
         saved = json.loads((out / f"{method}-seed42" / "adapter_config.json").read_text())
-        assert saved["readout"] == "mean" and saved["method"] == method
+        assert saved["readout"] == "sentence_embedding" and saved["method"] == method
     assert "| probe | 0 |" in capsys.readouterr().out
 
 
@@ -454,7 +455,8 @@ def test_readout_option_and_the_head_method_on_the_command_line(tiny_models, sst
                       "1", "--readout", "first_token")) == 0
     assert json.loads((tmp_path / "a" / "adapter_config.json").read_text())["readout"] == "first_token"
     assert main(_args(tiny_models, sst2_files, tmp_path / "b", "--task", "sst2", "--readout", "cls")) == 2
-    assert "readout: expected one of 'backbone', 'first_token', 'mean', got 'cls'" in capsys.readouterr().err
+    assert ("readout: expected one of 'backbone', 'first_token', 'mean', 'sentence_embedding', got 'cls'"
+            in capsys.readouterr().err)
     head = _args(tiny_models, sst2_files, tmp_path / "c", "--task", "sst2", "--method", "head")
     assert main(head) == 2
     assert "num_virtual_tokens: method='head' (the head alone) has no prompt" in capsys.readouterr().err
@@ -468,6 +470,34 @@ def test_readout_option_and_the_head_method_on_the_command_line(tiny_models, sst
                                                            "sst2", "--readout", "mean")[2:]]) == 2
     assert "readout: 'mean' chooses what a classifier's head reads (SEQ_CLS); task_type is SEQ_2_SEQ_LM" in \
         capsys.readouterr().err
+
+
+def test_backbone_dropout_is_set_on_the_frozen_body_only(tiny_models, sst2_files, tmp_path, monkeypatch, capsys):
+    from ept_fast.training import engine
+
+    trained = []
+    monkeypatch.setattr(engine, "get_ept_model", lambda backbone, *args, **kwargs: trained.append(backbone) or
+                        get_ept_model(backbone, *args, **kwargs))
+
+    def dropouts(backbone):
+        return {name: layer.p for name, layer in backbone.named_modules() if isinstance(layer, torch.nn.Dropout)}
+
+    short = ("--task", "sst2", "--max-steps", "1", "--eval-steps", "1")
+    for out, extra, body in (("default", (), 0.0), ("given", ("--backbone_dropout", "0.2"), 0.2)):
+        assert main(_args(tiny_models, sst2_files, tmp_path / out, *short, *extra)) == 0
+        rates = dropouts(trained[-1])
+        assert rates.pop("dropout") == 0.1  # the classifier's own dropout, outside the body, is kept
+        assert rates and set(rates.values()) == {body}  # embeddings, attention and every layer's output
+        assert json.loads((tmp_path / out / "metrics.json").read_text())["backbone_dropout"] == body
+    t5 = ["--model", str(tiny_models / "t5"), *_args(tiny_models, sst2_files, tmp_path / "t5", *short)[2:]]
+    assert main(t5) == 0  # a backbone other than an encoder classifier keeps its own rates
+    assert set(dropouts(trained[-1]).values()) == {0.1}
+    assert json.loads((tmp_path / "t5" / "metrics.json").read_text())["backbone_dropout"] is None
+    assert main(_args(tiny_models, sst2_files, tmp_path / "bad", "--backbone_dropout", "1")) == 2
+    assert "--backbone_dropout: expected a probability in [0, 1), got 1.0" in capsys.readouterr().err
+    assert main(_args(tiny_models, sst2_files, tmp_path / "given", *short, "--backbone_dropout", "0.3",
+                      "--resume")) == 2
+    assert "backbone_dropout" in capsys.readouterr().err  # a resumed run keeps the rate it started with
 
 
 def test_metric_for_best_model_of_a_custom_task(tiny_models, sst2_files, tmp_path, capsys):

@@ -177,6 +177,14 @@ def train(args: TrainArguments, stop_after_steps: Optional[int] = None) -> dict:
         return _train(args, out, stop_after_steps)
 
 
+def _set_dropout(module: torch.nn.Module, p: float) -> None:
+    """Every dropout layer of ``module`` drops with probability ``p`` (attention dropout included:
+    transformers' attention reads its dropout layer's ``p``)."""
+    for layer in module.modules():
+        if isinstance(layer, torch.nn.modules.dropout._DropoutNd):
+            layer.p = p
+
+
 class _StopAfter(TrainerCallback):
     def __init__(self, step: int):
         self.step = step
@@ -196,8 +204,11 @@ def _train(args: TrainArguments, out: Path, stop_after_steps: Optional[int]) -> 
         check_same_options(read_options(checkpoint), run_options, f"the checkpoint {checkpoint}")
     backbone, tokenizer, task_type = load_backbone(args, task)
     token_dim = backbone.get_input_embeddings().embedding_dim
-    config = args.adapter_config(task, task_type, token_dim,
-                                 encoder_classifier=task_type is TaskType.SEQ_CLS and is_encoder_classifier(backbone))
+    encoder_classifier = task_type is TaskType.SEQ_CLS and is_encoder_classifier(backbone)
+    config = args.adapter_config(task, task_type, token_dim, encoder_classifier=encoder_classifier)
+    backbone_dropout = args.backbone_dropout_for(encoder_classifier)
+    if backbone_dropout is not None:
+        _set_dropout(backbone.base_model, backbone_dropout)
     model = get_ept_model(backbone, config, tokenizer=tokenizer)
     model.task_metadata = task_metadata(task, split_seed=args.seed)
     model.to(args.device)
@@ -257,7 +268,7 @@ def _train(args: TrainArguments, out: Path, stop_after_steps: Optional[int]) -> 
         "task": task.name, "task_type": task_type.value, "metric_for_best_model": metric,
         "best_step": state.best_global_step, "steps": state.global_step, "epoch": state.global_step / steps_per_epoch,
         "train_examples": len(train_set), "validation_examples": len(validation_set), "test_examples": len(test_set),
-        "inputs_cut_to_max_length": inputs_cut, "head_init": head_init,
+        "inputs_cut_to_max_length": inputs_cut, "head_init": head_init, "backbone_dropout": backbone_dropout,
         "train_loss": sum(losses) / max(len(losses), 1),
         "train_time_s": progress.seconds, "train_examples_per_s": progress.examples_per_second,
         "peak_memory_mb": peak_memory_mb(), "trainable_parameters": model.get_nb_trainable_parameters()[0],

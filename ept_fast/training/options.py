@@ -39,7 +39,10 @@ METHOD_DEFAULTS: Dict[str, Dict[str, float]] = {
 }
 # What an encoder classifier's head reads where --readout is not given (docs/results.md): the
 # library's own default stays PEFT's ("backbone": position 0, the first prompt row).
-CLI_READOUT = "mean"
+CLI_READOUT = "sentence_embedding"
+# The dropout of an encoder classifier's frozen body while its adapter trains, where
+# --backbone_dropout is not given (docs/results.md); other backbones keep their own.
+CLI_BACKBONE_DROPOUT = 0.0
 
 
 def option(default=None, help: str = "", aliases: Sequence[str] = (), **argparse_settings):
@@ -189,6 +192,9 @@ class EPTTrainingArguments(TrainingArguments):
     head_init: str = option("random", "how a classifier's head starts: random (as the backbone makes it) or probe "
                                       "(the logistic regression of what it reads, C chosen on validation; then "
                                       "everything tunes from there)")
+    backbone_dropout: Optional[float] = option(
+        help="dropout probability of the frozen backbone's body while the adapter trains (its classifier's own "
+             "dropout is kept); default: 0 for encoder classifiers, the backbone's own rates otherwise")
     early_stopping_patience: Optional[int] = option(help="stop after N validations without improvement")
     overwrite: bool = option(False, "write into an --output_dir that already holds a run (its checkpoints are "
                                     "removed)", aliases=("overwrite_output_dir",))
@@ -227,6 +233,8 @@ class EPTTrainingArguments(TrainingArguments):
             raise ValueError(f"--num_train_epochs: expected a number > 0, got {self.num_train_epochs}")
         if not 0 <= self.warmup_steps:
             raise ValueError(f"--warmup_steps: expected steps >= 0 or a fraction in [0, 1), got {self.warmup_steps}")
+        if self.backbone_dropout is not None and not 0 <= self.backbone_dropout < 1:
+            raise ValueError(f"--backbone_dropout: expected a probability in [0, 1), got {self.backbone_dropout}")
         if self.head_init not in ("random", "probe"):
             raise ValueError(f"--head_init: expected random or probe, got {self.head_init!r}")
         if not self.weight_decay >= 0:
@@ -272,6 +280,13 @@ class TrainArguments(AdapterArguments, ModelArguments, DataArguments, EPTTrainin
         if self.param_budget is not None and token_dim is not None:
             config = fit_budget(config, self.param_budget, token_dim)
         return config
+
+    def backbone_dropout_for(self, encoder_classifier: bool) -> Optional[float]:
+        """The dropout of the backbone's body while it trains: --backbone_dropout, else
+        CLI_BACKBONE_DROPOUT for an ``encoder_classifier``; None keeps the backbone's own."""
+        if self.backbone_dropout is not None:
+            return self.backbone_dropout
+        return CLI_BACKBONE_DROPOUT if encoder_classifier else None
 
     def learning_rates(self) -> Tuple[float, float]:
         """(--learning_rate, --lr_lowrank), each the method's default where not given."""
