@@ -139,8 +139,14 @@ def test_readout_and_head_errors():
 
 def test_sentence_embedding_skips_only_a_frozen_pooler_it_can_do_without():
     from torch import nn
-    from transformers import (DebertaV2Config, DebertaV2ForSequenceClassification, DistilBertConfig,
-                              DistilBertForSequenceClassification, RobertaConfig, RobertaForSequenceClassification)
+    from transformers import (
+        DebertaV2Config,
+        DebertaV2ForSequenceClassification,
+        DistilBertConfig,
+        DistilBertForSequenceClassification,
+        RobertaConfig,
+        RobertaForSequenceClassification,
+    )
 
     sizes = dict(vocab_size=VOCAB, hidden_size=HIDDEN, num_hidden_layers=1, num_attention_heads=2,
                  intermediate_size=32, max_position_embeddings=64, num_labels=2)
@@ -165,8 +171,8 @@ def test_sentence_embedding_skips_only_a_frozen_pooler_it_can_do_without():
     assert get_ept_model(deberta, config)(input_ids=ids, attention_mask=mask).logits.shape == (2, 2)
     narrow = _classifier()  # a pooler that changes the width: its head cannot read the mean itself
     narrow.bert.pooler.dense, narrow.classifier = nn.Linear(HIDDEN, 8), nn.Linear(8, 3)
-    with pytest.raises(ValueError, match=r"readout: 'sentence_embedding' skips the backbone's pooler, but "
-                                         rf"bert.pooler \(BertPooler\) is not a dense layer of the hidden size \({HIDDEN}\)"):
+    with pytest.raises(ValueError, match=rf"readout: 'sentence_embedding' skips the backbone's pooler, but bert.pooler "
+                                         rf"\(BertPooler\) is not a dense layer of the hidden size \({HIDDEN}\)"):
         get_ept_model(narrow, config)
 
 

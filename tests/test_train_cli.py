@@ -448,6 +448,18 @@ def test_compare_runs_the_head_alone_and_the_linear_probe_beside_the_adapters(ti
         saved = json.loads((out / f"{method}-seed42" / "adapter_config.json").read_text())
         assert saved["readout"] == "sentence_embedding" and saved["method"] == method
     assert "| probe | 0 |" in capsys.readouterr().out
+    # A finished run made with an earlier default of the command line is not read back as today's.
+    for change, expected in ((lambda m: m["adapter"].update(readout="mean"), "--readout (it read 'mean')"),
+                             (lambda m: m.pop("backbone_dropout"), "--backbone_dropout (its backbone trained with")):
+        metrics_file = out / "ept-seed42" / "metrics.json"
+        kept = metrics_file.read_text()
+        metrics = json.loads(kept)
+        change(metrics)
+        metrics_file.write_text(json.dumps(metrics))
+        assert cli_main(["compare", *args, "--resume"]) == 2
+        assert f"was made before today's default of {expected}" in capsys.readouterr().err
+        metrics_file.write_text(kept)
+    assert cli_main(["compare", *args, "--resume"]) == 0
 
 
 def test_readout_option_and_the_head_method_on_the_command_line(tiny_models, sst2_files, tmp_path, capsys):

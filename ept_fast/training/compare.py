@@ -11,8 +11,9 @@ import statistics
 from pathlib import Path
 from typing import Dict, List, Optional
 
+from ..config import Readout
 from .engine import train
-from .options import Repeatable, TrainArguments, option
+from .options import CLI_READOUT, Repeatable, TrainArguments, option
 from .output import check_same_options, checkpoints
 from .probe import linear_probe
 from .report import write_json
@@ -96,14 +97,29 @@ def _run(args: CompareArguments, run: TrainArguments, probe: bool = False) -> di
             raise ValueError(f"--resume: the finished run in {folder} was made before ept-fast train ran on "
                              f"Trainer (its options had other names); redo the comparison with --overwrite")
         check_same_options(finished["config"], run.options(), f"the finished run in {folder}")
-        if not probe and "readout" not in finished["adapter"]:
-            raise ValueError(f"--resume: the finished run in {folder} predates --readout (it read position 0, "
-                             f"today's default reads otherwise); redo the comparison with --overwrite")
+        earlier = None if probe else _earlier_default(finished, run)
+        if earlier:
+            raise ValueError(f"--resume: the finished run in {folder} was made before today's default of {earlier}; "
+                             f"redo the comparison with --overwrite")
         print(f"{folder}: finished before, read back")
         return finished
     if args.resume_from_checkpoint and checkpoints(folder):
         run = dataclasses.replace(run, resume_from_checkpoint=True, overwrite=False)
     return linear_probe(run) if probe else train(run)
+
+
+def _earlier_default(finished: dict, run: TrainArguments) -> Optional[str]:
+    """Which option a finished run, whose options match ``run``'s as given, took a default for that
+    the command line has since changed (an encoder classifier's readout or body dropout): read
+    back, it would not be the run this comparison makes. None when there is none."""
+    readout = finished["adapter"].get("readout")
+    if readout is None:
+        return "--readout (it read position 0)"
+    if run.readout is None and readout not in (CLI_READOUT, Readout.BACKBONE.value):
+        return f"--readout (it read {readout!r})"
+    if run.backbone_dropout is None and readout != Readout.BACKBONE.value and "backbone_dropout" not in finished:
+        return "--backbone_dropout (its backbone trained with its own dropout)"
+    return None
 
 
 def summarise(runs: Dict[str, List[dict]], budget: int) -> dict:
