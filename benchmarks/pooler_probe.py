@@ -1,0 +1,72 @@
+"""What BERT's frozen pooler costs a linear head (docs/results.md): a logistic regression (C chosen
+on validation) on three readouts of the frozen packaged MiniLM, per task of ``../shared/data``:
+the mean of the last hidden states over the real tokens, that mean through the pooler (what the
+head read with ``--readout mean``), and the first token ([CLS]). Inputs are cut to 128 tokens and
+training to the first 4,000 rows, as in the six-task suite.
+
+    python benchmarks/pooler_probe.py [--data ../shared/data] [TASK ...]
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+from pathlib import Path
+
+import torch
+from sklearn.linear_model import LogisticRegression
+from sklearn.metrics import accuracy_score, matthews_corrcoef
+from transformers import AutoModel, AutoTokenizer
+
+from ept_fast.offline import minilm_path
+
+SPLITS = ("train", "validation", "test")
+
+
+def read_split(folder: Path, split: str):
+    with open(folder / f"{split}.csv", newline="", encoding="utf-8") as handle:
+        rows = list(csv.DictReader(handle))
+    rows = rows[:4000] if split == "train" else rows
+    return [row["text"] for row in rows], [row["label"] for row in rows]
+
+
+@torch.no_grad()
+def readouts(model, tokenizer, texts):
+    """{readout: (len(texts), d)} for the mean, the mean through the pooler, and [CLS]."""
+    mean, first = [], []
+    for start in range(0, len(texts), 64):
+        batch = tokenizer(texts[start:start + 64], padding=True, truncation=True, max_length=128,
+                          return_tensors="pt")
+        hidden = model(**batch).last_hidden_state
+        mask = batch["attention_mask"].unsqueeze(-1).float()
+        mean.append((hidden * mask).sum(1) / mask.sum(1))
+        first.append(hidden[:, 0])
+    mean = torch.cat(mean)
+    return {"mean": mean.numpy(), "pooler(mean)": model.pooler(mean.unsqueeze(1)).numpy(),
+            "[CLS]": torch.cat(first).numpy()}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("tasks", nargs="*", default=["cr", "trec", "subj", "cola"])
+    parser.add_argument("--data", type=Path, default=Path(__file__).resolve().parents[2] / "shared" / "data")
+    args = parser.parse_args()
+    torch.manual_seed(0)
+    tokenizer = AutoTokenizer.from_pretrained(minilm_path())
+    model = AutoModel.from_pretrained(minilm_path()).eval()
+    print("| task (test) | " + " | ".join(("mean", "pooler(mean)", "[CLS]")) + " |\n|---|---|---|---|")
+    for task in args.tasks:
+        data = {split: read_split(args.data / task, split) for split in SPLITS}
+        features = {split: readouts(model, tokenizer, data[split][0]) for split in SPLITS}
+        score = matthews_corrcoef if task == "cola" else accuracy_score
+        cells = []
+        for readout in ("mean", "pooler(mean)", "[CLS]"):
+            fits = [LogisticRegression(C=C, max_iter=3000).fit(features["train"][readout], data["train"][1])
+                    for C in (0.01, 0.1, 1.0, 10.0, 100.0)]
+            best = max(fits, key=lambda fit: score(data["validation"][1], fit.predict(features["validation"][readout])))
+            cells.append(f"{score(data['test'][1], best.predict(features['test'][readout])):.4f} (C={best.C:g})")
+        print(f"| {task} | " + " | ".join(cells) + " |", flush=True)
+
+
+if __name__ == "__main__":
+    main()
