@@ -175,8 +175,8 @@ class EPTModel(AdapterLifecycle, nn.Module):
             return routing
         weights = readout_weights(readouts, adapter_ids, attention_mask, input_ids, assembled.layout)
         contexts = [routing, hooked(sequence_output_module(self.base_model), read_out(weights))]
-        pooler = skippable_pooler(self.base_model, self.heads)
-        if pooler is not None and Readout.SENTENCE_EMBEDDING in readouts:
+        pooler = skippable_pooler(self.base_model, self.heads) if Readout.SENTENCE_EMBEDDING in readouts else None
+        if pooler is not None:
             kinds = readout_kinds(readouts, adapter_ids, input_ids.shape[0], input_ids.device)
             contexts.append(hooked(pooler, skip_pooler(kinds == list(Readout).index(Readout.SENTENCE_EMBEDDING))))
         return together(*contexts)
