@@ -65,13 +65,15 @@ def tables(runs, methods: List[str]) -> str:
         lines.append("")
     finished = [task for task in means.get(methods[0], {}) if all(task in means[m] for m in methods)]
     if finished:
-        lines += [f"**Mean over {len(finished)} tasks** ({', '.join(finished)})", "", "| method | mean |", "|---|---|"]
+        tasks = f"{len(finished)} task{'s' * (len(finished) > 1)}"
+        lines += [f"**Mean over {tasks}** ({', '.join(finished)})", "", "| method | mean |", "|---|---|"]
         overall = {m: statistics.mean(means[m][t] for t in finished) for m in methods}
         lines += [f"| {m} | {overall[m]:.4f} |" for m in methods]
         lines.append("")
         if "ept" in methods and "probe" in methods:
             beats = [t for t in finished if means["ept"][t] > means["probe"][t]]
-            lines.append(f"EPT beats the linear probe on {len(beats)} of {len(finished)} tasks ({', '.join(beats)}).")
+            named = f" ({', '.join(beats)})" if beats else ""
+            lines.append(f"EPT beats the linear probe on {len(beats)} of {len(finished)} tasks{named}.")
         if "ept" in methods and "head" in methods:
             gain = 100 * (overall["ept"] - overall["head"])
             lines.append(f"EPT minus the head alone, on the mean: {gain:+.2f} points.")
