@@ -19,6 +19,7 @@ from sklearn.metrics import accuracy_score, matthews_corrcoef
 from transformers import AutoModel, AutoTokenizer
 
 from ept_fast.offline import minilm_path
+from ept_fast.training.probe import PROBE_C
 
 SPLITS = ("train", "validation", "test")
 
@@ -62,7 +63,7 @@ def main() -> None:
         cells = []
         for readout in ("mean", "pooler(mean)", "[CLS]"):
             fits = [LogisticRegression(C=C, max_iter=3000).fit(features["train"][readout], data["train"][1])
-                    for C in (0.01, 0.1, 1.0, 10.0, 100.0)]
+                    for C in PROBE_C]
             best = max(fits, key=lambda fit: score(data["validation"][1], fit.predict(features["validation"][readout])))
             cells.append(f"{score(data['test'][1], best.predict(features['test'][readout])):.4f} (C={best.C:g})")
         print(f"| {task} | " + " | ".join(cells) + " |", flush=True)
