@@ -1,13 +1,33 @@
-import json, glob, os, sys
-root = sys.argv[1]
-probe_root = "/work/main/benchmarks/results/suite-embedding"
-for task in ["cr", "trec", "subj", "cola", "bbc_headlines", "bbc_news"]:
-    for path in sorted(glob.glob(f"{root}/{task}/*-seed*/metrics.json")):
-        d = json.load(open(path)); m = d["metric_for_best_model"]; r = d.get("refit")
-        name = os.path.basename(os.path.dirname(path))
-        seed = name.split("seed")[1]
-        pp = f"{probe_root}/{task}/probe-seed{seed}/metrics.json"
-        probe = json.load(open(pp))["test"][m] if os.path.exists(pp) else None
-        if r:
-            print(f"{task:14s} {name:12s} trained val {r['trained_head']['validation'][m]:.4f} test {r['trained_head']['test'][m]:.4f} | "
-                  f"refit val {r['refit_head']['validation'][m]:.4f} test {r['refit_head']['test'][m]:.4f} C {r['C']} ({r['refit_s']:.0f}s) | probe {probe}")
+"""One-off: the trained and the refitted head of each run of the refit snapshot, beside the
+probe of the same task and seed.
+
+    python refit_table.py RUNS_DIR PROBE_SUITE_DIR   (e.g. benchmarks/results/suite-embedding)"""
+import glob
+import json
+import os
+import sys
+
+TASKS = ["cr", "trec", "subj", "cola", "bbc_headlines", "bbc_news"]
+
+
+def scores(head, metric):
+    return f"val {head['validation'][metric]:.4f} test {head['test'][metric]:.4f}"
+
+
+def main(root, probes):
+    for task in TASKS:
+        for path in sorted(glob.glob(f"{root}/{task}/*-seed*/metrics.json")):
+            with open(path) as file:
+                run = json.load(file)
+            metric, refit = run["metric_for_best_model"], run.get("refit")
+            name = os.path.basename(os.path.dirname(path))
+            probe_path = f"{probes}/{task}/probe-seed{name.split('seed')[1]}/metrics.json"
+            probe = json.load(open(probe_path))["test"][metric] if os.path.exists(probe_path) else None
+            if refit:
+                print(f"{task:14s} {name:12s} trained {scores(refit['trained_head'], metric)} | "
+                      f"refit {scores(refit['refit_head'], metric)} C {refit['C']} ({refit['refit_s']:.0f}s) | "
+                      f"probe {probe}")
+
+
+if __name__ == "__main__":
+    main(*sys.argv[1:3])
