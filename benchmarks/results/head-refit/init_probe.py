@@ -3,7 +3,7 @@ logistic regression (C on validation) on the head's input before any training st
 same on the frozen sentence embedding (the probe), and the mean cosine between each training
 example's two feature vectors. Prints (C, validation, test, cosine) per start.
 
-    PYTHONPATH=. python benchmarks/results/head-refit/init_probe.py "" "$(cat .../inits.json)"
+    PYTHONPATH=. python benchmarks/results/head-refit/init_probe.py "" "$(cat benchmarks/results/head-refit/inits.json)"
 
 (the first argument: the task's data options, empty for the embedded BBC News)."""
 import json

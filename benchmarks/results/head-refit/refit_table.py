@@ -10,6 +10,11 @@ import sys
 TASKS = ["cr", "trec", "subj", "cola", "bbc_headlines", "bbc_news"]
 
 
+def read_json(path):
+    with open(path) as file:
+        return json.load(file)
+
+
 def scores(head, metric):
     return f"val {head['validation'][metric]:.4f} test {head['test'][metric]:.4f}"
 
@@ -17,12 +22,11 @@ def scores(head, metric):
 def main(root, probes):
     for task in TASKS:
         for path in sorted(glob.glob(f"{root}/{task}/*-seed*/metrics.json")):
-            with open(path) as file:
-                run = json.load(file)
+            run = read_json(path)
             metric, refit = run["metric_for_best_model"], run.get("refit")
             name = os.path.basename(os.path.dirname(path))
             probe_path = f"{probes}/{task}/probe-seed{name.split('seed')[1]}/metrics.json"
-            probe = json.load(open(probe_path))["test"][metric] if os.path.exists(probe_path) else None
+            probe = read_json(probe_path)["test"][metric] if os.path.exists(probe_path) else None
             if refit:
                 print(f"{task:14s} {name:12s} trained {scores(refit['trained_head'], metric)} | "
                       f"refit {scores(refit['refit_head'], metric)} C {refit['C']} ({refit['refit_s']:.0f}s) | "
