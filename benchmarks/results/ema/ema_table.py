@@ -1,4 +1,5 @@
-"""The tables of docs/results.md's parameter-average section, from the runs' metrics.json files.
+"""The tables of docs/results.md's parameter-average section (the average, and the prompt at
+1e-2 with the head at 3e-2), from the runs' metrics.json files.
 
     python benchmarks/results/ema/ema_table.py   (from the repository root)
 """
@@ -44,13 +45,31 @@ def main() -> None:
     ahead = [task for task, (_, test), probe in zip(TASKS, means["EPT, average"], probes) if test > probe]
     print(f"\nEPT with the average beats the probe on {len(ahead)} of 6 tasks: {', '.join(ahead)}")
 
+    split = RESULTS / "schedule-pilots" / "prompt1e-2-head3e-2"
+    print("\nEPT, the prompt at 1e-2 and the head at 3e-2 (validation / test):")
+    rows = [(task, scores(split, task, "ept", seeds), default_ept) for task, default_ept in zip(TASKS, means["EPT"])]
+    for task, found, (validation, test) in rows:
+        print(f"| {task} | {validation:.4f} / {test:.4f} | {found['validation']:.4f} / {found['test']:.4f} "
+              f"({', '.join(f'{t:.4f}' for t in found['tests'])}) |")
+    print(f"| mean of the six | {statistics.mean(v for v, _ in means['EPT']):.4f} / "
+          f"{statistics.mean(t for _, t in means['EPT']):.4f} | "
+          f"{statistics.mean(found['validation'] for _, found, _ in rows):.4f} / "
+          f"{statistics.mean(found['test'] for _, found, _ in rows):.4f} |")
+    ahead = [task for (task, found, _), probe in zip(rows, probes) if found["test"] > probe]
+    print(f"\nEPT with the split rates beats the probe on {len(ahead)} of 6 tasks: {', '.join(ahead)}")
+
     ten = range(42, 52)
     five = RESULTS / "bbc-news-5seeds"
     print("\nBBC News, seeds 42-51 (test):")
-    for name, folder, method in (("EPT", five, "ept"), ("EPT, average", averaged, "ept"), ("probe", five, "probe")):
+    probe = scores(five, "bbc_news", "probe", ten)["tests"]
+    for name, folder, method in (("EPT", five, "ept"), ("EPT, average", averaged, "ept"),
+                                 ("EPT, split rates", split, "ept"), ("probe", five, "probe")):
         found = scores(folder, "bbc_news", method, ten)
+        record = [sum(a > b for a, b in zip(found["tests"], probe)), sum(a == b for a, b in zip(found["tests"], probe)),
+                  sum(a < b for a, b in zip(found["tests"], probe))]
         print(f"{name}: {' '.join(f'{t:.4f}' for t in found['tests'])} mean {found['test']:.4f} "
-              f"std {statistics.stdev(found['tests']):.4f} validation {found['validation']:.4f}")
+              f"std {statistics.stdev(found['tests']):.4f} validation {found['validation']:.4f} "
+              f"against the probe won/tied/lost {record}")
 
 
 if __name__ == "__main__":
