@@ -21,6 +21,16 @@ def scores(folder: Path, task: str, method: str, seeds) -> dict:
             "test": statistics.mean(tests), "tests": tests}
 
 
+def per_seed(found: dict) -> str:
+    return ", ".join(f"{t:.4f}" for t in found["tests"])
+
+
+def ahead_of_probe(tests, probes) -> str:
+    """How many tasks, and which, have a mean test score above the probe's."""
+    ahead = [task for task, test, probe in zip(TASKS, tests, probes) if test > probe]
+    return f"{len(ahead)} of 6 tasks: {', '.join(ahead)}"
+
+
 def main() -> None:
     default, averaged = RESULTS / "suite-embedding", RESULTS / "ema"
     seeds = (42, 43, 44)
@@ -35,28 +45,27 @@ def main() -> None:
         for name, folder, method in columns:
             found = scores(folder, task, method, seeds)
             means[name].append((found["validation"], found["test"]))
-            cells.append(f"{found['validation']:.4f} / {found['test']:.4f} "
-                         f"({', '.join(f'{t:.4f}' for t in found['tests'])})")
+            cells.append(f"{found['validation']:.4f} / {found['test']:.4f} ({per_seed(found)})")
         probes.append(scores(default, task, "probe", seeds)["test"])
         print(f"| {task} | " + " | ".join(cells) + f" | {probes[-1]:.4f} |")
     print("| mean of the six | " + " | ".join(
         f"{statistics.mean(v for v, _ in means[name]):.4f} / {statistics.mean(t for _, t in means[name]):.4f}"
         for name, _, _ in columns) + f" | {statistics.mean(probes):.4f} |")
-    ahead = [task for task, (_, test), probe in zip(TASKS, means["EPT, average"], probes) if test > probe]
-    print(f"\nEPT with the average beats the probe on {len(ahead)} of 6 tasks: {', '.join(ahead)}")
+    print(f"\nEPT with the average beats the probe on "
+          f"{ahead_of_probe([test for _, test in means['EPT, average']], probes)}")
 
     split = RESULTS / "schedule-pilots" / "prompt1e-2-head3e-2"
     print("\nEPT, the prompt at 1e-2 and the head at 3e-2 (validation / test):")
     rows = [(task, scores(split, task, "ept", seeds), default_ept) for task, default_ept in zip(TASKS, means["EPT"])]
     for task, found, (validation, test) in rows:
         print(f"| {task} | {validation:.4f} / {test:.4f} | {found['validation']:.4f} / {found['test']:.4f} "
-              f"({', '.join(f'{t:.4f}' for t in found['tests'])}) |")
+              f"({per_seed(found)}) |")
     print(f"| mean of the six | {statistics.mean(v for v, _ in means['EPT']):.4f} / "
           f"{statistics.mean(t for _, t in means['EPT']):.4f} | "
           f"{statistics.mean(found['validation'] for _, found, _ in rows):.4f} / "
           f"{statistics.mean(found['test'] for _, found, _ in rows):.4f} |")
-    ahead = [task for (task, found, _), probe in zip(rows, probes) if found["test"] > probe]
-    print(f"\nEPT with the split rates beats the probe on {len(ahead)} of 6 tasks: {', '.join(ahead)}")
+    print(f"\nEPT with the split rates beats the probe on "
+          f"{ahead_of_probe([found['test'] for _, found, _ in rows], probes)}")
 
     ten = range(42, 52)
     five = RESULTS / "bbc-news-5seeds"
