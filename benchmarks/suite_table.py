@@ -3,7 +3,10 @@ finished tasks and seeds only, as Markdown: per task the test score of every met
 std, every seed), then the mean over the tasks every method has finished, and the issue's
 bars (EPT against the linear probe per task, against the head alone on the mean).
 
-    python benchmarks/suite_table.py OUT_DIR [--methods ept dept pt head probe]
+    python benchmarks/suite_table.py OUT_DIR [MORE_DIRS...] [--methods ept dept pt head probe]
+
+With several folders, a method's runs of a task come from the first folder that has them (a rerun
+of some methods beside the suite's other runs).
 """
 
 from __future__ import annotations
@@ -80,9 +83,19 @@ def tables(runs, methods: List[str]) -> str:
     return "\n".join(lines)
 
 
+def collect_first(roots: List[Path]) -> Dict[str, Dict[str, Dict[int, dict]]]:
+    """``collect`` over several folders: each task's method from the first folder that ran it."""
+    runs: Dict[str, Dict[str, Dict[int, dict]]] = {}
+    for root in roots:
+        for task, by_method in collect(root).items():
+            for method, by_seed in by_method.items():
+                runs.setdefault(task, {}).setdefault(method, by_seed)
+    return runs
+
+
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("root", type=Path)
+    parser.add_argument("roots", type=Path, nargs="+")
     parser.add_argument("--methods", nargs="+", default=["ept", "dept", "pt", "head", "probe"])
     options = parser.parse_args()
-    print(tables(collect(options.root), options.methods))
+    print(tables(collect_first(options.roots), options.methods))

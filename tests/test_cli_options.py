@@ -90,6 +90,14 @@ def test_a_value_that_contradicts_the_method_is_the_configs_error(values, messag
         EPTConfig(**values)
 
 
+def test_the_head_alone_has_no_head_only_phase():
+    with pytest.raises(ValueError, match="--head_only_steps: method .head. trains the head alone at every step"):
+        TrainArguments(method="head", head_only_steps=2)
+    assert TrainArguments(method="head").head_only_steps_for(encoder_classifier=True, steps=100) == 0
+    assert TrainArguments(method="ept").head_only_steps_for(encoder_classifier=True, steps=100) == 10
+    assert TrainArguments(method="ept").head_only_steps_for(encoder_classifier=False, steps=100) == 0
+
+
 def test_the_init_text_fits_the_task():
     args = TrainArguments()
     assert args.adapter_config(get_task("bbc_news")).prompt_init_text == "Classify the topic of this news article:"

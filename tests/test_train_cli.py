@@ -450,7 +450,8 @@ def test_compare_runs_the_head_alone_and_the_linear_probe_beside_the_adapters(ti
     assert "| probe | 0 |" in capsys.readouterr().out
     # A finished run made with an earlier default of the command line is not read back as today's.
     for change, expected in ((lambda m: m["adapter"].update(readout="mean"), "--readout (it read 'mean')"),
-                             (lambda m: m.pop("backbone_dropout"), "--backbone_dropout (its backbone trained with")):
+                             (lambda m: m.pop("backbone_dropout"), "--backbone_dropout (its backbone trained with"),
+                             (lambda m: m.pop("head_only_steps"), "--head_only_steps (its adapter trained from")):
         metrics_file = out / "ept-seed42" / "metrics.json"
         kept = metrics_file.read_text()
         metrics = json.loads(kept)
@@ -460,6 +461,13 @@ def test_compare_runs_the_head_alone_and_the_linear_probe_beside_the_adapters(ti
         assert f"was made before today's default of {expected}" in capsys.readouterr().err
         metrics_file.write_text(kept)
     assert cli_main(["compare", *args, "--resume"]) == 0
+    # Head-only steps are the adapters' option: the head alone runs without them, not into an error.
+    steps = tmp_path / "steps"
+    assert cli_main(["compare", *_args(tiny_models, sst2_files, steps, "--task", "sst2", "--max-steps", "2",
+                                       "--eval-steps", "2", "--methods", "head", "ept", "--seeds", "1",
+                                       "--head_only_steps", "1")]) == 0
+    assert json.loads((steps / "ept-seed42" / "metrics.json").read_text())["head_only_steps"] == 1
+    assert json.loads((steps / "head-seed42" / "metrics.json").read_text())["head_only_steps"] == 0
 
 
 def test_readout_option_and_the_head_method_on_the_command_line(tiny_models, sst2_files, tmp_path, capsys):
@@ -739,6 +747,53 @@ def test_head_init_probe_starts_the_head_at_the_logistic_regression(tiny_models,
                                                                                             100.0)
     assert main(_args(tiny_models, sst2_files, tmp_path / "x", "--task", "sst2", "--head-init", "lp")) == 2
     assert "--head_init: expected random or probe, got 'lp'" in capsys.readouterr().err
+
+
+def _checkpoint_tensors(out, step):
+    return load_file(str(out / f"checkpoint-{step}" / "adapter_model.safetensors"))
+
+
+def test_head_only_steps_hold_the_adapter_while_the_head_trains(tiny_models, sst2_files, tmp_path):
+    held, free = tmp_path / "held", tmp_path / "free"
+    for out, share in ((held, "0.5"), (free, "0")):  # no warm-up: the first step trains at the full rate
+        assert main(_args(tiny_models, sst2_files, out, "--task", "sst2", "--head_only_steps", share,
+                          "--warmup_steps", "0", "--save-steps", "1")) == 0
+    assert json.loads((held / "metrics.json").read_text())["head_only_steps"] == 3  # half of 6 steps
+    assert json.loads((free / "metrics.json").read_text())["head_only_steps"] == 0
+    for out, moved_by_step_3 in ((held, False), (free, True)):
+        one, three, four = (_checkpoint_tensors(out, step) for step in (1, 3, 4))
+        head = [key for key in one if "classifier" in key]
+        adapter = [key for key in one if key not in head]
+        assert head and adapter
+        assert all(not torch.equal(one[key], three[key]) for key in head)  # the head trains throughout
+        assert any(not torch.equal(one[key], three[key]) for key in adapter) == moved_by_step_3
+        assert any(not torch.equal(three[key], four[key]) for key in adapter)  # then the adapter joins
+    # Held from the first step: both runs start alike and their first step trains the same head, but
+    # only the run without the phase has moved its adapter.
+    held_one, free_one = _checkpoint_tensors(held, 1), _checkpoint_tensors(free, 1)
+    assert all(torch.equal(held_one[key], free_one[key]) for key in held_one if "classifier" in key)
+    assert any(not torch.equal(held_one[key], free_one[key]) for key in held_one if "classifier" not in key)
+
+
+def test_a_run_stopped_in_the_head_only_steps_resumes_to_the_same_adapter(tiny_models, sst2_files, tmp_path):
+    options = ("--task", "sst2", "--head_only_steps", "3", "--save-steps", "1")
+    train(parse_args(_args(tiny_models, sst2_files, tmp_path / "straight", *options)))
+    assert train(parse_args(_args(tiny_models, sst2_files, tmp_path / "resumed", *options)),
+                 stop_after_steps=2) == {"stopped_at_step": 2}
+    train(parse_args(_args(tiny_models, sst2_files, tmp_path / "resumed", *options, "--resume")))
+    assert _losses(tmp_path / "resumed") == _losses(tmp_path / "straight")
+    assert _same_adapter(tmp_path / "straight", tmp_path / "resumed")
+
+
+def test_head_only_steps_that_cannot_apply_are_errors(tiny_models, sst2_files, tmp_path, capsys):
+    assert main(_args(tiny_models, sst2_files, tmp_path / "a", "--task", "sst2", "--head_only_steps", "6")) == 2
+    assert "--head_only_steps: 6 steps of the head alone is the whole run (6 steps)" in capsys.readouterr().err
+    t5 = _args(tiny_models, sst2_files, tmp_path / "c", "--task", "sst2", "--head_only_steps", "2")
+    t5[1] = str(tiny_models / "t5")
+    assert main(t5) == 2
+    assert "--head_only_steps: applies to encoder classifiers" in capsys.readouterr().err
+    assert main(_args(tiny_models, sst2_files, tmp_path / "d", "--task", "sst2", "--max-steps", "19")) == 0
+    assert json.loads((tmp_path / "d" / "metrics.json").read_text())["head_only_steps"] == 1  # the default: a tenth
 
 
 # ---------------------------------------------------------------- Trainer's options

@@ -22,7 +22,7 @@ from .report import write_json
 # head alone and the linear probe (which runs on "head"'s options) train no adapter parameters.
 FIXED_BY = {"ept": (), "dept": ("num_spaces", "space_rank", "fusion"),
             "pt": ("r", "lora_alpha", "num_spaces", "space_rank", "fusion"),
-            "head": ("num_virtual_tokens", "r", "lora_alpha", "num_spaces", "space_rank", "fusion")}
+            "head": ("num_virtual_tokens", "r", "lora_alpha", "num_spaces", "space_rank", "fusion", "head_only_steps")}
 WITHOUT_ADAPTER = ("head", "probe")
 
 
@@ -110,8 +110,8 @@ def _run(args: CompareArguments, run: TrainArguments, probe: bool = False) -> di
 
 def _earlier_default(finished: dict, run: TrainArguments) -> Optional[str]:
     """Which option a finished run, whose options match ``run``'s as given, took a default for that
-    the command line has since changed (an encoder classifier's readout or body dropout): read
-    back, it would not be the run this comparison makes. None when there is none."""
+    the command line has since changed (an encoder classifier's readout, body dropout or head-only
+    steps): read back, it would not be the run this comparison makes. None when there is none."""
     readout = finished["adapter"].get("readout")
     if readout is None:
         return "--readout (it read position 0)"
@@ -119,6 +119,9 @@ def _earlier_default(finished: dict, run: TrainArguments) -> Optional[str]:
         return f"--readout (it read {readout!r})"
     if run.backbone_dropout is None and readout != Readout.BACKBONE.value and "backbone_dropout" not in finished:
         return "--backbone_dropout (its backbone trained with its own dropout)"
+    if run.head_only_steps is None and run.method != "head" and readout != Readout.BACKBONE.value \
+            and "head_only_steps" not in finished:
+        return "--head_only_steps (its adapter trained from the first step)"
     return None
 
 

@@ -128,6 +128,21 @@ class ValidateAndKeepBest(TrainerCallback):
             state.save_to_json(os.path.join(args.output_dir, "trainer_state.json"))
 
 
+class HeadOnly(TrainerCallback):
+    """The first ``steps`` optimizer steps train the head alone: every other trainable parameter's
+    gradient is dropped before the step, so the optimizer leaves it (and its state) as it was."""
+
+    def __init__(self, steps: int):
+        self.steps = steps
+
+    def on_pre_optimizer_step(self, args, state, control, model=None, **kwargs):
+        if state.global_step < self.steps:
+            head = {id(p) for p in model.head_copies.parameters()}
+            for p in model.parameters():
+                if id(p) not in head:
+                    p.grad = None
+
+
 class Progress(ProgressCallback):
     """Trainer's bar, with the loss and the training examples per second on it (time in the
     training steps only), and one line per validation."""
@@ -233,6 +248,7 @@ def _train(args: TrainArguments, out: Path, stop_after_steps: Optional[int]) -> 
         # Trainer rounds a fraction up: on a run this short it would warm up through every step, the
         # first at a learning rate of 0; a fraction leaves the last step at the full rate.
         args.warmup_steps = steps - 1
+    head_only_steps = args.head_only_steps_for(encoder_classifier, steps)
     if args.early_stopping_patience is not None and args.eval_strategy == "no":
         raise ValueError("--early_stopping_patience: stops on validation, but --eval_strategy is 'no'")
     if args.overwrite and checkpoint is None and main_process(args):  # the run is set up: the old one goes
@@ -246,6 +262,8 @@ def _train(args: TrainArguments, out: Path, stop_after_steps: Optional[int]) -> 
     callbacks = [ValidateAndKeepBest(metric)]
     if args.early_stopping_patience is not None:
         callbacks.append(EarlyStoppingCallback(args.early_stopping_patience))
+    if head_only_steps:
+        callbacks.append(HeadOnly(head_only_steps))
     if stop_after_steps is not None:
         callbacks.append(_StopAfter(stop_after_steps))
     trainer = RunTrainer(model=model, args=args, train_dataset=train_set, eval_dataset=validation_set,
@@ -268,7 +286,8 @@ def _train(args: TrainArguments, out: Path, stop_after_steps: Optional[int]) -> 
         "task": task.name, "task_type": task_type.value, "metric_for_best_model": metric,
         "best_step": state.best_global_step, "steps": state.global_step, "epoch": state.global_step / steps_per_epoch,
         "train_examples": len(train_set), "validation_examples": len(validation_set), "test_examples": len(test_set),
-        "inputs_cut_to_max_length": inputs_cut, "head_init": head_init, "backbone_dropout": backbone_dropout,
+        "inputs_cut_to_max_length": inputs_cut, "head_init": head_init, "head_only_steps": head_only_steps,
+        "backbone_dropout": backbone_dropout,
         "train_loss": sum(losses) / max(len(losses), 1),
         "train_time_s": progress.seconds, "train_examples_per_s": progress.examples_per_second,
         "peak_memory_mb": peak_memory_mb(), "trainable_parameters": model.get_nb_trainable_parameters()[0],

@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import math
 import typing
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple, Union
@@ -43,6 +44,9 @@ CLI_READOUT = "sentence_embedding"
 # The dropout of an encoder classifier's frozen body while its adapter trains, where
 # --backbone_dropout is not given (docs/results.md); other backbones keep their own.
 CLI_BACKBONE_DROPOUT = 0.0
+# The share of an encoder classifier's steps that train its head alone before the adapter
+# joins, where --head_only_steps is not given (docs/results.md); 0 for other backbones.
+CLI_HEAD_ONLY_STEPS = 0.1
 
 
 def option(default=None, help: str = "", aliases: Sequence[str] = (), **argparse_settings):
@@ -192,6 +196,10 @@ class EPTTrainingArguments(TrainingArguments):
     head_init: str = option("random", "how a classifier's head starts: random (as the backbone makes it) or probe "
                                       "(the logistic regression of what it reads, C chosen on validation; then "
                                       "everything tunes from there)")
+    head_only_steps: Optional[float] = option(
+        help="steps at the start that train an encoder classifier's head alone, every adapter parameter held "
+             "(linear probing by gradient, then tuning); below 1, a fraction of the steps; default: "
+             f"{CLI_HEAD_ONLY_STEPS:g} for encoder classifiers, 0 otherwise")
     backbone_dropout: Optional[float] = option(
         help="dropout probability of the frozen backbone's body while the adapter trains (its classifier's own "
              "dropout is kept); default: 0 for encoder classifiers, the backbone's own rates otherwise")
@@ -235,6 +243,9 @@ class EPTTrainingArguments(TrainingArguments):
             raise ValueError(f"--warmup_steps: expected steps >= 0 or a fraction in [0, 1), got {self.warmup_steps}")
         if self.backbone_dropout is not None and not 0 <= self.backbone_dropout < 1:
             raise ValueError(f"--backbone_dropout: expected a probability in [0, 1), got {self.backbone_dropout}")
+        if self.head_only_steps is not None and not self.head_only_steps >= 0:
+            raise ValueError(f"--head_only_steps: expected steps >= 0 or a fraction in [0, 1), got "
+                             f"{self.head_only_steps}")
         if self.head_init not in ("random", "probe"):
             raise ValueError(f"--head_init: expected random or probe, got {self.head_init!r}")
         if not self.weight_decay >= 0:
@@ -258,6 +269,8 @@ class TrainArguments(AdapterArguments, ModelArguments, DataArguments, EPTTrainin
         config = self.adapter_config()  # a value that contradicts the method fails now, as EPTConfig says
         if self.param_budget is not None and config.method is Method.HEAD:
             raise ValueError("--param_budget: method 'head' trains the head alone, no adapter parameters to size")
+        if self.head_only_steps and config.method is Method.HEAD:
+            raise ValueError("--head_only_steps: method 'head' trains the head alone at every step already")
         if self.param_budget is not None:
             fitted = "num_virtual_tokens" if config.method is Method.PT else "r"
             if getattr(self, fitted) is not None:
@@ -287,6 +300,20 @@ class TrainArguments(AdapterArguments, ModelArguments, DataArguments, EPTTrainin
         if self.backbone_dropout is not None:
             return self.backbone_dropout
         return CLI_BACKBONE_DROPOUT if encoder_classifier else None
+
+    def head_only_steps_for(self, encoder_classifier: bool, steps: int) -> int:
+        """How many of the run's ``steps`` train the head alone: --head_only_steps (a fraction below
+        1, rounded down), else CLI_HEAD_ONLY_STEPS of them for an ``encoder_classifier``."""
+        given, head_method = self.head_only_steps, parse_enum(Method, "--method", self.method) is Method.HEAD
+        if given and not encoder_classifier:
+            raise ValueError("--head_only_steps: applies to encoder classifiers (a BERT-like backbone with a "
+                             "classification head), where it was measured; this backbone is not one")
+        value = given if given is not None else (CLI_HEAD_ONLY_STEPS if encoder_classifier and not head_method else 0)
+        head_only = math.floor(value * steps) if value < 1 else math.ceil(value)
+        if head_only >= steps:
+            raise ValueError(f"--head_only_steps: {value:g} steps of the head alone is the whole run ({steps} "
+                             f"steps): the adapter would never train; give fewer, or a fraction below 1")
+        return head_only
 
     def learning_rates(self) -> Tuple[float, float]:
         """(--learning_rate, --lr_lowrank), each the method's default where not given."""

@@ -32,9 +32,9 @@ RUN_DEFINING = frozenset(
      "learning_rate", "lr_lowrank", "weight_decay", "warmup_steps", "num_train_epochs", "max_steps",
      "per_device_train_batch_size", "gradient_accumulation_steps", "max_grad_norm", "seed", "data_seed",
      "lr_scheduler_type", "lr_scheduler_kwargs", "optim", "optim_args", "adam_beta1", "adam_beta2", "adam_epsilon",
-     "param_budget", "head_init", "backbone_dropout", "metric_for_best_model", "eval_strategy", "eval_steps",
-     "early_stopping_patience", "bf16", "fp16", "label_smoothing_factor", "dataloader_drop_last", "neftune_noise_alpha",
-     "train_sampling_strategy", "optim_target_modules"])
+     "param_budget", "head_init", "head_only_steps", "backbone_dropout", "metric_for_best_model", "eval_strategy",
+     "eval_steps", "early_stopping_patience", "bf16", "fp16", "label_smoothing_factor", "dataloader_drop_last",
+     "neftune_noise_alpha", "train_sampling_strategy", "optim_target_modules"])
 logger = logging.getLogger(__name__)
 
 
