@@ -91,11 +91,10 @@ def test_a_value_that_contradicts_the_method_is_the_configs_error(values, messag
 
 
 def test_the_head_alone_has_no_head_only_phase():
-    with pytest.raises(ValueError, match="--head_only_steps: method .head. trains the head alone at every step"):
+    with pytest.raises(ValueError, match="--head_only_steps: method .head. trains the head alone at every step alr"):
         TrainArguments(method="head", head_only_steps=2)
-    assert TrainArguments(method="head").head_only_steps_for(encoder_classifier=True, steps=100) == 0
-    assert TrainArguments(method="ept").head_only_steps_for(encoder_classifier=True, steps=100) == 10
-    assert TrainArguments(method="ept").head_only_steps_for(encoder_classifier=False, steps=100) == 0
+    for method, encoder_classifier, expected in (("head", True, 0), ("ept", True, 10), ("ept", False, 0)):
+        assert TrainArguments(method=method).head_only_steps_for(encoder_classifier, 100, "Backbone") == expected
 
 
 def test_the_init_text_fits_the_task():

@@ -31,7 +31,9 @@ def _options(tmp_path, text, suffix=".yaml"):
     ("lr: -0.1\n", r"--learning_rate: expected a number > 0, got -0.1"),
     ("warmup_ratio: -5\n", r"--warmup_steps: expected steps >= 0 or a fraction in \[0, 1\), got -5"),
     ("weight_decay: -1\n", r"--weight_decay: expected a number >= 0, got -1"),
-    ("head_only_steps: -2\n", r"--head_only_steps: expected steps >= 0 or a fraction in \[0, 1\), got -2"),
+    ("head_only_steps: -2\n", r"--head_only_steps: expected whole steps >= 0 or a fraction in \[0, 1\), got -2"),
+    ("head_only_steps: 2.5\n", r"--head_only_steps: expected whole steps >= 0 or a fraction in \[0, 1\), got 2.5"),
+    ("head_only_steps: .inf\n", r"--head_only_steps: expected whole steps >= 0 or a fraction in \[0, 1\), got inf"),
 ])
 def test_config_file_values_of_the_wrong_kind_are_errors(tmp_path, text, expected):
     with pytest.raises(ValueError, match=expected):

@@ -780,6 +780,9 @@ def test_a_run_stopped_in_the_head_only_steps_resumes_to_the_same_adapter(tiny_m
     train(parse_args(_args(tiny_models, sst2_files, tmp_path / "straight", *options)))
     assert train(parse_args(_args(tiny_models, sst2_files, tmp_path / "resumed", *options)),
                  stop_after_steps=2) == {"stopped_at_step": 2}
+    with pytest.raises(ValueError, match=r"made with other options \(--head_only_steps 3.0 -> 2.0\)"):
+        train(parse_args(_args(tiny_models, sst2_files, tmp_path / "resumed", "--task", "sst2", "--head_only_steps",
+                               "2", "--save-steps", "1", "--resume")))
     train(parse_args(_args(tiny_models, sst2_files, tmp_path / "resumed", *options, "--resume")))
     assert _losses(tmp_path / "resumed") == _losses(tmp_path / "straight")
     assert _same_adapter(tmp_path / "straight", tmp_path / "resumed")
@@ -791,7 +794,9 @@ def test_head_only_steps_that_cannot_apply_are_errors(tiny_models, sst2_files, t
     t5 = _args(tiny_models, sst2_files, tmp_path / "c", "--task", "sst2", "--head_only_steps", "2")
     t5[1] = str(tiny_models / "t5")
     assert main(t5) == 2
-    assert "--head_only_steps: applies to encoder classifiers" in capsys.readouterr().err
+    assert ("--head_only_steps: applies to encoder classifiers (a BERT-like backbone with a classification head), "
+            "where it was measured; this run's backbone is T5ForConditionalGeneration: leave it out or give 0"
+            ) in capsys.readouterr().err
     assert main(_args(tiny_models, sst2_files, tmp_path / "d", "--task", "sst2", "--max-steps", "19")) == 0
     assert json.loads((tmp_path / "d" / "metrics.json").read_text())["head_only_steps"] == 1  # the default: a tenth
 

@@ -220,6 +220,10 @@ def _train(args: TrainArguments, out: Path, stop_after_steps: Optional[int]) -> 
     backbone, tokenizer, task_type = load_backbone(args, task)
     token_dim = backbone.get_input_embeddings().embedding_dim
     encoder_classifier = task_type is TaskType.SEQ_CLS and is_encoder_classifier(backbone)
+    batches_per_epoch = math.ceil(len(train_set) / (args.per_device_train_batch_size * args.world_size))
+    steps = args.max_steps if args.max_steps > 0 else \
+        math.ceil(math.ceil(batches_per_epoch / args.gradient_accumulation_steps) * args.num_train_epochs)
+    head_only_steps = args.head_only_steps_for(encoder_classifier, steps, type(backbone).__name__)
     config = args.adapter_config(task, task_type, token_dim, encoder_classifier=encoder_classifier)
     backbone_dropout = args.backbone_dropout_for(encoder_classifier)
     if backbone_dropout is not None:
@@ -238,9 +242,6 @@ def _train(args: TrainArguments, out: Path, stop_after_steps: Optional[int]) -> 
             print(f"--head_init probe: the head starts as the logistic regression of what it reads "
                   f"(C={head_init['C']}, validation {metric} {head_init['validation'][metric]:.4f})")
 
-    batches_per_epoch = math.ceil(len(train_set) / (args.per_device_train_batch_size * args.world_size))
-    steps = args.max_steps if args.max_steps > 0 else \
-        math.ceil(math.ceil(batches_per_epoch / args.gradient_accumulation_steps) * args.num_train_epochs)
     if args.warmup_steps >= max(steps, 1):
         raise ValueError(f"--warmup_steps: {args.warmup_steps:g} steps of warm-up is the whole run ({steps} steps): "
                          f"nothing would train at its learning rate; give fewer, or a fraction below 1")
@@ -248,7 +249,6 @@ def _train(args: TrainArguments, out: Path, stop_after_steps: Optional[int]) -> 
         # Trainer rounds a fraction up: on a run this short it would warm up through every step, the
         # first at a learning rate of 0; a fraction leaves the last step at the full rate.
         args.warmup_steps = steps - 1
-    head_only_steps = args.head_only_steps_for(encoder_classifier, steps)
     if args.early_stopping_patience is not None and args.eval_strategy == "no":
         raise ValueError("--early_stopping_patience: stops on validation, but --eval_strategy is 'no'")
     if args.overwrite and checkpoint is None and main_process(args):  # the run is set up: the old one goes

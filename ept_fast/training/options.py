@@ -243,9 +243,9 @@ class EPTTrainingArguments(TrainingArguments):
             raise ValueError(f"--warmup_steps: expected steps >= 0 or a fraction in [0, 1), got {self.warmup_steps}")
         if self.backbone_dropout is not None and not 0 <= self.backbone_dropout < 1:
             raise ValueError(f"--backbone_dropout: expected a probability in [0, 1), got {self.backbone_dropout}")
-        if self.head_only_steps is not None and not self.head_only_steps >= 0:
-            raise ValueError(f"--head_only_steps: expected steps >= 0 or a fraction in [0, 1), got "
-                             f"{self.head_only_steps}")
+        value = self.head_only_steps
+        if value is not None and not (value >= 0 and (value < 1 or (value < math.inf and value == int(value)))):
+            raise ValueError(f"--head_only_steps: expected whole steps >= 0 or a fraction in [0, 1), got {value}")
         if self.head_init not in ("random", "probe"):
             raise ValueError(f"--head_init: expected random or probe, got {self.head_init!r}")
         if not self.weight_decay >= 0:
@@ -270,7 +270,8 @@ class TrainArguments(AdapterArguments, ModelArguments, DataArguments, EPTTrainin
         if self.param_budget is not None and config.method is Method.HEAD:
             raise ValueError("--param_budget: method 'head' trains the head alone, no adapter parameters to size")
         if self.head_only_steps and config.method is Method.HEAD:
-            raise ValueError("--head_only_steps: method 'head' trains the head alone at every step already")
+            raise ValueError("--head_only_steps: method 'head' trains the head alone at every step already; "
+                             "leave it out or give 0")
         if self.param_budget is not None:
             fitted = "num_virtual_tokens" if config.method is Method.PT else "r"
             if getattr(self, fitted) is not None:
@@ -301,15 +302,17 @@ class TrainArguments(AdapterArguments, ModelArguments, DataArguments, EPTTrainin
             return self.backbone_dropout
         return CLI_BACKBONE_DROPOUT if encoder_classifier else None
 
-    def head_only_steps_for(self, encoder_classifier: bool, steps: int) -> int:
+    def head_only_steps_for(self, encoder_classifier: bool, steps: int, backbone: str) -> int:
         """How many of the run's ``steps`` train the head alone: --head_only_steps (a fraction below
-        1, rounded down), else CLI_HEAD_ONLY_STEPS of them for an ``encoder_classifier``."""
+        1, rounded down), else CLI_HEAD_ONLY_STEPS of them for an ``encoder_classifier``;
+        ``backbone`` names the model class for the error where the option does not apply."""
         given, head_method = self.head_only_steps, parse_enum(Method, "--method", self.method) is Method.HEAD
         if given and not encoder_classifier:
-            raise ValueError("--head_only_steps: applies to encoder classifiers (a BERT-like backbone with a "
-                             "classification head), where it was measured; this backbone is not one")
+            raise ValueError(f"--head_only_steps: applies to encoder classifiers (a BERT-like backbone with a "
+                             f"classification head), where it was measured; this run's backbone is {backbone}: "
+                             f"leave it out or give 0")
         value = given if given is not None else (CLI_HEAD_ONLY_STEPS if encoder_classifier and not head_method else 0)
-        head_only = math.floor(value * steps) if value < 1 else math.ceil(value)
+        head_only = math.floor(value * steps) if value < 1 else int(value)
         if head_only >= steps:
             raise ValueError(f"--head_only_steps: {value:g} steps of the head alone is the whole run ({steps} "
                              f"steps): the adapter would never train; give fewer, or a fraction below 1")
