@@ -775,6 +775,16 @@ def test_head_only_steps_hold_the_adapter_while_the_head_trains(tiny_models, sst
     assert any(not torch.equal(held_one[key], free_one[key]) for key in held_one if "classifier" not in key)
 
 
+def test_head_only_steps_count_optimizer_steps_under_gradient_accumulation(tiny_models, sst2_files, tmp_path):
+    out = tmp_path / "accumulated"
+    assert main(_args(tiny_models, sst2_files, out, "--task", "sst2", "--batch-size", "4",
+                      "--gradient_accumulation_steps", "2", "--head_only_steps", "3", "--save-steps", "1")) == 0
+    one, three, four = (_checkpoint_tensors(out, step) for step in (1, 3, 4))
+    adapter = [key for key in one if "classifier" not in key]
+    assert all(torch.equal(one[key], three[key]) for key in adapter)
+    assert any(not torch.equal(three[key], four[key]) for key in adapter)
+
+
 def test_a_run_stopped_in_the_head_only_steps_resumes_to_the_same_adapter(tiny_models, sst2_files, tmp_path):
     options = ("--task", "sst2", "--head_only_steps", "3", "--save-steps", "1")
     train(parse_args(_args(tiny_models, sst2_files, tmp_path / "straight", *options)))
