@@ -1,0 +1,58 @@
+"""What the table scripts of the result folders share (ema/ema_table.py, head-only/table.py): the
+mean validation and test score of a method's runs from their metrics.json files, and the
+six-task table of validation / test scores beside the probe."""
+
+import json
+import statistics
+from pathlib import Path
+from typing import Dict, List, Sequence, Tuple
+
+RESULTS = Path(__file__).resolve().parent
+TASKS = ("cr", "trec", "subj", "cola", "bbc_headlines", "bbc_news")
+
+
+def scores(folder: Path, task: str, method: str, seeds) -> dict:
+    """Mean validation and test of the task's metric over ``seeds``, and the test scores."""
+    runs = [json.loads((folder / task / f"{method}-seed{seed}" / "metrics.json").read_text()) for seed in seeds]
+    metric = runs[0]["metric_for_best_model"]
+    tests = [run["test"][metric] for run in runs]
+    return {"validation": statistics.mean(run["validation"][metric] for run in runs),
+            "test": statistics.mean(tests), "tests": tests}
+
+
+def listed(values) -> str:
+    return ", ".join(f"{v:.4f}" for v in values)
+
+
+def ahead_of_probe(tests: Sequence[float], probes: Sequence[float]) -> List[str]:
+    """The tasks whose mean test score is above the probe's."""
+    return [task for task, test, probe in zip(TASKS, tests, probes) if test > probe]
+
+
+def against(tests: Sequence[float], reference: Sequence[float]) -> Tuple[int, int, int]:
+    """Seeds won, tied and lost against ``reference``, seed by seed."""
+    return (sum(a > b for a, b in zip(tests, reference)), sum(a == b for a, b in zip(tests, reference)),
+            sum(a < b for a, b in zip(tests, reference)))
+
+
+def validation_test_table(columns, probe_folder: Path, seeds) -> Tuple[Dict[str, List[dict]], List[float]]:
+    """Print the six tasks' mean validation / test (test per seed) of each (name, folder, method)
+    in ``columns``, the probe's test and the means of the six; return each column's scores by
+    task and the probe's test scores."""
+    print("| task | " + " | ".join(f"{name} (validation / test)" for name, _, _ in columns) + " | probe (test) |")
+    print("|---" * (len(columns) + 2) + "|")
+    means: Dict[str, List[dict]] = {name: [] for name, _, _ in columns}
+    probes = []
+    for task in TASKS:
+        cells = []
+        for name, folder, method in columns:
+            found = scores(folder, task, method, seeds)
+            means[name].append(found)
+            cells.append(f"{found['validation']:.4f} / {found['test']:.4f} ({listed(found['tests'])})")
+        probes.append(scores(probe_folder, task, "probe", seeds)["test"])
+        print(f"| {task} | " + " | ".join(cells) + f" | {probes[-1]:.4f} |")
+    print("| mean of the six | " + " | ".join(
+        f"{statistics.mean(f['validation'] for f in means[name]):.4f} / "
+        f"{statistics.mean(f['test'] for f in means[name]):.4f}" for name, _, _ in columns)
+        + f" | {statistics.mean(probes):.4f} |")
+    return means, probes
