@@ -4,6 +4,7 @@ import csv
 import json
 import math
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -796,6 +797,28 @@ def test_a_run_stopped_in_the_head_only_steps_resumes_to_the_same_adapter(tiny_m
     train(parse_args(_args(tiny_models, sst2_files, tmp_path / "resumed", *options, "--resume")))
     assert _losses(tmp_path / "resumed") == _losses(tmp_path / "straight")
     assert _same_adapter(tmp_path / "straight", tmp_path / "resumed")
+
+
+def test_a_checkpoint_made_before_an_option_is_not_resumed_under_its_new_default(tiny_models, sst2_files, tmp_path):
+    out = tmp_path / "run"
+    options = ("--task", "sst2", "--max-steps", "19", "--save-steps", "1")  # the default head-only steps: 1
+    assert train(parse_args(_args(tiny_models, sst2_files, out, *options)), stop_after_steps=2) == {
+        "stopped_at_step": 2}
+    options_file = out / "checkpoint-2" / "ept_fast_options.json"
+    written = json.loads(options_file.read_text())
+    for name, default, meaning, resume_with in (
+            ("head_only_steps", 1, "its adapter trained from the first step", "--head_only_steps 0"),
+            ("backbone_dropout", 0, "its backbone trained with its own dropout",
+             "--backbone_dropout set to the backbone's own dropout")):
+        options_file.write_text(json.dumps({key: value for key, value in written.items() if key != name}))
+        with pytest.raises(ValueError, match=re.escape(
+                f"the checkpoint {out / 'checkpoint-2'} was made before --{name} existed ({meaning}); today's "
+                f"default ({default}) would change the run midway: "
+                f"resume with {resume_with}, or start over with --overwrite")):
+            train(parse_args(_args(tiny_models, sst2_files, out, *options, "--resume")))
+    options_file.write_text(json.dumps({key: value for key, value in written.items() if key != "head_only_steps"}))
+    summary = train(parse_args(_args(tiny_models, sst2_files, out, *options, "--head_only_steps", "0", "--resume")))
+    assert summary["head_only_steps"] == 0 and summary["steps"] == 19
 
 
 def test_head_only_steps_that_cannot_apply_are_errors(tiny_models, sst2_files, tmp_path, capsys):

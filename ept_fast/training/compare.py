@@ -14,7 +14,7 @@ from typing import Dict, List, Optional
 from ..config import Readout
 from .engine import train
 from .options import CLI_READOUT, Repeatable, TrainArguments, option
-from .output import check_same_options, checkpoints
+from .output import BEFORE_THE_OPTION, check_same_options, checkpoints
 from .probe import linear_probe
 from .report import write_json
 
@@ -118,10 +118,10 @@ def _earlier_default(finished: dict, run: TrainArguments) -> Optional[str]:
     if run.readout is None and readout not in (CLI_READOUT, Readout.BACKBONE.value):
         return f"--readout (it read {readout!r})"
     if run.backbone_dropout is None and readout != Readout.BACKBONE.value and "backbone_dropout" not in finished:
-        return "--backbone_dropout (its backbone trained with its own dropout)"
+        return f"--backbone_dropout ({BEFORE_THE_OPTION['backbone_dropout'][1]})"
     if run.head_only_steps is None and run.method != "head" and readout != Readout.BACKBONE.value \
             and "head_only_steps" not in finished:
-        return "--head_only_steps (its adapter trained from the first step)"
+        return f"--head_only_steps ({BEFORE_THE_OPTION['head_only_steps'][1]})"
     return None
 
 

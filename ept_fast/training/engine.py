@@ -31,6 +31,7 @@ from .options import TrainArguments
 from .output import (
     OPTIONS_NAME,
     CheckpointWriteError,
+    check_no_default_since,
     check_same_options,
     hold_output_dir,
     is_complete,
@@ -215,8 +216,9 @@ def _train(args: TrainArguments, out: Path, stop_after_steps: Optional[int]) -> 
     metric = args.best_model_metric(task)
     checkpoint = resume_folder(out, args.resume_from_checkpoint)
     run_options = args.options()
+    saved_options = None if checkpoint is None else read_options(checkpoint)
     if checkpoint is not None:
-        check_same_options(read_options(checkpoint), run_options, f"the checkpoint {checkpoint}")
+        check_same_options(saved_options, run_options, f"the checkpoint {checkpoint}")
     backbone, tokenizer, task_type = load_backbone(args, task)
     token_dim = backbone.get_input_embeddings().embedding_dim
     encoder_classifier = task_type is TaskType.SEQ_CLS and is_encoder_classifier(backbone)
@@ -226,6 +228,9 @@ def _train(args: TrainArguments, out: Path, stop_after_steps: Optional[int]) -> 
     head_only_steps = args.head_only_steps_for(encoder_classifier, steps, type(backbone).__name__)
     config = args.adapter_config(task, task_type, token_dim, encoder_classifier=encoder_classifier)
     backbone_dropout = args.backbone_dropout_for(encoder_classifier)
+    if checkpoint is not None:
+        resolved = {"head_only_steps": head_only_steps, "backbone_dropout": backbone_dropout}
+        check_no_default_since(saved_options, resolved, f"the checkpoint {checkpoint}")
     if backbone_dropout is not None:
         _set_dropout(backbone.base_model, backbone_dropout)
     model = get_ept_model(backbone, config, tokenizer=tokenizer)

@@ -92,6 +92,25 @@ def check_same_options(saved: dict, options: dict, what: str) -> None:
                          f"the same options, or start over with --overwrite")
 
 
+# Options whose command-line default changed after they were added, and what a run did before it had
+# them: a checkpoint written then has no value for the option, and today's default would change the
+# run midway if it were resumed without one.
+BEFORE_THE_OPTION = {"backbone_dropout": (None, "its backbone trained with its own dropout"),
+                     "head_only_steps": (0, "its adapter trained from the first step")}
+
+
+def check_no_default_since(saved: dict, resolved: dict, what: str) -> None:
+    """``saved`` (the options of a checkpoint, ``what``) must not predate an option of
+    BEFORE_THE_OPTION whose value for this run (``resolved``, after the defaults) is not what runs
+    did before the option existed."""
+    for name, (before, meaning) in BEFORE_THE_OPTION.items():
+        if name not in saved and resolved[name] != before:
+            given = f"--{name} set to the backbone's own dropout" if before is None else f"--{name} {before}"
+            raise ValueError(f"--resume_from_checkpoint: {what} was made before --{name} existed ({meaning}); "
+                             f"today's default ({resolved[name]:g}) would change the run midway: resume with "
+                             f"{given}, or start over with --overwrite")
+
+
 def read_options(folder: Path) -> dict:
     return json.loads((folder / OPTIONS_NAME).read_text(encoding="utf-8"))
 
