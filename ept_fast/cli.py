@@ -109,7 +109,18 @@ def _run(command: str, job, extra_errors=()) -> int:
     except _user_errors() + tuple(extra_errors) as error:
         print(f"ept-fast {command}: error: {error}", file=sys.stderr)
         return 2
+    finally:
+        _leave_process_group()
     return 0
+
+
+def _leave_process_group() -> None:
+    """Under torchrun, Trainer joins a process group and nothing leaves it: a process that exits
+    still in it can abort in gloo's teardown after its work is done."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
 
 
 def main(argv: Optional[List[str]] = None) -> int:
