@@ -799,26 +799,24 @@ def test_a_run_stopped_in_the_head_only_steps_resumes_to_the_same_adapter(tiny_m
     assert _same_adapter(tmp_path / "straight", tmp_path / "resumed")
 
 
-def test_a_checkpoint_made_before_an_option_is_not_resumed_under_its_new_default(tiny_models, sst2_files, tmp_path):
+@pytest.mark.parametrize("name, meaning, now, before", [
+    # Today's defaults: 1 step of the head alone, the body without dropout; before: 0, the tiny BERT's own 0.1.
+    ("head_only_steps", "its adapter trained from the first step", 1, 0),
+    ("backbone_dropout", "its backbone trained with its own dropout", 0, 0.1)])
+def test_a_checkpoint_made_before_an_option_resumes_only_as_it_ran(tiny_models, sst2_files, tmp_path, name, meaning,
+                                                                    now, before):
     out = tmp_path / "run"
-    options = ("--task", "sst2", "--max-steps", "19", "--save-steps", "1")  # the default head-only steps: 1
+    options = ("--task", "sst2", "--max-steps", "19", "--save-steps", "1")
     assert train(parse_args(_args(tiny_models, sst2_files, out, *options)), stop_after_steps=2) == {
         "stopped_at_step": 2}
     options_file = out / "checkpoint-2" / "ept_fast_options.json"
-    written = json.loads(options_file.read_text())
-    for name, default, meaning, resume_with in (
-            ("head_only_steps", 1, "its adapter trained from the first step", "--head_only_steps 0"),
-            ("backbone_dropout", 0, "its backbone trained with its own dropout",
-             "--backbone_dropout set to the backbone's own dropout")):
-        options_file.write_text(json.dumps({key: value for key, value in written.items() if key != name}))
-        with pytest.raises(ValueError, match=re.escape(
-                f"the checkpoint {out / 'checkpoint-2'} was made before --{name} existed ({meaning}); today's "
-                f"default ({default}) would change the run midway: "
-                f"resume with {resume_with}, or start over with --overwrite")):
-            train(parse_args(_args(tiny_models, sst2_files, out, *options, "--resume")))
-    options_file.write_text(json.dumps({key: value for key, value in written.items() if key != "head_only_steps"}))
-    summary = train(parse_args(_args(tiny_models, sst2_files, out, *options, "--head_only_steps", "0", "--resume")))
-    assert summary["head_only_steps"] == 0 and summary["steps"] == 19
+    options_file.write_text(json.dumps({k: v for k, v in json.loads(options_file.read_text()).items() if k != name}))
+    with pytest.raises(ValueError, match=re.escape(
+            f"the checkpoint {out / 'checkpoint-2'} was made before --{name} existed ({meaning}); with --{name} "
+            f"{now} the run would change midway: resume with --{name} {before}, or start over with --overwrite")):
+        train(parse_args(_args(tiny_models, sst2_files, out, *options, "--resume")))
+    summary = train(parse_args(_args(tiny_models, sst2_files, out, *options, f"--{name}", str(before), "--resume")))
+    assert summary["steps"] == 19 and summary[name] == before
 
 
 def test_head_only_steps_that_cannot_apply_are_errors(tiny_models, sst2_files, tmp_path, capsys):

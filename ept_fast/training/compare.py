@@ -118,10 +118,10 @@ def _earlier_default(finished: dict, run: TrainArguments) -> Optional[str]:
     if run.readout is None and readout not in (CLI_READOUT, Readout.BACKBONE.value):
         return f"--readout (it read {readout!r})"
     if run.backbone_dropout is None and readout != Readout.BACKBONE.value and "backbone_dropout" not in finished:
-        return f"--backbone_dropout ({BEFORE_THE_OPTION['backbone_dropout'][1]})"
+        return f"--backbone_dropout ({BEFORE_THE_OPTION['backbone_dropout']})"
     if run.head_only_steps is None and run.method != "head" and readout != Readout.BACKBONE.value \
             and "head_only_steps" not in finished:
-        return f"--head_only_steps ({BEFORE_THE_OPTION['head_only_steps'][1]})"
+        return f"--head_only_steps ({BEFORE_THE_OPTION['head_only_steps']})"
     return None
 
 

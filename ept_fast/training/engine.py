@@ -201,6 +201,12 @@ def _set_dropout(module: torch.nn.Module, p: float) -> None:
             layer.p = p
 
 
+def _dropout_rate(module: torch.nn.Module) -> Optional[float]:
+    """The probability every dropout layer of ``module`` drops with; None if they differ."""
+    rates = {layer.p for layer in module.modules() if isinstance(layer, torch.nn.modules.dropout._DropoutNd)}
+    return rates.pop() if len(rates) == 1 else None
+
+
 class _StopAfter(TrainerCallback):
     def __init__(self, step: int):
         self.step = step
@@ -229,8 +235,11 @@ def _train(args: TrainArguments, out: Path, stop_after_steps: Optional[int]) -> 
     config = args.adapter_config(task, task_type, token_dim, encoder_classifier=encoder_classifier)
     backbone_dropout = args.backbone_dropout_for(encoder_classifier)
     if checkpoint is not None:
-        resolved = {"head_only_steps": head_only_steps, "backbone_dropout": backbone_dropout}
-        check_no_default_since(saved_options, resolved, f"the checkpoint {checkpoint}")
+        own_dropout = _dropout_rate(backbone.base_model)
+        resolved = {"head_only_steps": head_only_steps,
+                    "backbone_dropout": own_dropout if backbone_dropout is None else backbone_dropout}
+        check_no_default_since(saved_options, resolved, {"head_only_steps": 0, "backbone_dropout": own_dropout},
+                               f"the checkpoint {checkpoint}")
     if backbone_dropout is not None:
         _set_dropout(backbone.base_model, backbone_dropout)
     model = get_ept_model(backbone, config, tokenizer=tokenizer)

@@ -93,22 +93,22 @@ def check_same_options(saved: dict, options: dict, what: str) -> None:
 
 
 # Options whose command-line default changed after they were added, and what a run did before it had
-# them: a checkpoint written then has no value for the option, and today's default would change the
-# run midway if it were resumed without one.
-BEFORE_THE_OPTION = {"backbone_dropout": (None, "its backbone trained with its own dropout"),
-                     "head_only_steps": (0, "its adapter trained from the first step")}
+# them: a checkpoint written then has no value for the option.
+BEFORE_THE_OPTION = {"backbone_dropout": "its backbone trained with its own dropout",
+                     "head_only_steps": "its adapter trained from the first step"}
 
 
-def check_no_default_since(saved: dict, resolved: dict, what: str) -> None:
+def check_no_default_since(saved: dict, resolved: dict, before: dict, what: str) -> None:
     """``saved`` (the options of a checkpoint, ``what``) must not predate an option of
-    BEFORE_THE_OPTION whose value for this run (``resolved``, after the defaults) is not what runs
-    did before the option existed."""
-    for name, (before, meaning) in BEFORE_THE_OPTION.items():
-        if name not in saved and resolved[name] != before:
-            given = f"--{name} set to the backbone's own dropout" if before is None else f"--{name} {before}"
-            raise ValueError(f"--resume_from_checkpoint: {what} was made before --{name} existed ({meaning}); "
-                             f"today's default ({resolved[name]:g}) would change the run midway: resume with "
-                             f"{given}, or start over with --overwrite")
+    BEFORE_THE_OPTION whose value for this run (``resolved``) is not the value runs had before the
+    option existed (``before``; None where no single value gives it): resumed, the run would change
+    midway."""
+    for name, meaning in BEFORE_THE_OPTION.items():
+        if name in saved or resolved[name] == before[name]:
+            continue
+        instead = "start over" if before[name] is None else f"resume with --{name} {before[name]:g}, or start over"
+        raise ValueError(f"--resume_from_checkpoint: {what} was made before --{name} existed ({meaning}); with "
+                         f"--{name} {resolved[name]:g} the run would change midway: {instead} with --overwrite")
 
 
 def read_options(folder: Path) -> dict:
