@@ -37,8 +37,8 @@ def against(tests: Sequence[float], reference: Sequence[float]) -> Tuple[int, in
 
 def validation_test_table(columns, probe_folder: Path, seeds) -> Tuple[Dict[str, List[dict]], List[float]]:
     """Print the six tasks' mean validation / test (test per seed) of each (name, folder, method)
-    in ``columns``, the probe's test and the means of the six; return each column's scores by
-    task and the probe's test scores."""
+    in ``columns`` (a folder, or a folder by task), the probe's test and the means of the six;
+    return each column's scores by task and the probe's test scores."""
     print("| task | " + " | ".join(f"{name} (validation / test)" for name, _, _ in columns) + " | probe (test) |")
     print("|---" * (len(columns) + 2) + "|")
     means: Dict[str, List[dict]] = {name: [] for name, _, _ in columns}
@@ -46,7 +46,7 @@ def validation_test_table(columns, probe_folder: Path, seeds) -> Tuple[Dict[str,
     for task in TASKS:
         cells = []
         for name, folder, method in columns:
-            found = scores(folder, task, method, seeds)
+            found = scores(folder[task] if isinstance(folder, dict) else folder, task, method, seeds)
             means[name].append(found)
             cells.append(f"{found['validation']:.4f} / {found['test']:.4f} ({listed(found['tests'])})")
         probes.append(scores(probe_folder, task, "probe", seeds)["test"])
