@@ -1,7 +1,8 @@
 """The tables of docs/results.md's head-only section, from the runs' metrics.json files: EPT with
 the head trained alone for the first tenth or fifth of the steps against EPT from the first step
 (the suite's runs), the head alone and the probe; BBC News over ten seeds; the pilots; the two
-candidates after the default (the head alone for 25 steps, label smoothing).
+candidates after the default (the head alone for 25 steps, label smoothing); the ablation of
+fusion and of the projections at the default.
 
     python benchmarks/results/head-only/table.py   (from the repository root)
 """
@@ -16,6 +17,7 @@ from tables import RESULTS, TASKS, against, ahead_of_probe, listed, scores, vali
 SUITE, TEN = RESULTS / "suite-embedding", RESULTS / "bbc-news-5seeds"
 TENTH, FIFTH = RESULTS / "suite-head-only", RESULTS / "head-only" / "fifth"
 STEPS25, SMOOTHED = RESULTS / "head-only" / "steps25", RESULTS / "head-only" / "label-smoothing"
+ABLATION = RESULTS / "head-only" / "ablation"
 
 
 def six_tasks() -> None:
@@ -65,8 +67,19 @@ def after_the_default() -> None:
         print(f"{name}: {found['validation']:.4f} / {found['test']:.4f} ({listed(found['tests'])})")
 
 
+def ablation() -> None:
+    columns = [("EPT", TENTH, "ept"), ("without fusion", ABLATION / "without-fusion", "ept"),
+               ("without projections (K = 0)", ABLATION / "without-projections", "ept")]
+    print("\nAblation at the default (seeds 42, 43, 44):\n")
+    means, probes = validation_test_table(columns, SUITE, (42, 43, 44))
+    for name, _, _ in columns:
+        ahead = ahead_of_probe([found["test"] for found in means[name]], probes)
+        print(f"{name}: ahead of the probe on {len(ahead)} of 6 tasks ({', '.join(ahead)})")
+
+
 if __name__ == "__main__":
     six_tasks()
     bbc_news_ten()
     pilots()
     after_the_default()
+    ablation()
