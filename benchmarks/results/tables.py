@@ -20,6 +20,11 @@ def scores(folder: Path, task: str, method: str, seeds) -> dict:
             "test": statistics.mean(tests), "tests": tests}
 
 
+def folder_of(folder, task: str) -> Path:
+    """A column's folder for ``task``: the folder, or its entry for the task in a folder by task."""
+    return folder[task] if isinstance(folder, dict) else folder
+
+
 def listed(values) -> str:
     return ", ".join(f"{v:.4f}" for v in values)
 
@@ -46,7 +51,7 @@ def validation_test_table(columns, probe_folder: Path, seeds) -> Tuple[Dict[str,
     for task in TASKS:
         cells = []
         for name, folder, method in columns:
-            found = scores(folder[task] if isinstance(folder, dict) else folder, task, method, seeds)
+            found = scores(folder_of(folder, task), task, method, seeds)
             means[name].append(found)
             cells.append(f"{found['validation']:.4f} / {found['test']:.4f} ({listed(found['tests'])})")
         probes.append(scores(probe_folder, task, "probe", seeds)["test"])

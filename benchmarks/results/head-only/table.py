@@ -12,7 +12,16 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from tables import RESULTS, TASKS, against, ahead_of_probe, listed, scores, validation_test_table  # noqa: E402
+from tables import (  # noqa: E402
+    RESULTS,
+    TASKS,
+    against,
+    ahead_of_probe,
+    folder_of,
+    listed,
+    scores,
+    validation_test_table,
+)
 
 SUITE, TEN = RESULTS / "suite-embedding", RESULTS / "bbc-news-5seeds"
 TENTH, FIFTH = RESULTS / "suite-head-only", RESULTS / "head-only" / "fifth"
@@ -20,13 +29,17 @@ STEPS25, SMOOTHED = RESULTS / "head-only" / "steps25", RESULTS / "head-only" / "
 ABLATION = RESULTS / "head-only" / "ablation"
 
 
+def print_ahead_of_probe(names, means, probes) -> None:
+    for name in names:
+        ahead = ahead_of_probe([found["test"] for found in means[name]], probes)
+        print(f"{name}: ahead of the probe on {len(ahead)} of 6 tasks ({', '.join(ahead)})")
+
+
 def six_tasks() -> None:
     columns = [("EPT, from the first step", SUITE, "ept"), ("EPT, head alone for a tenth", TENTH, "ept"),
                ("EPT, head alone for a fifth", FIFTH, "ept"), ("head alone", SUITE, "head")]
     means, probes = validation_test_table(columns, SUITE, (42, 43, 44))
-    for name, _, _ in columns[:3]:
-        ahead = ahead_of_probe([found["test"] for found in means[name]], probes)
-        print(f"{name}: ahead of the probe on {len(ahead)} of 6 tasks ({', '.join(ahead)})")
+    print_ahead_of_probe([name for name, _, _ in columns[:3]], means, probes)
 
 
 def bbc_news_ten() -> None:
@@ -63,7 +76,7 @@ def after_the_default() -> None:
     validation_test_table(columns, SUITE, (42, 43, 44))
     print("\nBBC News, seeds 42-46 (validation / test):")
     for name, folder, _ in columns:
-        found = scores(folder["bbc_news"] if isinstance(folder, dict) else folder, "bbc_news", "ept", range(42, 47))
+        found = scores(folder_of(folder, "bbc_news"), "bbc_news", "ept", range(42, 47))
         print(f"{name}: {found['validation']:.4f} / {found['test']:.4f} ({listed(found['tests'])})")
 
 
@@ -72,9 +85,7 @@ def ablation() -> None:
                ("without projections (K = 0)", ABLATION / "without-projections", "ept")]
     print("\nAblation at the default (seeds 42, 43, 44):\n")
     means, probes = validation_test_table(columns, SUITE, (42, 43, 44))
-    for name, _, _ in columns:
-        ahead = ahead_of_probe([found["test"] for found in means[name]], probes)
-        print(f"{name}: ahead of the probe on {len(ahead)} of 6 tasks ({', '.join(ahead)})")
+    print_ahead_of_probe([name for name, _, _ in columns], means, probes)
 
 
 if __name__ == "__main__":
