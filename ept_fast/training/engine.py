@@ -51,14 +51,19 @@ class NonFiniteLossError(RuntimeError):
 
 class RunTrainer(EPTTrainer):
     """``EPTTrainer`` as ``ept-fast train`` runs it: validation is the task's metrics through the
-    prediction path (``evaluate``), a non-finite loss stops the run, each checkpoint also holds
-    the run's options (JSON) and a failed checkpoint write says what is kept."""
+    prediction path (``evaluate``), a non-finite loss stops the run, the first ``head_only_steps``
+    optimizer steps train the head alone, each checkpoint also holds the run's options (JSON) and
+    a failed checkpoint write says what is kept."""
 
-    def __init__(self, *args, task, validation_set, run_options: dict, max_new_tokens: int, **kwargs):
+    def __init__(self, *args, task, validation_set, run_options: dict, max_new_tokens: int,
+                 head_only_steps: int = 0, **kwargs):
         super().__init__(*args, **kwargs)
         self.task, self.validation_set = task, validation_set
         self.run_options, self.max_new_tokens = run_options, max_new_tokens
         self.label_names = ["labels"]  # --label_names are the task's class names, not Trainer's input keys
+        self.head_only_steps = head_only_steps
+        head = {id(p) for p in self.model.head_copies.parameters()}
+        self.held = [p for p in self.model.parameters() if p.requires_grad and id(p) not in head]
 
     def score(self, examples) -> dict:
         model = self.accelerator.unwrap_model(self.model)
@@ -81,6 +86,11 @@ class RunTrainer(EPTTrainer):
                 f"the training loss is {loss.item()} at step {self.state.global_step + 1}; try lower learning rates "
                 f"(--learning_rate {lr}, --lr_lowrank {lr_lowrank}), a smaller --max_grad_norm, or no --bf16/--fp16; "
                 f"the checkpoints in {self.args.output_dir} are kept")
+        if self.state.global_step < self.head_only_steps:
+            # Dropped here, before clipping, so that the clipped norm is the head's: the optimizer
+            # leaves a parameter without a gradient (and its state) as it was.
+            for p in self.held:
+                p.grad = None
         return loss
 
     def _save(self, output_dir: Optional[str] = None, state_dict=None) -> None:
@@ -127,21 +137,6 @@ class ValidateAndKeepBest(TrainerCallback):
     def _write_state(args, state):
         if state.is_world_process_zero:
             state.save_to_json(os.path.join(args.output_dir, "trainer_state.json"))
-
-
-class HeadOnly(TrainerCallback):
-    """The first ``steps`` optimizer steps train the head alone: every other trainable parameter's
-    gradient is dropped before the step, so the optimizer leaves it (and its state) as it was."""
-
-    def __init__(self, steps: int):
-        self.steps = steps
-
-    def on_pre_optimizer_step(self, args, state, control, model=None, **kwargs):
-        if state.global_step < self.steps:
-            head = {id(p) for p in model.head_copies.parameters()}
-            for p in model.parameters():
-                if id(p) not in head:
-                    p.grad = None
 
 
 class Progress(ProgressCallback):
@@ -276,14 +271,12 @@ def _train(args: TrainArguments, out: Path, stop_after_steps: Optional[int]) -> 
     callbacks = [ValidateAndKeepBest(metric)]
     if args.early_stopping_patience is not None:
         callbacks.append(EarlyStoppingCallback(args.early_stopping_patience))
-    if head_only_steps:
-        callbacks.append(HeadOnly(head_only_steps))
     if stop_after_steps is not None:
         callbacks.append(_StopAfter(stop_after_steps))
     trainer = RunTrainer(model=model, args=args, train_dataset=train_set, eval_dataset=validation_set,
                          data_collator=collate, processing_class=tokenizer, lowrank_learning_rate=lr_lowrank,
                          callbacks=callbacks, task=task, validation_set=validation_set, run_options=run_options,
-                         max_new_tokens=args.max_new_tokens)
+                         max_new_tokens=args.max_new_tokens, head_only_steps=head_only_steps)
     trainer.remove_callback(ProgressCallback)
     trainer.add_callback(progress)
     trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
