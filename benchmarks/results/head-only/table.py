@@ -1,6 +1,7 @@
 """The tables of docs/results.md's head-only section, from the runs' metrics.json files: EPT with
 the head trained alone for the first tenth or fifth of the steps against EPT from the first step
-(the suite's runs), the head alone and the probe; BBC News over ten seeds; the pilots; the two
+(the suite's runs), the head alone and the probe; BBC News over ten seeds; the pilots (a warm-up
+of the adapter after the head-only steps among them); the two
 candidates after the default (the head alone for 25 steps, label smoothing); the ablation of
 fusion and of the projections at the default.
 
@@ -58,13 +59,17 @@ def bbc_news_ten() -> None:
 
 
 def pilots() -> None:
+    """freeze25 and l2sp10 against EPT from the first step; adapter-warmup (a warm-up of the
+    adapter's rates after the head-only steps) against the tenth it was built on."""
     print("\nPilots (validation / test, per seed test):")
-    for name in ("freeze25", "l2sp10"):
+    for name, baseline in (("freeze25", "from the first step"), ("l2sp10", "from the first step"),
+                           ("adapter-warmup", "the tenth")):
         for task, seeds in (("bbc_news", range(42, 47)), ("cr", range(42, 45))):
             found = scores(RESULTS / "head-only" / "pilots" / name, task, "ept", seeds)
-            base = scores(TEN if task == "bbc_news" else SUITE, task, "ept", seeds)
+            folder = TENTH if baseline == "the tenth" else TEN if task == "bbc_news" else SUITE
+            base = scores(folder, task, "ept", seeds)
             print(f"{name} {task}: {found['validation']:.4f} / {found['test']:.4f} ({listed(found['tests'])}); "
-                  f"from the first step {base['validation']:.4f} / {base['test']:.4f}")
+                  f"{baseline} {base['validation']:.4f} / {base['test']:.4f}")
 
 
 def after_the_default() -> None:
