@@ -1,9 +1,10 @@
 """The tables of docs/results.md's head-only section, from the runs' metrics.json files: EPT with
 the head trained alone for the first tenth or fifth of the steps against EPT from the first step
 (the suite's runs), the head alone and the probe; BBC News over ten seeds; the pilots (a warm-up
-of the adapter after the head-only steps among them); the two
-candidates after the default (the head alone for 25 steps, label smoothing); the ablation of
-fusion and of the projections at the default.
+of the adapter after the head-only steps among them); the two candidates after the default (the
+head alone for 25 steps, label smoothing); the ablation of fusion and of the projections at the
+default; the suite again once the head-only steps clip the head's gradient alone (EPT against
+the earlier clipping, and the adapters' order).
 
     python benchmarks/results/head-only/table.py   (from the repository root)
 """
@@ -28,6 +29,7 @@ SUITE, TEN = RESULTS / "suite-embedding", RESULTS / "bbc-news-5seeds"
 TENTH, FIFTH = RESULTS / "suite-head-only", RESULTS / "head-only" / "fifth"
 STEPS25, SMOOTHED = RESULTS / "head-only" / "steps25", RESULTS / "head-only" / "label-smoothing"
 ABLATION = RESULTS / "head-only" / "ablation"
+CLIPPED = RESULTS / "suite-head-clip"
 
 
 def print_ahead_of_probe(names, means, probes) -> None:
@@ -49,7 +51,9 @@ def bbc_news_ten() -> None:
     print("\nBBC News, seeds 42-51:\n")
     print("| run | test per seed | mean ± std | validation | against the probe, by seed |\n|---|---|---|---|---|")
     rows = (("EPT, from the first step", TEN, "ept"), ("EPT, head alone for a tenth", TENTH, "ept"),
-            ("EPT, head alone for a fifth", FIFTH, "ept"), ("head alone", TEN, "head"), ("probe", TEN, "probe"))
+            ("EPT, head alone for a fifth", FIFTH, "ept"),
+            ("EPT, head alone for a tenth, clipping the head's gradient alone", CLIPPED, "ept"),
+            ("head alone", TEN, "head"), ("probe", TEN, "probe"))
     for name, folder, method in rows:
         found = scores(folder, "bbc_news", method, ten)
         won, tied, lost = against(found["tests"], probe)
@@ -93,9 +97,25 @@ def ablation() -> None:
     print_ahead_of_probe([name for name, _, _ in columns], means, probes)
 
 
+def clipping() -> None:
+    columns = [("EPT, clipping the whole gradient in the head-only steps (before)", TENTH, "ept"),
+               ("EPT, clipping the head's gradient alone (now)", CLIPPED, "ept"), ("head alone", SUITE, "head")]
+    print("\nClipping in the head-only steps (seeds 42, 43, 44):\n")
+    means, probes = validation_test_table(columns, SUITE, (42, 43, 44))
+    print_ahead_of_probe([name for name, _, _ in columns[:2]], means, probes)
+
+
+def order() -> None:
+    columns = [("EPT", CLIPPED, "ept"), ("DePT", CLIPPED, "dept"), ("PT", CLIPPED, "pt"), ("head alone", SUITE, "head")]
+    print("\nThe adapters, clipping the head's gradient alone (seeds 42, 43, 44):\n")
+    validation_test_table(columns, SUITE, (42, 43, 44))
+
+
 if __name__ == "__main__":
     six_tasks()
     bbc_news_ten()
     pilots()
     after_the_default()
     ablation()
+    clipping()
+    order()
