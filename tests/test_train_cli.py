@@ -452,7 +452,9 @@ def test_compare_runs_the_head_alone_and_the_linear_probe_beside_the_adapters(ti
     # A finished run made with an earlier default of the command line is not read back as today's.
     for change, expected in ((lambda m: m["adapter"].update(readout="mean"), "--readout (it read 'mean')"),
                              (lambda m: m.pop("backbone_dropout"), "--backbone_dropout (its backbone trained with"),
-                             (lambda m: m.pop("head_only_steps"), "--head_only_steps (its adapter trained from")):
+                             (lambda m: m.pop("head_only_steps"), "--head_only_steps (its adapter trained from"),
+                             (lambda m: (m.update(head_only_steps=1), m["config"].pop("head_only_clipping")),
+                              "the head-only steps' clipping (its head-only steps clipped the adapter's gradient")):
         metrics_file = out / "ept-seed42" / "metrics.json"
         kept = metrics_file.read_text()
         metrics = json.loads(kept)
@@ -803,6 +805,26 @@ def test_a_run_stopped_in_the_head_only_steps_resumes_to_the_same_adapter(tiny_m
     train(parse_args(_args(tiny_models, sst2_files, tmp_path / "resumed", *options, "--resume")))
     assert _losses(tmp_path / "resumed") == _losses(tmp_path / "straight")
     assert _same_adapter(tmp_path / "straight", tmp_path / "resumed")
+
+
+def test_a_checkpoint_made_before_the_head_only_clipping_resumes_only_after_those_steps(tiny_models, sst2_files,
+                                                                                         tmp_path):
+    out = tmp_path / "run"
+    options = ("--task", "sst2", "--head_only_steps", "3", "--save-steps", "1")
+    assert train(parse_args(_args(tiny_models, sst2_files, out, *options)), stop_after_steps=4) == {
+        "stopped_at_step": 4}
+    for step in (2, 4):  # as a checkpoint written before the clipping was recorded
+        options_file = out / f"checkpoint-{step}" / "ept_fast_options.json"
+        saved = json.loads(options_file.read_text())
+        assert saved.pop("head_only_clipping") == "head"
+        options_file.write_text(json.dumps(saved))
+    with pytest.raises(ValueError, match=re.escape(
+            f"the checkpoint {out / 'checkpoint-2'} was made before the head-only steps clipped the head's gradient "
+            f"alone (its head-only steps clipped the adapter's gradient too, then dropped it); it is at step 2, inside "
+            f"the 3 head-only steps")):
+        train(parse_args(_args(tiny_models, sst2_files, out, *options, "--resume_from_checkpoint",
+                               str(out / "checkpoint-2"))))
+    assert train(parse_args(_args(tiny_models, sst2_files, out, *options, "--resume")))["steps"] == 6  # from step 4
 
 
 @pytest.mark.parametrize("name, meaning, now, before", [

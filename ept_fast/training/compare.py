@@ -14,7 +14,7 @@ from typing import Dict, List, Optional
 from ..config import Readout
 from .engine import train
 from .options import CLI_READOUT, Repeatable, TrainArguments, option
-from .output import BEFORE_THE_OPTION, check_same_options, checkpoints
+from .output import BEFORE_THE_OPTION, HEAD_ONLY_CLIPPING, HEAD_ONLY_CLIPPING_BEFORE, check_same_options, checkpoints
 from .probe import linear_probe
 from .report import write_json
 
@@ -111,7 +111,8 @@ def _run(args: CompareArguments, run: TrainArguments, probe: bool = False) -> di
 def _earlier_default(finished: dict, run: TrainArguments) -> Optional[str]:
     """Which option a finished run, whose options match ``run``'s as given, took a default for that
     the command line has since changed (an encoder classifier's readout, body dropout or head-only
-    steps): read back, it would not be the run this comparison makes. None when there is none."""
+    steps), or how its head-only steps clipped before HEAD_ONLY_CLIPPING: read back, it would not be
+    the run this comparison makes. None when there is none."""
     readout = finished["adapter"].get("readout")
     if readout is None:
         return "--readout (it read position 0)"
@@ -122,6 +123,9 @@ def _earlier_default(finished: dict, run: TrainArguments) -> Optional[str]:
     if run.head_only_steps is None and run.method != "head" and readout != Readout.BACKBONE.value \
             and "head_only_steps" not in finished:
         return f"--head_only_steps ({BEFORE_THE_OPTION['head_only_steps']})"
+    if finished.get("head_only_steps") and any(finished["config"].get(key) != value
+                                               for key, value in HEAD_ONLY_CLIPPING.items()):
+        return f"the head-only steps' clipping ({HEAD_ONLY_CLIPPING_BEFORE})"
     return None
 
 

@@ -29,8 +29,10 @@ from ..trainer import EPTTrainer
 from .data import Collator, load_backbone, load_data, report_inputs_cut, task_metadata
 from .options import TrainArguments
 from .output import (
+    HEAD_ONLY_CLIPPING,
     OPTIONS_NAME,
     CheckpointWriteError,
+    check_head_only_clipping,
     check_no_default_since,
     check_same_options,
     hold_output_dir,
@@ -216,7 +218,7 @@ def _train(args: TrainArguments, out: Path, stop_after_steps: Optional[int]) -> 
     task, train_set, validation_set, test_set = load_data(args)
     metric = args.best_model_metric(task)
     checkpoint = resume_folder(out, args.resume_from_checkpoint)
-    run_options = args.options()
+    run_options = {**args.options(), **HEAD_ONLY_CLIPPING}
     saved_options = None if checkpoint is None else read_options(checkpoint)
     if checkpoint is not None:
         check_same_options(saved_options, run_options, f"the checkpoint {checkpoint}")
@@ -235,6 +237,7 @@ def _train(args: TrainArguments, out: Path, stop_after_steps: Optional[int]) -> 
                     "backbone_dropout": own_dropout if backbone_dropout is None else backbone_dropout}
         check_no_default_since(saved_options, resolved, {"head_only_steps": 0, "backbone_dropout": own_dropout},
                                f"the checkpoint {checkpoint}")
+        check_head_only_clipping(saved_options, checkpoint, head_only_steps)
     if backbone_dropout is not None:
         _set_dropout(backbone.base_model, backbone_dropout)
     model = get_ept_model(backbone, config, tokenizer=tokenizer)

@@ -111,6 +111,25 @@ def check_no_default_since(saved: dict, resolved: dict, before: dict, what: str)
                          f"--{name} {resolved[name]:g} the run would change midway: {instead} with --overwrite")
 
 
+# Recorded in every run's options (a checkpoint's, metrics.json's "config"): the head-only steps clip
+# the head's gradient alone. Runs made before it was recorded clipped the whole gradient in those
+# steps, the adapter's included, and dropped the adapter's part after.
+HEAD_ONLY_CLIPPING = {"head_only_clipping": "head"}
+HEAD_ONLY_CLIPPING_BEFORE = "its head-only steps clipped the adapter's gradient too, then dropped it"
+
+
+def check_head_only_clipping(saved: dict, checkpoint: Path, head_only_steps: int) -> None:
+    """A ``checkpoint`` whose options (``saved``) predate HEAD_ONLY_CLIPPING resumes only after the
+    run's ``head_only_steps``: inside them the run would change midway."""
+    step = int(_CHECKPOINT.match(checkpoint.name).group(1))
+    if all(saved.get(key) == value for key, value in HEAD_ONLY_CLIPPING.items()) or step >= head_only_steps:
+        return
+    raise ValueError(f"--resume_from_checkpoint: the checkpoint {checkpoint} was made before the head-only steps "
+                     f"clipped the head's gradient alone ({HEAD_ONLY_CLIPPING_BEFORE}); it is at step {step}, inside "
+                     f"the {head_only_steps} head-only steps, so the run would change midway: resume from a "
+                     f"checkpoint of step {head_only_steps} or later, or start over with --overwrite")
+
+
 def read_options(folder: Path) -> dict:
     return json.loads((folder / OPTIONS_NAME).read_text(encoding="utf-8"))
 
