@@ -4,7 +4,7 @@ the head trained alone for the first tenth or fifth of the steps against EPT fro
 of the adapter after the head-only steps among them); the two candidates after the default (the
 head alone for 25 steps, label smoothing); the ablation of fusion and of the projections at the
 default; the suite again once the head-only steps clip the head's gradient alone (EPT against
-the earlier clipping, and the adapters' order).
+the earlier clipping, the adapters' order, and EPT, the head alone and the probe over five seeds).
 
     python benchmarks/results/head-only/table.py   (from the repository root)
 """
@@ -111,6 +111,32 @@ def order() -> None:
     validation_test_table(columns, SUITE, (42, 43, 44))
 
 
+def five_seeds() -> None:
+    """EPT now, the head alone and the probe over seeds 42-46: seeds 45 and 46 of the head and
+    the probe ran beside EPT's (BBC News': in the ten-seed folder)."""
+    print("\nFive seeds, 42-46 (validation / test, test per seed):\n")
+    print("| task | EPT now | head alone | probe |\n|---|---|---|---|")
+    totals = {method: [] for method in ("ept", "head", "probe")}
+    for task in TASKS:
+        cells = []
+        for method in totals:
+            first = CLIPPED if method == "ept" else TEN if task == "bbc_news" else SUITE
+            later = TEN if task == "bbc_news" and method != "ept" else CLIPPED
+            parts = [scores(first, task, method, (42, 43, 44)), scores(later, task, method, (45, 46))]
+            tests = parts[0]["tests"] + parts[1]["tests"]
+            validation = (3 * parts[0]["validation"] + 2 * parts[1]["validation"]) / 5
+            totals[method].append((validation, statistics.mean(tests)))
+            cells.append(f"{validation:.4f} / {statistics.mean(tests):.4f} ({listed(tests)})")
+        print(f"| {task} | " + " | ".join(cells) + " |")
+    print("| mean of the six | " + " | ".join(
+        f"{statistics.mean(v for v, _ in found):.4f} / {statistics.mean(t for _, t in found):.4f}"
+        for found in totals.values()) + " |")
+    ahead = ahead_of_probe([t for _, t in totals["ept"]], [t for _, t in totals["probe"]])
+    ept, head = (statistics.mean(t for _, t in totals[method]) for method in ("ept", "head"))
+    print(f"EPT ahead of the probe on {len(ahead)} of 6 tasks ({', '.join(ahead)}); EPT minus the head alone on the "
+          f"six-task mean test: {100 * (ept - head):+.2f} points")
+
+
 if __name__ == "__main__":
     six_tasks()
     bbc_news_ten()
@@ -119,3 +145,4 @@ if __name__ == "__main__":
     ablation()
     clipping()
     order()
+    five_seeds()
