@@ -121,7 +121,7 @@ HEAD_ONLY_CLIPPING_BEFORE = "its head-only steps clipped the adapter's gradient 
 def check_head_only_clipping(saved: dict, checkpoint: Path, head_only_steps: int) -> None:
     """A ``checkpoint`` whose options (``saved``) predate HEAD_ONLY_CLIPPING resumes only after the
     run's ``head_only_steps``: inside them the run would change midway."""
-    step = int(_CHECKPOINT.match(checkpoint.name).group(1))
+    step = json.loads((checkpoint / "trainer_state.json").read_text(encoding="utf-8"))["global_step"]
     if all(saved.get(key) == value for key, value in HEAD_ONLY_CLIPPING.items()) or step >= head_only_steps:
         return
     raise ValueError(f"--resume_from_checkpoint: the checkpoint {checkpoint} was made before the head-only steps "
