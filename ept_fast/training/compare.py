@@ -14,7 +14,13 @@ from typing import Dict, List, Optional
 from ..config import Readout
 from .engine import train
 from .options import CLI_READOUT, Repeatable, TrainArguments, option
-from .output import BEFORE_THE_OPTION, HEAD_ONLY_CLIPPING, HEAD_ONLY_CLIPPING_BEFORE, check_same_options, checkpoints
+from .output import (
+    BEFORE_THE_OPTION,
+    HEAD_ONLY_CLIPPING_BEFORE,
+    check_same_options,
+    checkpoints,
+    made_before_head_only_clipping,
+)
 from .probe import linear_probe
 from .report import write_json
 
@@ -123,8 +129,7 @@ def _earlier_default(finished: dict, run: TrainArguments) -> Optional[str]:
     if run.head_only_steps is None and run.method != "head" and readout != Readout.BACKBONE.value \
             and "head_only_steps" not in finished:
         return f"--head_only_steps ({BEFORE_THE_OPTION['head_only_steps']})"
-    if finished.get("head_only_steps") and any(finished["config"].get(key) != value
-                                               for key, value in HEAD_ONLY_CLIPPING.items()):
+    if finished.get("head_only_steps") and made_before_head_only_clipping(finished["config"]):
         return f"the head-only steps' clipping ({HEAD_ONLY_CLIPPING_BEFORE})"
     return None
 

@@ -118,11 +118,18 @@ HEAD_ONLY_CLIPPING = {"head_only_clipping": "head"}
 HEAD_ONLY_CLIPPING_BEFORE = "its head-only steps clipped the adapter's gradient too, then dropped it"
 
 
+def made_before_head_only_clipping(options: dict) -> bool:
+    """Whether run ``options`` (a checkpoint's, or metrics.json's "config") predate HEAD_ONLY_CLIPPING."""
+    return any(options.get(key) != value for key, value in HEAD_ONLY_CLIPPING.items())
+
+
 def check_head_only_clipping(saved: dict, checkpoint: Path, head_only_steps: int) -> None:
     """A ``checkpoint`` whose options (``saved``) predate HEAD_ONLY_CLIPPING resumes only after the
     run's ``head_only_steps``: inside them the run would change midway."""
+    if not made_before_head_only_clipping(saved):
+        return
     step = json.loads((checkpoint / "trainer_state.json").read_text(encoding="utf-8"))["global_step"]
-    if all(saved.get(key) == value for key, value in HEAD_ONLY_CLIPPING.items()) or step >= head_only_steps:
+    if step >= head_only_steps:
         return
     raise ValueError(f"--resume_from_checkpoint: the checkpoint {checkpoint} was made before the head-only steps "
                      f"clipped the head's gradient alone ({HEAD_ONLY_CLIPPING_BEFORE}); it is at step {step}, inside "

@@ -66,12 +66,13 @@ def pilots() -> None:
     """freeze25 and l2sp10 against EPT from the first step; adapter-warmup (a warm-up of the
     adapter's rates after the head-only steps) against the tenth it was built on."""
     print("\nPilots (validation / test, per seed test):")
-    for name, baseline in (("freeze25", "from the first step"), ("l2sp10", "from the first step"),
-                           ("adapter-warmup", "the tenth")):
+    first_step = {"bbc_news": TEN, "cr": SUITE}
+    for name, baseline, folder in (("freeze25", "from the first step", first_step),
+                                   ("l2sp10", "from the first step", first_step),
+                                   ("adapter-warmup", "the tenth", TENTH)):
         for task, seeds in (("bbc_news", range(42, 47)), ("cr", range(42, 45))):
             found = scores(RESULTS / "head-only" / "pilots" / name, task, "ept", seeds)
-            folder = TENTH if baseline == "the tenth" else TEN if task == "bbc_news" else SUITE
-            base = scores(folder, task, "ept", seeds)
+            base = scores(folder_of(folder, task), task, "ept", seeds)
             print(f"{name} {task}: {found['validation']:.4f} / {found['test']:.4f} ({listed(found['tests'])}); "
                   f"{baseline} {base['validation']:.4f} / {base['test']:.4f}")
 
