@@ -1,6 +1,7 @@
-"""What the table scripts of the result folders share (ema/ema_table.py, head-only/table.py): the
-mean validation and test score of a method's runs from their metrics.json files, and the
-six-task table of validation / test scores beside the probe."""
+"""What the table scripts of the result folders share (ema/ema_table.py, head-only/table.py,
+prompt-length/table.py): the mean validation and test score of a method's runs from their
+metrics.json files, the six-task table of validation / test scores beside the probe, and the
+means over the five accuracy tasks (CoLA left out)."""
 
 import json
 import statistics
@@ -18,6 +19,13 @@ def scores(folder: Path, task: str, method: str, seeds) -> dict:
     tests = [run["test"][metric] for run in runs]
     return {"validation": statistics.mean(run["validation"][metric] for run in runs),
             "test": statistics.mean(tests), "tests": tests}
+
+
+def accuracy_tasks_means(found: Sequence[dict]) -> Tuple[float, float]:
+    """Mean validation and test over the tasks other than CoLA, of ``found`` (``scores`` by task, in
+    ``TASKS``' order)."""
+    kept = [task_scores for task, task_scores in zip(TASKS, found) if task != "cola"]
+    return statistics.mean(f["validation"] for f in kept), statistics.mean(f["test"] for f in kept)
 
 
 def folder_of(folder, task: str) -> Path:

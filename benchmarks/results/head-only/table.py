@@ -12,11 +12,13 @@ the earlier clipping, the adapters' order, and EPT, the head alone and the probe
 import statistics
 import sys
 from pathlib import Path
+from typing import List, Tuple
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from tables import (  # noqa: E402
     RESULTS,
     TASKS,
+    accuracy_tasks_means,
     against,
     ahead_of_probe,
     folder_of,
@@ -97,6 +99,9 @@ def ablation(baseline: Path, folder: Path, when: str) -> None:
     print(f"\nAblation at the default, {when} (seeds 42, 43, 44):\n")
     means, probes = validation_test_table(columns, SUITE, (42, 43, 44))
     print_ahead_of_probe([name for name, _, _ in columns], means, probes)
+    for name, _, _ in columns:
+        validation, test = accuracy_tasks_means(means[name])
+        print(f"{name}: the five accuracy tasks' mean validation / test {validation:.4f} / {test:.4f}")
 
 
 def clipping() -> None:
@@ -113,24 +118,33 @@ def order() -> None:
     validation_test_table(columns, SUITE, (42, 43, 44))
 
 
-def over_seeds(last: int) -> None:
-    """EPT now, the head alone and the probe over seeds 42 to ``last``: seeds 45 on of the head
-    and the probe ran beside EPT's (BBC News': in the ten-seed folder). The probe's split of a
-    task that comes as files is the same at every seed, so is its score: there its seeds 42-46
-    stand for all."""
-    seeds = range(42, last + 1)
-    print(f"\nSeeds 42-{last} (validation / test, test per seed):\n")
+def clipped_runs(task: str, method: str, seeds) -> Tuple[float, List[float]]:
+    """Mean validation and the test scores of the runs of the clipped suite's time over ``seeds``:
+    EPT's are all in its folder; the head alone's and the probe's are in the ten-seed folder on BBC
+    News, elsewhere seeds 42-44 in the earlier suite's folder (the same computation) and later
+    seeds in the clipped suite's."""
+    if method == "ept":
+        parts = [(CLIPPED, list(seeds))]
+    elif task == "bbc_news":
+        parts = [(TEN, list(seeds))]
+    else:
+        parts = [(SUITE, [seed for seed in seeds if seed < 45]), (CLIPPED, [seed for seed in seeds if seed >= 45])]
+    found = [(len(part), scores(folder, task, method, part)) for folder, part in parts if part]
+    tests = [test for _, runs in found for test in runs["tests"]]
+    return sum(count * runs["validation"] for count, runs in found) / len(tests), tests
+
+
+def over_seeds(seeds) -> None:
+    """EPT now, the head alone and the probe over ``seeds``. The probe's split of a task that comes
+    as files is the same at every seed, and so is its score: there its seeds 42-46 stand for all."""
+    print(f"\nSeeds {seeds[0]}-{seeds[-1]} (validation / test, test per seed):\n")
     print("| task | EPT now | head alone | probe |\n|---|---|---|---|")
     totals = {method: [] for method in ("ept", "head", "probe")}
     for task in TASKS:
         cells = []
         for method in totals:
-            first = CLIPPED if method == "ept" else TEN if task == "bbc_news" else SUITE
-            later = TEN if task == "bbc_news" and method != "ept" else CLIPPED
-            rest = seeds[3:] if method != "probe" or task == "bbc_news" else range(45, 47)
-            parts = [scores(first, task, method, (42, 43, 44)), scores(later, task, method, rest)]
-            tests = parts[0]["tests"] + parts[1]["tests"]
-            validation = (3 * parts[0]["validation"] + len(rest) * parts[1]["validation"]) / len(tests)
+            run_seeds = range(42, 47) if method == "probe" and task != "bbc_news" else seeds
+            validation, tests = clipped_runs(task, method, run_seeds)
             totals[method].append((validation, statistics.mean(tests)))
             cells.append(f"{validation:.4f} / {statistics.mean(tests):.4f} ({listed(tests)})")
         print(f"| {task} | " + " | ".join(cells) + " |")
@@ -144,17 +158,12 @@ def over_seeds(last: int) -> None:
 
 
 def headlines_ten() -> None:
-    """BBC headlines over seeds 42-51: the head alone's and the probe's seeds 42-44 are the earlier
-    suite's, every other run is in the clipped suite's folder."""
     ten = range(42, 52)
-    probe = scores(SUITE, "bbc_headlines", "probe", (42, 43, 44))["tests"] + \
-        scores(CLIPPED, "bbc_headlines", "probe", range(45, 52))["tests"]
+    probe = clipped_runs("bbc_headlines", "probe", ten)[1]
     print("\nBBC headlines, seeds 42-51 (test per seed, mean ± std, against the probe by seed):\n")
     print("| run | test per seed | mean ± std | against the probe |\n|---|---|---|---|")
     for name, method in (("EPT", "ept"), ("head alone", "head"), ("probe", "probe")):
-        tests = scores(CLIPPED, "bbc_headlines", "ept", ten)["tests"] if method == "ept" else \
-            scores(SUITE, "bbc_headlines", method, (42, 43, 44))["tests"] + \
-            scores(CLIPPED, "bbc_headlines", method, range(45, 52))["tests"]
+        tests = clipped_runs("bbc_headlines", method, ten)[1]
         won, tied, lost = against(tests, probe)
         record = f"{won} won, {tied} tied, {lost} lost" if method != "probe" else ""
         print(f"| {name} | {listed(tests)} | {statistics.mean(tests):.4f} ± {statistics.stdev(tests):.4f} | {record} |")
@@ -168,6 +177,6 @@ if __name__ == "__main__":
     ablation(TENTH, ABLATION, "clipping the whole gradient in the head-only steps")
     clipping()
     order()
-    over_seeds(46)
+    over_seeds(range(42, 47))
     headlines_ten()
     ablation(CLIPPED, CLIPPED_ABLATION, "clipping the head's gradient alone")
