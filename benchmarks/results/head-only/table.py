@@ -4,7 +4,8 @@ the head trained alone for the first tenth or fifth of the steps against EPT fro
 of the adapter after the head-only steps among them); the two candidates after the default (the
 head alone for 25 steps, label smoothing); the ablation of fusion and of the projections at the
 default; the suite again once the head-only steps clip the head's gradient alone (EPT against
-the earlier clipping, the adapters' order, and EPT, the head alone and the probe over five seeds).
+the earlier clipping, the adapters' order, EPT, the head alone and the probe over five and ten
+seeds, BBC headlines over ten, and the ablation again at that default).
 
     python benchmarks/results/head-only/table.py   (from the repository root)
 """
@@ -161,13 +162,13 @@ def over_seeds(seeds, five_only: Tuple[str, ...] = ()) -> None:
 
 
 def headlines_ten() -> None:
-    ten = range(42, 52)
-    probe = clipped_runs("bbc_headlines", "probe", ten)[1]
+    names = {"ept": "EPT", "head": "head alone", "probe": "probe"}
+    found = {method: clipped_runs("bbc_headlines", method, range(42, 52))[1] for method in names}
     print("\nBBC headlines, seeds 42-51 (test per seed, mean ± std, against the probe by seed):\n")
     print("| run | test per seed | mean ± std | against the probe |\n|---|---|---|---|")
-    for name, method in (("EPT", "ept"), ("head alone", "head"), ("probe", "probe")):
-        tests = clipped_runs("bbc_headlines", method, ten)[1]
-        won, tied, lost = against(tests, probe)
+    for method, name in names.items():
+        tests = found[method]
+        won, tied, lost = against(tests, found["probe"])
         record = f"{won} won, {tied} tied, {lost} lost" if method != "probe" else ""
         print(f"| {name} | {listed(tests)} | {statistics.mean(tests):.4f} ± {statistics.stdev(tests):.4f} | {record} |")
 

@@ -1,6 +1,6 @@
 """The table of docs/results.md's prompt-length section, from the runs' metrics.json files: EPT at
-its budget with m = 4, 8 and 40 prompt rows against the default m = 20 (the suite's runs), and
-the rule of PLAN.md applied to their mean validation scores, and each run's mean training time by task.
+its budget with m = 4, 8 and 40 prompt rows against the default m = 20 (the suite's runs), the
+rule of PLAN.md applied to their mean validation scores, and their mean training time by task.
 
     python benchmarks/results/prompt-length/table.py   (from the repository root)
 """
