@@ -1,7 +1,8 @@
 """What the table scripts of the result folders share (ema/ema_table.py, head-only/table.py,
-prompt-length/table.py): the mean validation and test score of a method's runs from their
-metrics.json files, the six-task table of validation / test scores beside the probe, and the
-means over the five accuracy tasks (CoLA left out)."""
+prompt-length/table.py, prompt-start/table.py): the mean validation and test score of a method's
+runs from their metrics.json files, the six-task table of validation / test scores beside the
+probe, the means over the five accuracy tasks (CoLA left out), and the comparison of candidates
+with a default under the rule their PLAN.md fixed before the runs."""
 
 import json
 import statistics
@@ -13,12 +14,13 @@ TASKS = ("cr", "trec", "subj", "cola", "bbc_headlines", "bbc_news")
 
 
 def scores(folder: Path, task: str, method: str, seeds) -> dict:
-    """Mean validation and test of the task's metric over ``seeds``, and the test scores."""
+    """Mean validation and test of the task's metric over ``seeds``, the test scores, and the runs'
+    metrics.json documents."""
     runs = [json.loads((folder / task / f"{method}-seed{seed}" / "metrics.json").read_text()) for seed in seeds]
     metric = runs[0]["metric_for_best_model"]
     tests = [run["test"][metric] for run in runs]
     return {"validation": statistics.mean(run["validation"][metric] for run in runs),
-            "test": statistics.mean(tests), "tests": tests}
+            "test": statistics.mean(tests), "tests": tests, "runs": runs}
 
 
 def accuracy_tasks_means(found: Sequence[dict]) -> Tuple[float, float]:
@@ -69,3 +71,33 @@ def validation_test_table(columns, probe_folder: Path, seeds) -> Tuple[Dict[str,
         f"{statistics.mean(f['test'] for f in means[name]):.4f}" for name, _, _ in columns)
         + f" | {statistics.mean(probes):.4f} |")
     return means, probes
+
+
+def rule_table(columns, seeds, budget: int) -> None:
+    """Compare candidates with a default, as the PLAN.md of the candidates' folder says: print the
+    six-task table of ``columns`` ((name, folder, method), the default first), each column's mean
+    validation over the six tasks and over the five accuracy tasks (a candidate passes only if
+    it is higher than the default's on both), the five's mean test, and the mean training time
+    by task. Fails unless every run has ``budget`` adapter parameters."""
+    means, _ = validation_test_table(columns, RESULTS / "suite-embedding", seeds)
+    sizes = {run["adapter_parameters"] for found in means.values() for task in found for run in task["runs"]}
+    if sizes != {budget}:
+        raise SystemExit(f"expected every run at {budget:,} adapter parameters, found {sorted(sizes)}")
+
+    def rule_means(found) -> tuple:
+        five_validation, five_test = accuracy_tasks_means(found)
+        return statistics.mean(task["validation"] for task in found), five_validation, five_test
+
+    print("\n| run | six-task validation | five accuracy tasks, validation | five accuracy tasks, test |")
+    print("|---|---|---|---|")
+    default_six, default_five, _ = rule_means(means[columns[0][0]])
+    for index, (name, _, _) in enumerate(columns):
+        six, five, five_test = rule_means(means[name])
+        passes = six > default_six and five > default_five
+        verdict = "" if index == 0 else " (passes the rule)" if passes else " (does not pass)"
+        print(f"| {name}{verdict} | {six:.4f} | {five:.4f} | {five_test:.4f} |")
+    print(f"\nMean training time (s) of seeds {seeds[0]}-{seeds[-1]}:\n")
+    print("| run | " + " | ".join(TASKS) + " |\n" + "|---" * (len(TASKS) + 1) + "|")
+    for name, found in means.items():
+        times = [statistics.mean(run["train_time_s"] for run in task["runs"]) for task in found]
+        print(f"| {name} | " + " | ".join(f"{t:.0f}" for t in times) + " |")
