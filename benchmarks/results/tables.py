@@ -73,12 +73,13 @@ def validation_test_table(columns, probe_folder: Path, seeds) -> Tuple[Dict[str,
     return means, probes
 
 
-def rule_table(columns, seeds, budget: int) -> None:
+def rule_table(columns, seeds, budget: int) -> Dict[str, List[dict]]:
     """Compare candidates with a default, as the PLAN.md of the candidates' folder says: print the
     six-task table of ``columns`` ((name, folder, method), the default first), each column's mean
     validation over the six tasks and over the five accuracy tasks (a candidate passes only if
     it is higher than the default's on both), the five's mean test, and the mean training time
-    by task. Fails unless every run has ``budget`` adapter parameters."""
+    by task; return each column's scores by task. Fails unless every run has ``budget`` adapter
+    parameters."""
     means, _ = validation_test_table(columns, RESULTS / "suite-embedding", seeds)
     sizes = {run["adapter_parameters"] for found in means.values() for task in found for run in task["runs"]}
     if sizes != {budget}:
@@ -101,3 +102,4 @@ def rule_table(columns, seeds, budget: int) -> None:
     for name, found in means.items():
         times = [statistics.mean(run["train_time_s"] for run in task["runs"]) for task in found]
         print(f"| {name} | " + " | ".join(f"{t:.0f}" for t in times) + " |")
+    return means
