@@ -1,8 +1,9 @@
 """What the table scripts of the result folders share (ema/ema_table.py, head-only/table.py,
-prompt-length/table.py, prompt-start/table.py): the mean validation and test score of a method's
-runs from their metrics.json files, the six-task table of validation / test scores beside the
-probe, the means over the five accuracy tasks (CoLA left out), and the comparison of candidates
-with a default under the rule their PLAN.md fixed before the runs."""
+prompt-length/table.py, prompt-start/table.py, normalized-readout/table.py): the mean validation
+and test score of a method's runs from their metrics.json files, the six-task table of
+validation / test scores beside the probe, the means over the five accuracy tasks (CoLA left
+out), and the comparison of candidates with a default under the rule their PLAN.md fixed before
+the runs."""
 
 import json
 import statistics
@@ -13,10 +14,15 @@ RESULTS = Path(__file__).resolve().parent
 TASKS = ("cr", "trec", "subj", "cola", "bbc_headlines", "bbc_news")
 
 
+def run_documents(folder: Path, task: str, method: str, seeds) -> List[dict]:
+    """The metrics.json documents of ``method``'s runs of ``task`` over ``seeds``."""
+    return [json.loads((folder / task / f"{method}-seed{seed}" / "metrics.json").read_text()) for seed in seeds]
+
+
 def scores(folder: Path, task: str, method: str, seeds) -> dict:
     """Mean validation and test of the task's metric over ``seeds``, the test scores, and the runs'
     metrics.json documents."""
-    runs = [json.loads((folder / task / f"{method}-seed{seed}" / "metrics.json").read_text()) for seed in seeds]
+    runs = run_documents(folder, task, method, seeds)
     metric = runs[0]["metric_for_best_model"]
     tests = [run["test"][metric] for run in runs]
     return {"validation": statistics.mean(run["validation"][metric] for run in runs),
@@ -80,10 +86,11 @@ def rule_table(columns, seeds, budget: int) -> Dict[str, List[dict]]:
     it is higher than the default's on both), the five's mean test, and the mean training time
     by task; return each column's scores by task. Fails unless every run has ``budget`` adapter
     parameters."""
-    means, _ = validation_test_table(columns, RESULTS / "suite-embedding", seeds)
-    sizes = {run["adapter_parameters"] for found in means.values() for task in found for run in task["runs"]}
+    sizes = {run["adapter_parameters"] for _, folder, method in columns for task in TASKS
+             for run in run_documents(folder_of(folder, task), task, method, seeds)}
     if sizes != {budget}:
         raise SystemExit(f"expected every run at {budget:,} adapter parameters, found {sorted(sizes)}")
+    means, _ = validation_test_table(columns, RESULTS / "suite-embedding", seeds)
 
     def rule_means(found) -> tuple:
         five_validation, five_test = accuracy_tasks_means(found)

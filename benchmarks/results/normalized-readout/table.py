@@ -1,7 +1,8 @@
 """The tables of docs/results.md's normalized-readout section, from the runs' metrics.json files:
 EPT with its head reading the sentence embedding divided by its length against the default
-readout (the suite's runs), the rule of PLAN.md applied to their mean validation scores, and
-the head alone under both readouts, with EPT's lead over it on the six-task mean test score.
+readout (the suite's runs), the rule of PLAN.md applied to their mean validation scores, EPT's
+mean training time by task, and the head alone under both readouts, with EPT's lead over it on
+the six-task mean test score.
 
     python benchmarks/results/normalized-readout/table.py   (from the repository root)
 """
