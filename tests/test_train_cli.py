@@ -1018,3 +1018,29 @@ def test_a_warm_up_fraction_never_takes_the_whole_run(tiny_models, sst2_files, t
     assert main(_args(tiny_models, sst2_files, out, "--task", "sst2", "--max-steps", "1", "--eval-steps", "1",
                       "--lr", "0.02")) == 0
     assert [e["learning_rate"] for e in _trainer_state(out)["log_history"] if "loss" in e] == [0.02]
+
+
+def _same_weights(a: Path, b: Path) -> bool:
+    first, second = load_file(str(a / "adapter_model.safetensors")), load_file(str(b / "adapter_model.safetensors"))
+    return first.keys() == second.keys() and all(torch.equal(first[k], second[k]) for k in first)
+
+
+def test_load_best_model_at_end_keeps_the_best_checkpoint_or_the_last(tiny_models, sst2_files, tmp_path, capsys):
+    schedule = ("--max-steps", "6", "--eval-steps", "1", "--save-steps", "1", "--learning-rate", "0.5",
+                "--text-column", "sentence")
+    assert main(_args(tiny_models, sst2_files, tmp_path / "best", *schedule)) == 0
+    best = json.loads((tmp_path / "best" / "metrics.json").read_text())
+    assert best["best_step"] < best["steps"] == 6  # else the two runs below could not differ
+    assert best["kept_step"] == best["best_step"]
+    assert _same_weights(tmp_path / "best", tmp_path / "best" / f"checkpoint-{best['best_step']}")
+
+    assert main(_args(tiny_models, sst2_files, tmp_path / "last", *schedule, "--load-best-model-at-end", "false")) == 0
+    last = json.loads((tmp_path / "last" / "metrics.json").read_text())
+    assert last["best_step"] == best["best_step"] and last["kept_step"] == 6
+    assert _same_weights(tmp_path / "last", tmp_path / "last" / "checkpoint-6")
+    assert not _same_weights(tmp_path / "last", tmp_path / "last" / f"checkpoint-{last['best_step']}")
+    assert re.search(r"adapter from step +6\n", capsys.readouterr().out)
+
+    with pytest.raises(SystemExit):
+        main(_args(tiny_models, sst2_files, tmp_path / "bad", "--load-best-model-at-end", "sometimes"))
+    assert "--load_best_model_at_end" in capsys.readouterr().err

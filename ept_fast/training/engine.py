@@ -266,7 +266,7 @@ def _train(args: TrainArguments, out: Path, stop_after_steps: Optional[int]) -> 
     if args.overwrite and checkpoint is None and main_process(args):  # the run is set up: the old one goes
         remove_checkpoints(out)
     lr, lr_lowrank = args.learning_rates()
-    args.learning_rate, args.load_best_model_at_end = lr, True
+    args.learning_rate = lr
     args.restore_callback_states_from_checkpoint = True  # early stopping's count goes on where it was
     args.metric_for_best_model, args.greater_is_better = f"eval_{metric}", True
     examples_per_step = args.per_device_train_batch_size * args.world_size * args.gradient_accumulation_steps
@@ -288,13 +288,15 @@ def _train(args: TrainArguments, out: Path, stop_after_steps: Optional[int]) -> 
         return {"stopped_at_step": state.global_step}
 
     results = {"validation": trainer.score(validation_set), "test": trainer.score(test_set)}
+    kept_step = state.best_global_step if args.load_best_model_at_end and state.best_global_step else state.global_step
     steps_per_epoch = batches_per_epoch / args.gradient_accumulation_steps
     adapter = model.active_peft_config
     losses = [entry["loss"] for entry in state.log_history if "loss" in entry]
     summary = {
         **results,
         "task": task.name, "task_type": task_type.value, "metric_for_best_model": metric,
-        "best_step": state.best_global_step, "steps": state.global_step, "epoch": state.global_step / steps_per_epoch,
+        "best_step": state.best_global_step, "kept_step": kept_step, "steps": state.global_step,
+        "epoch": state.global_step / steps_per_epoch,
         "train_examples": len(train_set), "validation_examples": len(validation_set), "test_examples": len(test_set),
         "inputs_cut_to_max_length": inputs_cut, "head_init": head_init, "head_only_steps": head_only_steps,
         "backbone_dropout": backbone_dropout,
@@ -312,7 +314,7 @@ def _train(args: TrainArguments, out: Path, stop_after_steps: Optional[int]) -> 
         write_results(out, summary)
         state.save_to_json(str(out / "trainer_state.json"))
         plot_history(state.log_history, metric, out / "training.png", state.best_global_step,
-                     results["test"].get(metric))
+                     results["test"].get(metric) if kept_step == state.best_global_step else None)
         print(summary_table(summary, task))
         print(f"ept-fast train: wrote the adapter, metrics.json, all_results.json, trainer_state.json and "
               f"training.png to {out}")

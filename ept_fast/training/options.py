@@ -225,6 +225,9 @@ class EPTTrainingArguments(TrainingArguments):
     eval_strategy: str = option("steps", "when to validate: steps, epoch or no")
     eval_steps: Optional[float] = option(25, "validate every N steps (and at the end)")
     save_steps: float = option(50, "checkpoint every N steps (and at the end, and at each new best)")
+    load_best_model_at_end: Optional[bool] = option(
+        help="keep the checkpoint with the best validation --metric_for_best_model: it is the adapter saved and the "
+             "one scored on test (default: true); false keeps the last step's")
     logging_steps: float = option(1, "log the training loss every N steps")
     seed: int = option(42, "seed of the splits, the initialisation, the example order and dropout")
     dataloader_pin_memory: bool = option(torch.cuda.is_available(), "pin the batches' memory (CUDA only)")
@@ -250,7 +253,12 @@ class EPTTrainingArguments(TrainingArguments):
             raise ValueError(f"--head_init: expected random or probe, got {self.head_init!r}")
         if not self.weight_decay >= 0:
             raise ValueError(f"--weight_decay: expected a number >= 0, got {self.weight_decay}")
+        # Trainer's own check of --load_best_model_at_end ties --save_steps to --eval_steps; the best
+        # checkpoint is saved at every new best here instead (engine.ValidateAndKeepBest), so the check
+        # is left out and the choice put back after it.
+        keep_best, self.load_best_model_at_end = self.load_best_model_at_end, False
         super().__post_init__()
+        self.load_best_model_at_end = keep_best is not False
 
 
 @dataclasses.dataclass

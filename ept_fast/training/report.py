@@ -105,7 +105,9 @@ def summary_table(summary: dict, task: Task) -> str:
     rows = [(f"{split} {name}", f"{summary[split][name]:.4f}") for split in ("validation", "test") if summary.get(split)
             for name in task.metrics]
     if "steps" in summary:
-        rows += [("best step", str(summary["best_step"])), ("train time", f"{summary['train_time_s']:.1f} s"),
+        rows += [("best step", str(summary["best_step"])),
+                 ("adapter from step", str(summary.get("kept_step", summary["best_step"]))),
+                 ("train time", f"{summary['train_time_s']:.1f} s"),
                  ("examples/s", f"{summary['train_examples_per_s']:.1f}")]
     rows.append(("peak memory", f"{summary['peak_memory_mb']:.0f} MB"))
     if "trainable_parameters" in summary:
