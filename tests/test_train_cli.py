@@ -1044,3 +1044,20 @@ def test_load_best_model_at_end_keeps_the_best_checkpoint_or_the_last(tiny_model
     with pytest.raises(SystemExit):
         main(_args(tiny_models, sst2_files, tmp_path / "bad", "--load-best-model-at-end", "sometimes"))
     assert "--load_best_model_at_end" in capsys.readouterr().err
+    assert main(_args(tiny_models, sst2_files, tmp_path / "bad", "--load-best-model-at-end", "false",
+                      "--early-stopping-patience", "2")) == 2
+    assert "--early_stopping_patience: stops once validation has not improved" in capsys.readouterr().err
+    assert main(_args(tiny_models, sst2_files, tmp_path / "unvalidated", "--eval-strategy", "no",
+                      "--text-column", "sentence")) == 0
+    unvalidated = json.loads((tmp_path / "unvalidated" / "metrics.json").read_text())
+    assert unvalidated["best_step"] is None and unvalidated["kept_step"] == unvalidated["steps"] == 6
+
+
+def test_runs_from_before_load_best_model_at_end_was_honoured_kept_the_best_checkpoint():
+    from ept_fast.training.output import LOAD_BEST_HONOURED, check_same_options
+
+    before = {"seed": 1, "load_best_model_at_end": False}  # what such a run recorded
+    check_same_options(before, {"seed": 1, "load_best_model_at_end": True}, "the run")
+    with pytest.raises(ValueError, match=r"made with other options \(--load_best_model_at_end True -> False\)"):
+        check_same_options(before, {"seed": 1, "load_best_model_at_end": False}, "the run")
+    check_same_options({**before, **LOAD_BEST_HONOURED}, {"seed": 1, "load_best_model_at_end": False}, "the run")

@@ -30,6 +30,7 @@ from .data import Collator, load_backbone, load_data, report_inputs_cut, task_me
 from .options import TrainArguments
 from .output import (
     HEAD_ONLY_CLIPPING,
+    LOAD_BEST_HONOURED,
     OPTIONS_NAME,
     CheckpointWriteError,
     check_head_only_clipping,
@@ -218,7 +219,7 @@ def _train(args: TrainArguments, out: Path, stop_after_steps: Optional[int]) -> 
     task, train_set, validation_set, test_set = load_data(args)
     metric = args.best_model_metric(task)
     checkpoint = resume_folder(out, args.resume_from_checkpoint)
-    run_options = {**args.options(), **HEAD_ONLY_CLIPPING}
+    run_options = {**args.options(), **HEAD_ONLY_CLIPPING, **LOAD_BEST_HONOURED}
     saved_options = None if checkpoint is None else read_options(checkpoint)
     if checkpoint is not None:
         check_same_options(saved_options, run_options, f"the checkpoint {checkpoint}")
@@ -288,7 +289,8 @@ def _train(args: TrainArguments, out: Path, stop_after_steps: Optional[int]) -> 
         return {"stopped_at_step": state.global_step}
 
     results = {"validation": trainer.score(validation_set), "test": trainer.score(test_set)}
-    kept_step = state.best_global_step if args.load_best_model_at_end and state.best_global_step else state.global_step
+    best_loaded = args.load_best_model_at_end and state.best_model_checkpoint is not None  # as Trainer decides
+    kept_step = state.best_global_step if best_loaded else state.global_step
     steps_per_epoch = batches_per_epoch / args.gradient_accumulation_steps
     adapter = model.active_peft_config
     losses = [entry["loss"] for entry in state.log_history if "loss" in entry]

@@ -259,6 +259,10 @@ class EPTTrainingArguments(TrainingArguments):
         keep_best, self.load_best_model_at_end = self.load_best_model_at_end, False
         super().__post_init__()
         self.load_best_model_at_end = keep_best is not False
+        if self.early_stopping_patience is not None and not self.load_best_model_at_end:
+            raise ValueError("--early_stopping_patience: stops once validation has not improved for that many "
+                             "validations and keeps the best checkpoint; --load_best_model_at_end false would keep "
+                             "the last one instead: give one or the other")
 
 
 @dataclasses.dataclass

@@ -33,8 +33,8 @@ RUN_DEFINING = frozenset(
      "per_device_train_batch_size", "gradient_accumulation_steps", "max_grad_norm", "seed", "data_seed",
      "lr_scheduler_type", "lr_scheduler_kwargs", "optim", "optim_args", "adam_beta1", "adam_beta2", "adam_epsilon",
      "param_budget", "head_init", "head_only_steps", "backbone_dropout", "metric_for_best_model", "eval_strategy",
-     "eval_steps", "early_stopping_patience", "bf16", "fp16", "label_smoothing_factor", "dataloader_drop_last",
-     "neftune_noise_alpha", "train_sampling_strategy", "optim_target_modules"])
+     "eval_steps", "early_stopping_patience", "load_best_model_at_end", "bf16", "fp16", "label_smoothing_factor",
+     "dataloader_drop_last", "neftune_noise_alpha", "train_sampling_strategy", "optim_target_modules"])
 logger = logging.getLogger(__name__)
 
 
@@ -84,6 +84,8 @@ def check_same_options(saved: dict, options: dict, what: str) -> None:
     """``options`` (a resumed run's) must be those ``what`` was made with (``saved``) in every
     option of RUN_DEFINING: a resume continues the same run."""
     saved, options = json.loads(json.dumps(saved)), json.loads(json.dumps(options))
+    if any(saved.get(key) != value for key, value in LOAD_BEST_HONOURED.items()):
+        saved["load_best_model_at_end"] = True  # recorded as false, but the best checkpoint was kept
     changed = {key: (saved[key], options[key]) for key in sorted(RUN_DEFINING)
                if key in saved and key in options and saved[key] != options[key]}
     if changed:
@@ -114,6 +116,9 @@ def check_no_default_since(saved: dict, resolved: dict, before: dict, what: str)
 # Recorded in every run's options (a checkpoint's, metrics.json's "config"): the head-only steps clip
 # the head's gradient alone. Runs made before it was recorded clipped the whole gradient in those
 # steps, the adapter's included, and dropped the adapter's part after.
+# Runs made before --load_best_model_at_end was honoured recorded it as false and kept the best
+# checkpoint all the same; a run records this with its options since.
+LOAD_BEST_HONOURED = {"load_best_model_at_end_honoured": True}
 HEAD_ONLY_CLIPPING = {"head_only_clipping": "head"}
 HEAD_ONLY_CLIPPING_BEFORE = "its head-only steps clipped the adapter's gradient too, then dropped it"
 

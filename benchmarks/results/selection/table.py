@@ -49,7 +49,7 @@ CRITERIA = ("metric", "loss", "last")
 
 def run_scores(task: str, method: str, seed: int) -> Dict[str, Dict[str, float]]:
     """Per criterion: its split-half validation score and its test score (choosing on all of
-    validation); checks that `metric` keeps the checkpoint the run itself kept."""
+    validation); checks that `metric` keeps the checkpoint the run itself kept, with its test score."""
     folder = HERE / task / f"{method}-seed{seed}"
     run = np.load(folder / "predictions.npz")
     score, labels = metric_of(task), run["validation_labels"]
@@ -67,6 +67,8 @@ def run_scores(task: str, method: str, seed: int) -> Dict[str, Dict[str, float]]
     document = run_documents(HERE, task, method, [seed])[0]
     if out["metric"]["step"] != document["best_step"]:
         raise SystemExit(f"{folder}: `metric` keeps step {out['metric']['step']}, the run kept {document['best_step']}")
+    if out["metric"]["test"] != document["test"][document["metric_for_best_model"]]:
+        raise SystemExit(f"{folder}: the kept step's test score is not the one the run reported")
     return out
 
 
