@@ -84,7 +84,7 @@ def check_same_options(saved: dict, options: dict, what: str) -> None:
     """``options`` (a resumed run's) must be those ``what`` was made with (``saved``) in every
     option of RUN_DEFINING: a resume continues the same run."""
     saved, options = json.loads(json.dumps(saved)), json.loads(json.dumps(options))
-    if any(saved.get(key) != value for key, value in LOAD_BEST_HONOURED.items()):
+    if made_before(saved, LOAD_BEST_HONOURED):
         saved["load_best_model_at_end"] = True  # recorded as false, but the best checkpoint was kept
     changed = {key: (saved[key], options[key]) for key in sorted(RUN_DEFINING)
                if key in saved and key in options and saved[key] != options[key]}
@@ -116,16 +116,21 @@ def check_no_default_since(saved: dict, resolved: dict, before: dict, what: str)
 # Recorded in every run's options (a checkpoint's, metrics.json's "config"): the head-only steps clip
 # the head's gradient alone. Runs made before it was recorded clipped the whole gradient in those
 # steps, the adapter's included, and dropped the adapter's part after.
-# Runs made before --load_best_model_at_end was honoured recorded it as false and kept the best
-# checkpoint all the same; a run records this with its options since.
-LOAD_BEST_HONOURED = {"load_best_model_at_end_honoured": True}
 HEAD_ONLY_CLIPPING = {"head_only_clipping": "head"}
 HEAD_ONLY_CLIPPING_BEFORE = "its head-only steps clipped the adapter's gradient too, then dropped it"
+# Recorded the same way: --load_best_model_at_end is honoured. Runs made before recorded it as false
+# and kept the best checkpoint all the same.
+LOAD_BEST_HONOURED = {"load_best_model_at_end_honoured": True}
+
+
+def made_before(options: dict, marker: dict) -> bool:
+    """Whether run ``options`` (a checkpoint's, or metrics.json's "config") predate ``marker``
+    (HEAD_ONLY_CLIPPING, LOAD_BEST_HONOURED)."""
+    return any(options.get(key) != value for key, value in marker.items())
 
 
 def made_before_head_only_clipping(options: dict) -> bool:
-    """Whether run ``options`` (a checkpoint's, or metrics.json's "config") predate HEAD_ONLY_CLIPPING."""
-    return any(options.get(key) != value for key, value in HEAD_ONLY_CLIPPING.items())
+    return made_before(options, HEAD_ONLY_CLIPPING)
 
 
 def check_head_only_clipping(saved: dict, checkpoint: Path, head_only_steps: int) -> None:

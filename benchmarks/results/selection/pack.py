@@ -16,8 +16,8 @@ HERE = Path(__file__).resolve().parent
 
 
 def pack(run: Path, kept: Path) -> None:
-    dumps = sorted(run.glob("dumps/step-*.npz"), key=lambda p: int(p.stem.split("-")[1]))
-    steps, loaded = [int(p.stem.split("-")[1]) for p in dumps], [np.load(p) for p in dumps]
+    steps, dumps = zip(*sorted((int(path.stem.split("-")[1]), path) for path in run.glob("dumps/step-*.npz")))
+    loaded = [np.load(path) for path in dumps]
     labels = loaded[0]["validation_labels"]
     kept.mkdir(parents=True, exist_ok=True)
     shutil.copy(run / "metrics.json", kept / "metrics.json")

@@ -15,7 +15,7 @@ import numpy as np
 from sklearn.metrics import accuracy_score, matthews_corrcoef
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from tables import RESULTS, TASKS, listed, run_documents  # noqa: E402
+from tables import RESULTS, TASKS, listed, run_documents, scores  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 SEEDS = (42, 43, 44)
@@ -97,8 +97,7 @@ def main() -> None:
         print(f"\n{c}: {'passes' if passes else 'does not pass'} the rule "
               f"(six tasks {six[c]:.4f} against {six['metric']:.4f}; five {five[c]:.4f} against {five['metric']:.4f})")
 
-    probes = {task: statistics.mean(run["test"][run["metric_for_best_model"]] for run in run_documents(
-        RESULTS / "suite-embedding", task, "probe", SEEDS)) for task in TASKS}
+    probes = {task: scores(RESULTS / "suite-embedding", task, "probe", SEEDS)["test"] for task in TASKS}
     print("\nTest score with the checkpoint each criterion keeps (mean of seeds 42-44; per seed in brackets)\n")
     columns = [(m, c) for m in METHODS for c in CRITERIA]
     print("| task | " + " | ".join(f"{m}, {c}" for m, c in columns) + " | probe |")
