@@ -54,6 +54,20 @@ def test_hugging_face_spellings_underscores_and_negated_booleans():
         parse_train_args(["--lr-low", "0.1"])
 
 
+def test_device_and_precision_flags_override_a_config_file_and_earlier_flags(tmp_path):
+    config = tmp_path / "options.json"
+    config.write_text('{"device": "cpu", "mixed_precision": "bf16"}')
+    from_file = parse_train_args(["--config", str(config)])
+    assert (from_file.use_cpu, from_file.bf16, from_file.fp16) == (True, True, False)
+    overridden = parse_train_args(["--config", str(config), "--device", "auto", "--mixed-precision", "no"])
+    assert (overridden.use_cpu, overridden.bf16, overridden.fp16) == (False, False, False)
+    assert parse_train_args(["--device", "cpu", "--device", "auto"]).use_cpu is False
+    last = parse_train_args(["--mixed-precision", "bf16", "--mixed-precision=fp16"])
+    assert (last.bf16, last.fp16) == (False, True)
+    with pytest.raises(ValueError, match=r"--device: expected one of \['auto', 'cpu', 'cuda'\], got 'gpu'"):
+        parse_train_args(["--device", "gpu"])
+
+
 def test_adapter_options_are_eptconfig_fields_with_one_table_of_defaults():
     fields = {field.name for field in dataclasses.fields(EPTConfig)}
     assert set(ADAPTER_OPTIONS) <= fields

@@ -514,37 +514,47 @@ class Repeatable(argparse.Action):
         setattr(namespace, self.dest, list(earlier or []) + list(values))
 
 
-# Spellings of the machine options of eval and predict, for ``ept-fast train``: Trainer's flags.
-_TRAIN_MACHINE = {("--device", "cpu"): ["--use_cpu"], ("--device", "cuda"): [], ("--device", "auto"): [],
-                  ("--mixed-precision", "bf16"): ["--bf16"], ("--mixed-precision", "fp16"): ["--fp16"],
-                  ("--mixed-precision", "no"): []}
+# Spellings of the machine options of eval and predict, for ``ept-fast train``: Trainer's flags,
+# each set both ways, so that a later flag overrides an earlier one or a --config file's value.
+_TRAIN_MACHINE = {("--device", "cpu"): {"use_cpu": True}, ("--device", "cuda"): {"use_cpu": False},
+                  ("--device", "auto"): {"use_cpu": False},
+                  ("--mixed-precision", "bf16"): {"bf16": True, "fp16": False},
+                  ("--mixed-precision", "fp16"): {"bf16": False, "fp16": True},
+                  ("--mixed-precision", "no"): {"bf16": False, "fp16": False}}
+
+
+def _machine_settings(flag: str, value: str) -> dict:
+    """Trainer's options for ``--device`` or ``--mixed-precision`` ``value``; a clear error for
+    another value, or for cuda where there is none."""
+    if (flag, value) not in _TRAIN_MACHINE:
+        choices = sorted(v for f, v in _TRAIN_MACHINE if f == flag)
+        raise ValueError(f"{flag}: expected one of {choices}, got {value!r}")
+    if value == "cuda" and not torch.cuda.is_available():
+        raise ValueError("--device: cuda was requested, but no CUDA device is available here")
+    return _TRAIN_MACHINE[(flag, value)]
 
 
 def _machine_keys(values: dict) -> dict:
-    """``device`` and ``mixed_precision`` keys of a config file, as ``machine_flags`` reads the flags."""
+    """``device`` and ``mixed_precision`` keys of a config file as Trainer's options (a key of
+    Trainer's own given beside them is overridden)."""
     out = {key: value for key, value in values.items() if key.replace("-", "_") not in ("device", "mixed_precision")}
     for key in set(values) - set(out):
         flag = "--" + key.replace("_", "-")
-        for set_flag in machine_flags([flag, str(values[key] if values[key] is not False else "no")]):
-            out[set_flag.lstrip("-")] = True
+        out.update(_machine_settings(flag, str(values[key] if values[key] is not False else "no")))
     return out
 
 
 def machine_flags(argv: List[str]) -> List[str]:
-    """``--device cpu`` and ``--mixed-precision bf16|fp16`` (the spellings of eval and predict)
-    as Trainer's ``--use_cpu``, ``--bf16`` and ``--fp16``."""
+    """``--device cpu|cuda|auto`` and ``--mixed-precision bf16|fp16|no`` (the spellings of eval
+    and predict) as Trainer's ``--use_cpu``, ``--bf16`` and ``--fp16``, each set true or false."""
     out, i = [], 0
     while i < len(argv):
         flag = argv[i].replace("_", "-") if argv[i].startswith("--") else argv[i]
         flag, _, inline = flag.partition("=")
         if flag in ("--device", "--mixed-precision"):
             value = inline or (argv[i + 1] if i + 1 < len(argv) else "")
-            if (flag, value) not in _TRAIN_MACHINE:
-                choices = sorted(v for f, v in _TRAIN_MACHINE if f == flag)
-                raise ValueError(f"{flag}: expected one of {choices}, got {value!r}")
-            if value == "cuda" and not torch.cuda.is_available():
-                raise ValueError("--device: cuda was requested, but no CUDA device is available here")
-            out += _TRAIN_MACHINE[(flag, value)]
+            for name, setting in _machine_settings(flag, value).items():
+                out += [f"--{name}", str(setting).lower()]
             i += 1 if inline else 2
             continue
         out.append(argv[i])
