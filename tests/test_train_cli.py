@@ -52,8 +52,25 @@ def test_inputs_longer_than_max_length_are_counted_and_reported(tiny_models, sst
     assert expected["train"] > 0
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert metrics["inputs_cut_to_max_length"] == expected
-    assert (f"inputs longer than --max-length=16 tokens, cut to it: train {expected['train']} of 48, validation "
+    assert (f"inputs longer than 16 tokens (--max-length=16), cut to it: train {expected['train']} of 48, validation "
             f"{expected['validation']} of 16, test {expected['test']} of 16") in capsys.readouterr().out
+
+
+def test_a_causal_lms_cut_leaves_room_for_the_answer_and_says_so(tiny_models, capsys):
+    from transformers import AutoTokenizer
+
+    from ept_fast.config import TaskType
+    from ept_fast.training.data import Collator, report_inputs_cut
+    from ept_fast.training.output import RUN_DEFINING, check_same_options
+
+    collate = Collator(AutoTokenizer.from_pretrained(tiny_models / "bert"), TaskType.CAUSAL_LM, None, 20, 12)
+    rows = [{"source": "word " * n, "target": "yes"} for n in (3, 12)]
+    assert collate.input_limit == 8 and report_inputs_cut(collate, {"train": rows}) == {"train": 1}
+    assert "inputs longer than 8 tokens (--max-length=20 less --max-new-tokens=12), cut to it: train 1 of 2" in \
+        capsys.readouterr().out
+    assert "max_new_tokens" in RUN_DEFINING  # a resume with another room for the answer is refused
+    with pytest.raises(ValueError, match=r"--max_new_tokens 12 -> 2"):
+        check_same_options({"max_new_tokens": 12}, {"max_new_tokens": 2}, "the checkpoint")
 
 
 def test_a_run_writes_adapter_metrics_and_plot(tiny_models, sst2_files, tmp_path, capsys):
@@ -1061,3 +1078,36 @@ def test_runs_from_before_load_best_model_at_end_was_honoured_kept_the_best_chec
     with pytest.raises(ValueError, match=r"made with other options \(--load_best_model_at_end True -> False\)"):
         check_same_options(before, {"seed": 1, "load_best_model_at_end": False}, "the run")
     check_same_options({**before, **LOAD_BEST_HONOURED}, {"seed": 1, "load_best_model_at_end": False}, "the run")
+
+
+def test_trainer_options_that_would_do_nothing_here_are_refused(tiny_models, sst2_files, tmp_path, capsys):
+    for flags, message in ((("--neftune_noise_alpha", "5"), "--neftune_noise_alpha: NEFTune adds its noise in a hook"),
+                           (("--greater_is_better", "false"), "--greater_is_better: every metric a task reports here"),
+                           (("--save_strategy", "no"), "--save_strategy: 'no' writes no checkpoint, but keeping")):
+        assert main(_args(tiny_models, sst2_files, tmp_path / "x", "--task", "sst2", *flags)) == 2
+        assert message in capsys.readouterr().err
+    from ept_fast.training.compare import CompareArguments
+
+    with pytest.raises(ValueError, match=r"--method: compare runs each of --methods; got --method 'dept', give "
+                                         r"--methods dept instead"):
+        CompareArguments(method="dept", methods=["ept"])
+
+
+def test_save_strategy_no_with_the_last_steps_adapter_writes_no_checkpoint(tiny_models, sst2_files, tmp_path):
+    assert main(_args(tiny_models, sst2_files, tmp_path / "run", "--task", "sst2", "--save_strategy", "no",
+                      "--load-best-model-at-end", "false")) == 0
+    assert not list((tmp_path / "run").glob("checkpoint-*"))
+    assert json.loads((tmp_path / "run" / "metrics.json").read_text())["kept_step"] == 6
+
+
+def test_dropping_the_last_partial_batch_counts_the_steps_it_leaves(tiny_models, sst2_files, tmp_path, capsys):
+    one_epoch = ("--task", "sst2", "--max-steps", "-1", "--num-epochs", "1", "--batch-size", "20",
+                 "--dataloader_drop_last")  # 48 examples: 2 whole batches
+    assert main(_args(tiny_models, sst2_files, tmp_path / "a", *one_epoch, "--head_only_steps", "2")) == 2
+    assert "--head_only_steps: 2 steps of the head alone is the whole run (2 steps)" in capsys.readouterr().err
+    assert main(_args(tiny_models, sst2_files, tmp_path / "b", *one_epoch, "--head_only_steps", "1")) == 0
+    metrics = json.loads((tmp_path / "b" / "metrics.json").read_text())
+    assert (metrics["steps"], metrics["epoch"]) == (2, 1.0)
+    assert main(_args(tiny_models, sst2_files, tmp_path / "c", *one_epoch[:-3], "--batch-size", "64",
+                      "--dataloader_drop_last")) == 2
+    assert "--dataloader_drop_last: the 48 training examples are fewer than one batch (64)" in capsys.readouterr().err

@@ -11,7 +11,7 @@ import statistics
 from pathlib import Path
 from typing import Dict, List, Optional
 
-from ..config import Readout
+from ..config import Method, Readout
 from .engine import train
 from .options import CLI_READOUT, Repeatable, TrainArguments, option
 from .output import (
@@ -43,8 +43,13 @@ class CompareArguments(TrainArguments):
                                                        "backbone's mean-pooled output), spaces or commas",
                                 action=Repeatable)
     seeds: int = option(3, "runs per method, with seeds --seed, --seed + 1, …")
+    method: Optional[str] = option(help="not for compare, which runs each of --methods: give those")
 
     def __post_init__(self):
+        if self.method is not None:
+            raise ValueError(f"--method: compare runs each of --methods; got --method {self.method!r}, give "
+                             f"--methods {self.method} instead")
+        self.method = Method.EPT.value  # what the options given are checked against; each run sets its own
         if self.output_dir is None:
             self.output_dir = str(Path("runs") / f"compare-{self.data_name()}")
         super().__post_init__()

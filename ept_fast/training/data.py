@@ -62,7 +62,9 @@ def report_inputs_cut(collate: Collator, splits: Dict[str, List[Example]]) -> Di
     """Per split, how many inputs the batches cut to --max-length; printed when any are."""
     cut = {split: collate.inputs_cut(examples) for split, examples in splits.items()}
     if any(cut.values()):
-        print(f"inputs longer than --max-length={collate.max_length} tokens, cut to it: "
+        room = collate.max_length - collate.input_limit
+        limit = f"--max-length={collate.max_length}" + (f" less --max-new-tokens={room}" if room else "")
+        print(f"inputs longer than {collate.input_limit} tokens ({limit}), cut to it: "
               + ", ".join(f"{split} {cut[split]} of {len(examples)}" for split, examples in splits.items()))
     return cut
 

@@ -116,8 +116,8 @@ class RunTrainer(EPTTrainer):
 
 
 class ValidateAndKeepBest(TrainerCallback):
-    """Validation at the last step too, and a checkpoint at every new best (so the best one is
-    always on disk, whatever --save_steps); ``trainer_state.json`` in the output folder after
+    """Validation at the last step too, and a checkpoint at every new best when the best one is
+    kept (so that it is on disk, whatever --save_steps); ``trainer_state.json`` in the output folder after
     each validation, for the tools that read it as the run goes."""
 
     def __init__(self, metric: str):
@@ -129,7 +129,7 @@ class ValidateAndKeepBest(TrainerCallback):
             control.should_evaluate = True
 
     def on_evaluate(self, args, state, control, metrics=None, **kwargs):
-        if state.best_metric is None or metrics[self.metric] > state.best_metric:
+        if args.load_best_model_at_end and (state.best_metric is None or metrics[self.metric] > state.best_metric):
             control.should_save = True
         self._write_state(args, state)
 
@@ -226,7 +226,12 @@ def _train(args: TrainArguments, out: Path, stop_after_steps: Optional[int]) -> 
     backbone, tokenizer, task_type = load_backbone(args, task)
     token_dim = backbone.get_input_embeddings().embedding_dim
     encoder_classifier = task_type is TaskType.SEQ_CLS and is_encoder_classifier(backbone)
-    batches_per_epoch = math.ceil(len(train_set) / (args.per_device_train_batch_size * args.world_size))
+    batch = args.per_device_train_batch_size * args.world_size
+    batches_per_epoch = len(train_set) // batch if args.dataloader_drop_last else math.ceil(len(train_set) / batch)
+    if batches_per_epoch == 0:
+        raise ValueError(f"--dataloader_drop_last: the {len(train_set)} training examples are fewer than one batch "
+                         f"({batch}), and the last partial batch is dropped: nothing would train; give a smaller "
+                         f"--per_device_train_batch_size, or leave --dataloader_drop_last out")
     steps = args.max_steps if args.max_steps > 0 else \
         math.ceil(math.ceil(batches_per_epoch / args.gradient_accumulation_steps) * args.num_train_epochs)
     head_only_steps = args.head_only_steps_for(encoder_classifier, steps, type(backbone).__name__)

@@ -224,7 +224,8 @@ class EPTTrainingArguments(TrainingArguments):
                                        "the steps", aliases=("warmup_ratio",))
     eval_strategy: str = option("steps", "when to validate: steps, epoch or no")
     eval_steps: Optional[float] = option(25, "validate every N steps (and at the end)")
-    save_steps: float = option(50, "checkpoint every N steps (and at the end, and at each new best)")
+    save_steps: float = option(50, "checkpoint every N steps (and at the end, and at each new best when the best "
+                                   "checkpoint is kept)")
     load_best_model_at_end: Optional[bool] = option(
         help="keep the checkpoint with the best validation --metric_for_best_model: it is the adapter saved and the "
              "one scored on test (default: true); false keeps the last step's")
@@ -263,6 +264,17 @@ class EPTTrainingArguments(TrainingArguments):
             raise ValueError("--early_stopping_patience: stops once validation has not improved for that many "
                              "validations and keeps the best checkpoint; --load_best_model_at_end false would keep "
                              "the last one instead: give one or the other")
+        if self.load_best_model_at_end and self.save_strategy == "no":
+            raise ValueError("--save_strategy: 'no' writes no checkpoint, but keeping the best one "
+                             "(--load_best_model_at_end, the default) saves a checkpoint at each new best; give "
+                             "--load_best_model_at_end false too, to keep the last step's adapter and write none")
+        if self.neftune_noise_alpha is not None:
+            raise ValueError("--neftune_noise_alpha: NEFTune adds its noise in a hook on the backbone's embedding "
+                             "layer, which ept-fast's input assembly reads directly, so no noise would be added; "
+                             "leave it out")
+        if self.greater_is_better is False:
+            raise ValueError("--greater_is_better: every metric a task reports here is higher-is-better, so false "
+                             "would keep the worst checkpoint; leave it out")
 
 
 @dataclasses.dataclass

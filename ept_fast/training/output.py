@@ -24,11 +24,12 @@ _CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
 # first, trainer_state.json last (after the optimizer's state, in whatever form: plain, DeepSpeed's
 # or FSDP's, or none with --save_only_model).
 _CHECKPOINT_FILES = (CONFIG_NAME, WEIGHTS_NAME, OPTIONS_NAME, "trainer_state.json")
-# The options that make a run what it computes: a resumed run must have the same ones.
+# The options that make a run what it computes: a resumed run must have the same ones (max_new_tokens
+# among them: a causal LM's room for the answer, and what validation generates to choose the checkpoint).
 RUN_DEFINING = frozenset(
     ["method", *(name for name in ADAPTER_OPTIONS if name != "backend"),
      *(f.name for f in dataclasses.fields(DataArguments)),
-     *(f.name for f in dataclasses.fields(ModelArguments) if f.name != "max_new_tokens"),
+     *(f.name for f in dataclasses.fields(ModelArguments)),
      "learning_rate", "lr_lowrank", "weight_decay", "warmup_steps", "num_train_epochs", "max_steps",
      "per_device_train_batch_size", "gradient_accumulation_steps", "max_grad_norm", "seed", "data_seed",
      "lr_scheduler_type", "lr_scheduler_kwargs", "optim", "optim_args", "adam_beta1", "adam_beta2", "adam_epsilon",
