@@ -63,7 +63,8 @@ def test_a_causal_lms_cut_leaves_room_for_the_answer_and_says_so(tiny_models, ca
     from ept_fast.training.data import Collator, report_inputs_cut
     from ept_fast.training.output import RUN_DEFINING, check_same_options
 
-    collate = Collator(AutoTokenizer.from_pretrained(tiny_models / "bert"), TaskType.CAUSAL_LM, None, 20, 12)
+    tokenizer = AutoTokenizer.from_pretrained(tiny_models / "bert", eos_token="[SEP]")
+    collate = Collator(tokenizer, TaskType.CAUSAL_LM, None, 20, 12)
     rows = [{"source": "word " * n, "target": "yes"} for n in (3, 12)]
     assert collate.input_limit == 8 and report_inputs_cut(collate, {"train": rows}) == {"train": 1}
     assert "inputs longer than 8 tokens (--max-length=20 less --max-new-tokens=12), cut to it: train 1 of 2" in \
@@ -1111,3 +1112,40 @@ def test_dropping_the_last_partial_batch_counts_the_steps_it_leaves(tiny_models,
     assert main(_args(tiny_models, sst2_files, tmp_path / "c", *one_epoch[:-3], "--batch-size", "64",
                       "--dataloader_drop_last")) == 2
     assert "--dataloader_drop_last: the 48 training examples are fewer than one batch (64)" in capsys.readouterr().err
+
+
+def test_eval_generates_as_many_tokens_as_the_adapter_was_trained_with(tiny_models, sst2_files, tmp_path, capsys):
+    from transformers import AutoTokenizer, GPT2Config, GPT2LMHeadModel
+
+    from ept_fast.training.options import ModelArguments
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_models / "bert")
+    GPT2LMHeadModel(GPT2Config(vocab_size=tokenizer.vocab_size, n_positions=64, n_embd=32, n_layer=1, n_head=2,
+                               pad_token_id=tokenizer.pad_token_id)).save_pretrained(tmp_path / "gpt2")
+    tokenizer.save_pretrained(tmp_path / "gpt2")
+    args = _args(tiny_models, sst2_files, tmp_path / "no-eos", "--task", "sst2")
+    args[1] = str(tmp_path / "gpt2")
+    assert main(args) == 2  # the packaged MiniLM tokenizer has no end-of-sequence token
+    assert "--model: a causal LM learns to end each answer with its tokenizer's end-of-sequence" in \
+        capsys.readouterr().err
+    tokenizer.eos_token = tokenizer.sep_token
+    tokenizer.save_pretrained(tmp_path / "gpt2")
+    args = _args(tiny_models, sst2_files, tmp_path / "lm", "--task", "sst2", "--max-length", "12", "--max-new-tokens",
+                 "6", "--max-steps", "2", "--eval-steps", "2")
+    args[1] = str(tmp_path / "gpt2")
+    assert main(args) == 0
+    trained = json.loads((tmp_path / "lm" / "metrics.json").read_text())
+    assert trained["task_type"] == "CAUSAL_LM" and trained["inputs_cut_to_max_length"]["test"] > 0  # 6 tokens kept
+    files = ["--validation-file", sst2_files[1], "--test-file", sst2_files[2], "--device", "cpu"]
+    assert cli_main(["eval", "--adapter", str(tmp_path / "lm"), *files]) == 0
+    scored = json.loads((tmp_path / "lm" / "eval" / "metrics.json").read_text())
+    assert scored["config"]["max_new_tokens"] == 6
+    assert scored["inputs_cut_to_max_length"] == {split: trained["inputs_cut_to_max_length"][split]
+                                                  for split in ("validation", "test")}
+    assert scored["test"] == trained["test"]
+    assert cli_main(["eval", "--adapter", str(tmp_path / "lm"), *files, "--max-new-tokens", "2",
+                     "--output-dir", str(tmp_path / "two")]) == 0
+    assert json.loads((tmp_path / "two" / "metrics.json").read_text())["config"]["max_new_tokens"] == 2
+    several = [{"max_new_tokens": 3}, None, {"split_seed": 1}, {"max_new_tokens": 5}]  # older adapters record none
+    assert (ModelArguments().generation_length(several), ModelArguments().generation_length([None]),
+            ModelArguments(max_new_tokens=2).generation_length(several)) == (5, 8, 2)

@@ -70,9 +70,10 @@ class Served:
     event loop."""
 
     def __init__(self, args: ServeArguments):
-        self.args = args
         self.device = args.run_device()
         self.model, self.tokenizer, self.tasks, self.configs = load_served_model(args)
+        self.args = dataclasses.replace(
+            args, max_new_tokens=args.generation_length(self.model.adapter_task_metadata.values()))
         self.model.to(self.device).eval()
         self.accepting = set(self.tasks)
         self.started = int(time.time())

@@ -69,10 +69,11 @@ def report_inputs_cut(collate: Collator, splits: Dict[str, List[Example]]) -> Di
     return cut
 
 
-def task_metadata(task: Task, split_seed: int) -> dict:
+def task_metadata(task: Task, split_seed: int, max_new_tokens: int) -> dict:
     """What an adapter saves of its task, so that ``ept-fast eval`` scores it the same way: the
-    task, and the seed its registry or embedded data was split with."""
-    return {**dataclasses.asdict(task), "split_seed": split_seed}
+    task, the seed its registry or embedded data was split with, and the tokens generated per
+    answer (``ModelArguments.generation_length``)."""
+    return {**dataclasses.asdict(task), "split_seed": split_seed, "max_new_tokens": max_new_tokens}
 
 
 def task_from_metadata(metadata: Optional[dict]) -> Optional[Task]:
@@ -151,6 +152,10 @@ class Collator:
     def __init__(self, tokenizer, task_type: TaskType, task: Task, max_length: int, max_new_tokens: int):
         self.tokenizer, self.task_type, self.task = tokenizer, task_type, task
         self.max_length, self.max_new_tokens = max_length, max_new_tokens
+        if task_type is TaskType.CAUSAL_LM and tokenizer.eos_token_id is None:
+            raise ValueError(f"--model: a causal LM learns to end each answer with its tokenizer's end-of-sequence "
+                             f"token, and this tokenizer ({type(tokenizer).__name__}) has none; give the model a "
+                             f"tokenizer with an eos_token")
 
     @property
     def input_limit(self) -> int:

@@ -247,7 +247,7 @@ def _train(args: TrainArguments, out: Path, stop_after_steps: Optional[int]) -> 
     if backbone_dropout is not None:
         _set_dropout(backbone.base_model, backbone_dropout)
     model = get_ept_model(backbone, config, tokenizer=tokenizer)
-    model.task_metadata = task_metadata(task, split_seed=args.seed)
+    model.task_metadata = task_metadata(task, split_seed=args.seed, max_new_tokens=args.max_new_tokens)
     model.to(args.device)
     collate = Collator(tokenizer, task_type, task, config.max_length, args.max_new_tokens)
     inputs_cut = report_inputs_cut(collate, {"train": train_set, "validation": validation_set, "test": test_set}) \

@@ -36,6 +36,7 @@ def score_adapter(args: EvalArguments) -> dict:
             print(f"eval: the split of seed {split_seed}, the one the adapter was trained with "
                   f"(not --seed {args.seed})")
         args = dataclasses.replace(args, seed=split_seed)
+    args = dataclasses.replace(args, max_new_tokens=args.generation_length([files.task]))
     if args.task_type is None:  # as trained (a decoder classifier's would be guessed as a causal LM)
         args = dataclasses.replace(args, task_type=files.config.get("task_type"))
     task, _, validation, test = load_data(args, task, files_needed=())

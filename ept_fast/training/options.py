@@ -16,7 +16,7 @@ import json
 import math
 import typing
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence, Tuple, Union
+from typing import Dict, Iterable, List, Optional, Sequence, Tuple, Union
 
 import torch
 from transformers import HfArgumentParser, TrainingArguments
@@ -47,6 +47,8 @@ CLI_BACKBONE_DROPOUT = 0.0
 # The share of an encoder classifier's steps that train its head alone before the adapter
 # joins, where --head_only_steps is not given (docs/results.md); 0 for other backbones.
 CLI_HEAD_ONLY_STEPS = 0.1
+# Tokens generated per example where --max-new-tokens is not given (and no adapter recorded one).
+GENERATION_LENGTH = 8
 
 
 def option(default=None, help: str = "", aliases: Sequence[str] = (), **argparse_settings):
@@ -76,13 +78,23 @@ class ModelArguments:
     model: Optional[str] = option(help="Hugging Face model name or local path (default: the packaged "
                                        "all-MiniLM-L6-v2)", aliases=("model_name_or_path",))
     task_type: Optional[str] = option(help="SEQ_CLS, SEQ_2_SEQ_LM or CAUSAL_LM (default: from the model)")
-    max_new_tokens: int = option(8, "tokens generated per example when seq2seq or causal LMs are scored")
+    max_new_tokens: Optional[int] = option(
+        help="tokens generated per example when seq2seq or causal LMs are scored (a causal LM's inputs leave room "
+             "for them; default: 8 to train, and what the adapters were trained with to eval, predict or serve)")
 
     def __post_init__(self):
         getattr(super(), "__post_init__", lambda: None)()
         if self.task_type is not None:
             self.task_type = parse_enum(TaskType, "--task_type", self.task_type).value
         _require_at_least_one(self, ("max_new_tokens",))
+
+    def generation_length(self, task_metadata: Iterable[Optional[dict]] = ()) -> int:
+        """--max-new-tokens, else the most that the adapters whose saved task metadata is given
+        were trained with, else ``GENERATION_LENGTH``."""
+        if self.max_new_tokens is not None:
+            return self.max_new_tokens
+        trained = [metadata.get("max_new_tokens") for metadata in task_metadata if metadata]
+        return max((n for n in trained if n is not None), default=GENERATION_LENGTH)
 
 
 @dataclasses.dataclass
@@ -290,6 +302,7 @@ class TrainArguments(AdapterArguments, ModelArguments, DataArguments, EPTTrainin
         if self.output_dir is None:
             self.output_dir = str(Path("runs") / f"{method.value}-{self.data_name()}")
         super().__post_init__()
+        self.max_new_tokens = self.generation_length()
         config = self.adapter_config()  # a value that contradicts the method fails now, as EPTConfig says
         if self.param_budget is not None and config.method is Method.HEAD:
             raise ValueError("--param_budget: method 'head' trains the head alone, no adapter parameters to size")

@@ -149,6 +149,7 @@ def predict_file(args: PredictArguments) -> dict:
     out = Path(args.output_file or f"{args.input_file}.predictions.jsonl")
     check_writable(out.parent, "--output-file")
     model, tokenizer, tasks, _ = load_served_model(args)
+    args = dataclasses.replace(args, max_new_tokens=args.generation_length(model.adapter_task_metadata.values()))
     device = args.run_device()
     model.to(device).eval()
     rows = read_rows(args.input_file)
