@@ -58,6 +58,11 @@ def _match_shape(name: str, tensor: torch.Tensor, pattern: Sequence[str], dims: 
         dims.setdefault(letter, size)
 
 
+def check_input_ids(input_ids) -> None:
+    """``input_ids`` is a (b, T) tensor (checked before anything reads its rows)."""
+    _match_shape("input_ids", _require_tensor("input_ids", input_ids), ("b", "T"), {})
+
+
 def _require_floating(name: str, tensor: torch.Tensor) -> None:
     if not tensor.is_floating_point():
         raise TypeError(f"{name}: expected a floating-point tensor, got dtype {tensor.dtype}")

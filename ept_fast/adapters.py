@@ -76,6 +76,9 @@ class AdapterLifecycle:
         if task_type is not self.task_type:
             raise ValueError(f"config.task_type: this model's adapters are {self.task_type.value}, got "
                              f"{task_type.value}")
+        if task_type is not TaskType.SEQ_CLS and config.modules_to_save:
+            raise ValueError(f"config.modules_to_save: trains copies of a classifier's head (SEQ_CLS) with the "
+                             f"adapter; a {task_type.value} model trains none, got {config.modules_to_save}")
         heads = self._find_heads(config.modules_to_save) if task_type is TaskType.SEQ_CLS else []
         if self.heads and heads != self.heads:
             raise ValueError(f"config.modules_to_save: this model's adapters train {self.heads}, got {heads}")

@@ -12,8 +12,10 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import torch
 from torch import nn
 
+from ._validation import check_input_ids
 from .adapters import DEFAULT_ADAPTER, AdapterLifecycle, input_embeddings, position_limit
 from .config import EPTConfig, Readout, TaskType, infer_task_type
+from .generation import new_token_count, updated_generated_tokens
 from .heads import (
     heads_replaced,
     hooked,
@@ -124,6 +126,7 @@ class EPTModel(AdapterLifecycle, nn.Module):
             )
         if input_ids is None:
             raise ValueError("input_ids: required (EPT builds the prompted input from it)")
+        check_input_ids(input_ids)
 
     def _drop_unsupported(self, kwargs: dict) -> None:
         if kwargs.pop("position_ids", None) is not None:
@@ -138,6 +141,21 @@ class EPTModel(AdapterLifecycle, nn.Module):
             assembled = self.prompt_encoder.assemble(input_ids, attention_mask, self.word_embeddings,
                                                      prompt_out=self.ept_prompt())
             return assembled, self._routed(assembled, input_ids, attention_mask, [self._active_adapter], None)
+        used, adapter_ids = self._adapter_rows(input_ids, adapter_names)
+        prompts = [self._merged_prompts.get(name) for name in used]
+        prompts = [self.prompt_encoders[name]() if p is None else p for name, p in zip(used, prompts)]
+        assembled = assemble_mixed_inputs([self.prompt_encoders[name] for name in used], prompts, adapter_ids,
+                                          input_ids, attention_mask, self.word_embeddings, self._padding_side)
+        return assembled, self._routed(assembled, input_ids, attention_mask, used, adapter_ids)
+
+    def _adapter_rows(self, input_ids: torch.Tensor, adapter_names) -> Tuple[List[str], torch.Tensor]:
+        """The adapters ``adapter_names`` uses, each once, and the index among them of each row's
+        adapter (b,); the active adapter for every row when ``adapter_names`` is None."""
+        if adapter_names is None:
+            return [self._active_adapter], torch.zeros(input_ids.shape[0], dtype=torch.long, device=input_ids.device)
+        if not isinstance(adapter_names, (str, list, tuple)):
+            raise ValueError(f"adapter_names: expected one adapter name (a str) per row, as a list, got "
+                             f"{type(adapter_names).__name__}")
         names = [adapter_names] if isinstance(adapter_names, str) else list(adapter_names)
         if len(names) != input_ids.shape[0]:
             raise ValueError(f"adapter_names: expected one name per row of input_ids ({input_ids.shape[0]}), "
@@ -149,12 +167,7 @@ class EPTModel(AdapterLifecycle, nn.Module):
         if unknown:
             raise ValueError(f"adapter_names: no adapter named {unknown}; this model has {sorted(self.peft_config)}")
         used = list(dict.fromkeys(names))
-        adapter_ids = torch.tensor([used.index(name) for name in names], device=input_ids.device)
-        prompts = [self._merged_prompts.get(name) for name in used]
-        prompts = [self.prompt_encoders[name]() if p is None else p for name, p in zip(used, prompts)]
-        assembled = assemble_mixed_inputs([self.prompt_encoders[name] for name in used], prompts, adapter_ids,
-                                          input_ids, attention_mask, self.word_embeddings, self._padding_side)
-        return assembled, self._routed(assembled, input_ids, attention_mask, used, adapter_ids)
+        return used, torch.tensor([used.index(name) for name in names], device=input_ids.device)
 
     def _routed(self, assembled: AssembledInputs, input_ids, attention_mask, used: Sequence[str],
                 adapter_ids: Optional[torch.Tensor]):
@@ -228,6 +241,9 @@ class EPTModel(AdapterLifecycle, nn.Module):
             raise ValueError(f"token_type_ids: expected the shape of input_ids {tuple(input_ids.shape)}, got "
                              f"{tuple(token_types.shape)}")
         self._check_class_labels(labels)
+        if self.task_type is TaskType.CAUSAL_LM and labels is not None and labels.shape != input_ids.shape:
+            raise ValueError(f"labels: a causal LM's labels are its input_ids' tokens, expected their shape "
+                             f"{tuple(input_ids.shape)}, got {tuple(labels.shape)}")
         (embeds, mask, layout), routed = self._prompted(input_ids, attention_mask, adapter_names)
         layout.check_fits(self._position_limit, type(self.base_model).__name__)
         if self.task_type is TaskType.CAUSAL_LM and labels is not None:
@@ -258,17 +274,14 @@ class EPTModel(AdapterLifecycle, nn.Module):
         self._drop_unsupported(kwargs)
         if kwargs.pop("encoder_outputs", None) is not None:
             logger.warning("encoder_outputs: ignored; the encoder runs on the prompted input")
-        if self.task_type is TaskType.CAUSAL_LM and kwargs.get("max_length") is not None \
-                and "max_new_tokens" not in kwargs:
-            # Given inputs_embeds the backbone counts the prompt (and a mixed batch's padding) in
-            # max_length; the length the user means is that of input_ids, as in PEFT.
-            max_length = kwargs.pop("max_length")
-            if max_length <= input_ids.shape[1]:
-                raise ValueError(f"max_length: counts input_ids ({input_ids.shape[1]} tokens) and the new tokens, "
-                                 f"so it leaves none at {max_length}; give a larger one or max_new_tokens")
-            kwargs["max_new_tokens"] = max_length - input_ids.shape[1]
-        (embeds, mask, layout), routed = self._prompted(input_ids, kwargs.pop("attention_mask", None), adapter_names)
+        attention_mask = kwargs.pop("attention_mask", None)
+        (embeds, mask, layout), routed = self._prompted(input_ids, attention_mask, adapter_names)
         layout.check_fits(self._position_limit, type(self.base_model).__name__)
+        if self.task_type is TaskType.CAUSAL_LM:
+            used, adapter_ids = self._adapter_rows(input_ids, adapter_names)
+            routed = together(routed, updated_generated_tokens(
+                self.base_model.get_input_embeddings(), [self.prompt_encoders[name] for name in used], adapter_ids,
+                attention_mask, input_ids, new_token_count(self.base_model, input_ids, kwargs)))
         with routed:
             output = self.base_model.generate(inputs_embeds=embeds, attention_mask=mask, **kwargs)
         if self.task_type is TaskType.CAUSAL_LM:

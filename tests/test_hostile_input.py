@@ -196,3 +196,25 @@ def test_sizes_whose_product_no_memory_holds_are_the_configs_error():
     with pytest.raises(ValueError, match=r"config: 100,017,601,093 adapter parameters \(m=1000000, n=1000000, "
                                          r"r=100000.* would take .* GiB in float32; check the sizes"):
         get_ept_model(bert, EPTConfig(num_virtual_tokens=10**6, max_length=10**6, r=10**5, prompt_init="RANDOM"))
+
+
+def test_a_models_inputs_of_the_wrong_kind_are_named_before_the_adapters_are_read():
+    from tiny_models import tiny_gpt2
+
+    model = get_ept_model(tiny_gpt2(), adapter_config("CAUSAL_LM"))
+    ids = torch.randint(2, VOCAB, (2, 5))
+    for call in (model, model.generate):
+        with pytest.raises(ValueError, match=r"input_ids: expected a 2-d tensor of shape \(b, T\), got shape \(5,\)"):
+            call(input_ids=ids[0], adapter_names=["default"])
+        with pytest.raises(TypeError, match=r"input_ids: expected a torch.Tensor, got list"):
+            call(input_ids=ids.tolist(), adapter_names=["default", "default"])
+    with pytest.raises(ValueError, match=r"adapter_names: expected one adapter name \(a str\) per row, as a list, "
+                                         r"got int"):
+        model(input_ids=ids, adapter_names=3)
+    for labels in (ids[:, :3], torch.randint(2, VOCAB, (2, 8))):  # cut silently, or an index error, before
+        with pytest.raises(ValueError, match=r"labels: a causal LM's labels are its input_ids' tokens, expected "
+                                             r"their shape \(2, 5\), got"):
+            model(input_ids=ids, labels=labels)
+    with pytest.raises(ValueError, match=r"config.modules_to_save: trains copies of a classifier's head \(SEQ_CLS\) "
+                                         r"with the adapter; a CAUSAL_LM model trains none, got \['lm_head'\]"):
+        get_ept_model(tiny_gpt2(), adapter_config("CAUSAL_LM", modules_to_save=["lm_head"]))

@@ -56,14 +56,15 @@ def test_task_type_and_token_dim_come_from_the_model():
         assert model.active_peft_config.task_type.value == task and model.active_peft_config.token_dim == HIDDEN
 
 
-def _greedy(base, embeds, mask, steps):
-    """Greedy decoding by full forwards, positions counted over the attended tokens (as HF's generate)."""
+def _greedy(base, embeds, mask, steps, update, attended):
+    """Greedy decoding by full forwards, positions counted over the attended tokens (as HF's generate);
+    row i's j-th new token gets row attended[i] + j of the low-rank update (n, d), as the input's do."""
     table, tokens = base.get_input_embeddings(), []
-    for _ in range(steps):
+    for step in range(steps):
         positions = (mask.cumsum(1) - 1).clamp(min=0)
         token = base(inputs_embeds=embeds, attention_mask=mask, position_ids=positions).logits[:, -1].argmax(-1)
         tokens.append(token)
-        embeds = torch.cat([embeds, table(token)[:, None]], dim=1)
+        embeds = torch.cat([embeds, (table(token) + update[attended + step])[:, None]], dim=1)
         mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
     return torch.stack(tokens, dim=1)
 
@@ -75,8 +76,10 @@ def test_causal_generate_matches_a_manual_greedy_decode(use_cache):
     out = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=5, do_sample=False, use_cache=use_cache,
                          pad_token_id=0)
     embeds, ext_mask = _manual_inputs(model, ids, mask)
+    enc = model.prompt_encoder
+    update = enc.scaling * enc.lora_a @ enc.lora_b
     assert torch.equal(out[:, :7], ids)
-    assert torch.equal(out[:, 7:], _greedy(model.base_model, embeds, ext_mask, 5))
+    assert torch.equal(out[:, 7:], _greedy(model.base_model, embeds, ext_mask, 5, update, mask.sum(1)))
 
 
 @pytest.mark.parametrize("task,builder", [("SEQ_2_SEQ_LM", tiny_t5), ("CAUSAL_LM", tiny_gpt2)])
@@ -88,10 +91,68 @@ def test_generate_matches_the_backbone_on_the_same_inputs_embeds(task, builder, 
     options = dict(max_new_tokens=4, do_sample=False, num_beams=num_beams, use_cache=use_cache, pad_token_id=0)
     out = model.generate(input_ids=ids, attention_mask=mask, **options)
     embeds, ext_mask = _manual_inputs(model, ids, mask)
+    table = model.base_model.get_input_embeddings()
+    hook = table.register_forward_hook(_updated_new_tokens(model, mask)) if task == "CAUSAL_LM" else None
     expected = model.base_model.generate(inputs_embeds=embeds, attention_mask=ext_mask, **options)
-    if task == "CAUSAL_LM":
+    if hook is not None:
+        hook.remove()
         expected = torch.cat([ids, expected], dim=1)
     assert torch.equal(out, expected)
+
+
+def _updated_new_tokens(model, mask):
+    """A hook for a causal LM's input embedding: the j-th token it embeds in row i (beams next to
+    each other) gets row attended[i] + j of the low-rank update s·A·B."""
+    enc, embedded = model.prompt_encoder, [0]
+    update = enc.scaling * enc.lora_a @ enc.lora_b
+
+    def hook(module, args, output):
+        first = mask.sum(1).repeat_interleave(output.shape[0] // mask.shape[0]) + embedded[0]
+        embedded[0] += 1
+        return output + update[first][:, None]
+
+    return hook
+
+
+@pytest.mark.parametrize("mixed", [False, True])
+def test_a_causal_lms_generated_tokens_are_what_forward_predicts_on_the_whole_sequence(mixed):
+    """Generation and a forward over input + generated tokens (teacher forcing, as training sees
+    the answer) agree at every new position: each new token gets its position's low-rank update.
+    Rows without padding: the backbone's forward numbers positions from the first slot, generate
+    from the first attended one."""
+    model = _moved(get_ept_model(tiny_gpt2(), _config("CAUSAL_LM", max_length=16)))
+    ids, _, _ = _batch("CAUSAL_LM")
+    mask = torch.ones_like(ids)
+    names = None
+    if mixed:
+        model.add_adapter("other", _config("CAUSAL_LM", num_virtual_tokens=2, max_length=14, r=2))
+        _moved(model)  # the active adapter's parameters, moved again
+        model.set_adapter("other")
+        _moved(model)
+        model.set_adapter("default")
+        names = ["default", "other", "default"]
+    out = model.generate(input_ids=ids, attention_mask=mask, adapter_names=names, max_new_tokens=6,
+                         do_sample=False, pad_token_id=0, output_logits=True, return_dict_in_generate=True)
+    full_mask = torch.cat([mask, torch.ones(3, 6, dtype=mask.dtype)], dim=1)
+    forward = model(input_ids=out.sequences, attention_mask=full_mask, adapter_names=names).logits
+    generated = torch.stack(out.logits, dim=1)  # (3, 6, V)
+    torch.testing.assert_close(generated, forward[:, -7:-1], rtol=1e-4, atol=1e-4)
+    with pytest.raises(ValueError, match=r"max_new_tokens: row 0 has 7 attended tokens, and 10 new ones would take it "
+                                         r"to 17 positions, past the n=16"):
+        model.generate(input_ids=ids, attention_mask=mask, adapter_names=names, max_new_tokens=10, pad_token_id=0)
+
+
+def test_a_causal_lms_max_length_counts_input_ids_and_new_tokens_as_in_peft():
+    from transformers import GenerationConfig
+
+    model = _moved(get_ept_model(tiny_gpt2(), _config("CAUSAL_LM", max_length=16)))
+    ids, mask, _ = _batch("CAUSAL_LM", left=True)
+    config = GenerationConfig(max_length=10, do_sample=False, pad_token_id=0)
+    assert model.generate(input_ids=ids, attention_mask=mask, generation_config=config).shape == (3, 10)
+    assert model.generate(input_ids=ids, attention_mask=mask, max_length=9, pad_token_id=0).shape == (3, 9)
+    assert config.max_length == 10  # the caller's config is left as it was
+    with pytest.raises(ValueError, match=r"generation_config.max_length: counts input_ids \(7 tokens\)"):
+        model.generate(input_ids=ids, attention_mask=mask, generation_config=GenerationConfig(max_length=7))
 
 
 def test_merged_prompt_gives_the_same_generation_and_is_dropped_for_training():

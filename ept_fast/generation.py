@@ -1,0 +1,90 @@
+"""What a causal LM's generation adds to the backbone's own: how many tokens to generate, counted
+as PEFT counts them, and the low-rank update on each generated token.
+
+The assembly gives a row's k-th attended token row k of its adapter's L = s·A·B, and a causal
+LM trains on its answer tokens that way. The backbone embeds the tokens it generates itself
+(only the first step reads ``inputs_embeds``), so a forward hook on its input embedding adds
+the same rows to them: decoding sees the input that training saw."""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+from typing import Iterator, Optional, Sequence
+
+import torch
+from torch import nn
+
+from .prompt_encoder import EPTPromptEncoder
+
+
+def new_token_count(backbone: nn.Module, input_ids: torch.Tensor, kwargs: dict) -> int:
+    """How many tokens ``generate`` makes, with ``max_length`` (a keyword, or a ``generation_config``'s)
+    counting ``input_ids`` and the new tokens, not the prompt, as in PEFT; without either, the
+    backbone's own default. Rewrites ``kwargs`` to ask the backbone for exactly that many."""
+    given = kwargs.get("generation_config")
+    config = given if given is not None else backbone.generation_config
+    if kwargs.get("max_new_tokens") is not None:
+        count, source = kwargs.pop("max_new_tokens"), None
+    elif kwargs.get("max_length") is not None:
+        count, source = kwargs.pop("max_length") - input_ids.shape[1], "max_length"
+    elif config.max_new_tokens is not None:
+        count, source = config.max_new_tokens, None
+    elif given is not None:
+        count, source = config.max_length - input_ids.shape[1], "generation_config.max_length"
+    else:  # the backbone's default: with inputs_embeds, transformers makes max_length new tokens
+        count, source = config.max_length, None
+    if source is not None and count < 1:
+        raise ValueError(f"{source}: counts input_ids ({input_ids.shape[1]} tokens) and the new tokens, so it "
+                         f"leaves none at {count + input_ids.shape[1]}; give a larger one or max_new_tokens")
+    kwargs.pop("max_length", None)
+    if given is None:
+        kwargs["max_new_tokens"] = count
+    else:
+        kwargs["generation_config"] = copy.deepcopy(given)
+        kwargs["generation_config"].max_new_tokens, kwargs["generation_config"].max_length = count, None
+    return count
+
+
+@contextlib.contextmanager
+def updated_generated_tokens(embedding: nn.Module, encoders: Sequence[EPTPromptEncoder], adapter_ids: torch.Tensor,
+                             attention_mask: Optional[torch.Tensor], input_ids: torch.Tensor,
+                             new_tokens: int) -> Iterator[None]:
+    """Within the block, each token that the backbone embeds (those it generates) gets the row of
+    L of its position: row i's adapter is ``encoders[adapter_ids[i]]``, and its j-th new token is
+    its (attended + j)-th attended token. A row whose input and ``new_tokens`` would pass the
+    n positions its adapter's update covers is an error, as in the assembly."""
+    if all(encoder.config.r == 0 for encoder in encoders):
+        yield
+        return
+    attended = ((attention_mask != 0).sum(1) if attention_mask is not None
+                else torch.full((input_ids.shape[0],), input_ids.shape[1], device=input_ids.device))
+    covered = torch.tensor([encoder.config.max_length for encoder in encoders], device=input_ids.device)[adapter_ids]
+    over = (attended + new_tokens > covered).nonzero().flatten().tolist()
+    if over:
+        row = over[0]
+        raise ValueError(f"max_new_tokens: row {row} has {int(attended[row])} attended tokens, and {new_tokens} new "
+                         f"ones would take it to {int(attended[row]) + new_tokens} positions, past the "
+                         f"n={int(covered[row])} that its adapter's low-rank update covers; generate at most "
+                         f"{int(covered[row] - attended[row])} tokens, or train with a larger max_length")
+    generated = [0]
+
+    def add_update(module, args, output):
+        rows, steps = output.shape[:2]
+        repeats = rows // input_ids.shape[0]  # beams or returned sequences, consecutive per row
+        row_adapters, starts = adapter_ids.repeat_interleave(repeats), attended.repeat_interleave(repeats)
+        positions = starts[:, None] + generated[0] + torch.arange(steps, device=output.device)  # (rows, steps)
+        generated[0] += steps
+        update = torch.zeros(output.shape, dtype=torch.float32, device=output.device)
+        for index, encoder in enumerate(encoders):
+            chosen = row_adapters == index
+            if encoder.config.r and chosen.any():
+                rows_of_a = encoder.lora_a.float()[positions[chosen]] * encoder.scaling  # (rows', steps, r)
+                update[chosen] = rows_of_a @ encoder.lora_b.float()
+        return (output.float() + update).to(output.dtype)
+
+    handle = embedding.register_forward_hook(add_update)
+    try:
+        yield
+    finally:
+        handle.remove()
