@@ -17,11 +17,14 @@ from torch import nn
 
 from .prompt_encoder import EPTPromptEncoder
 
+# The new tokens transformers generates where no length is set anywhere (its own default).
+TRANSFORMERS_NEW_TOKENS = 20
+
 
 def new_token_count(backbone: nn.Module, input_ids: torch.Tensor, kwargs: dict) -> int:
-    """How many tokens ``generate`` makes, with ``max_length`` (a keyword, or a ``generation_config``'s)
-    counting ``input_ids`` and the new tokens, not the prompt, as in PEFT; without either, the
-    backbone's own default. Rewrites ``kwargs`` to ask the backbone for exactly that many."""
+    """How many tokens ``generate`` makes, with ``max_length`` (a keyword, a ``generation_config``'s or
+    the backbone's) counting ``input_ids`` and the new tokens, not the prompt, as in PEFT; where no
+    length is set, transformers' default. Rewrites ``kwargs`` to ask the backbone for exactly that many."""
     given = kwargs.get("generation_config")
     config = given if given is not None else backbone.generation_config
     if kwargs.get("max_new_tokens") is not None:
@@ -30,10 +33,10 @@ def new_token_count(backbone: nn.Module, input_ids: torch.Tensor, kwargs: dict) 
         count, source = kwargs.pop("max_length") - input_ids.shape[1], "max_length"
     elif config.max_new_tokens is not None:
         count, source = config.max_new_tokens, None
-    elif given is not None:
+    elif config.max_length is not None:
         count, source = config.max_length - input_ids.shape[1], "generation_config.max_length"
-    else:  # the backbone's default: with inputs_embeds, transformers makes max_length new tokens
-        count, source = config.max_length, None
+    else:
+        count, source = TRANSFORMERS_NEW_TOKENS, None
     if source is not None and count < 1:
         raise ValueError(f"{source}: counts input_ids ({input_ids.shape[1]} tokens) and the new tokens, so it "
                          f"leaves none at {count + input_ids.shape[1]}; give a larger one or max_new_tokens")
@@ -59,7 +62,8 @@ def updated_generated_tokens(embedding: nn.Module, encoders: Sequence[EPTPromptE
         return
     attended = ((attention_mask != 0).sum(1) if attention_mask is not None
                 else torch.full((input_ids.shape[0],), input_ids.shape[1], device=input_ids.device))
-    covered = torch.tensor([encoder.config.max_length for encoder in encoders], device=input_ids.device)[adapter_ids]
+    covered = torch.tensor([encoder.config.max_length if encoder.config.r else torch.iinfo(torch.int64).max // 2
+                            for encoder in encoders], device=input_ids.device)[adapter_ids]  # r = 0: no limit
     over = (attended + new_tokens > covered).nonzero().flatten().tolist()
     if over:
         row = over[0]

@@ -14,7 +14,7 @@ LAYERS = [
     ("ops", ["ept_fast.reference", "ept_fast.functional"]),
     ("modules", ["ept_fast.config", "ept_fast.prompt_encoder", "ept_fast.heads", "ept_fast.budget",
                  "ept_fast.serialization", "ept_fast.hub", "ept_fast.interop", "ept_fast.offline", "ept_fast.tasks"]),
-    ("model", ["ept_fast.adapters", "ept_fast.model"]),
+    ("model", ["ept_fast.adapters", "ept_fast.generation", "ept_fast.model"]),
     ("training", ["ept_fast.optimizer", "ept_fast.trainer", "ept_fast.training"]),
     ("serve", ["ept_fast.server"]),
     ("cli", ["ept_fast.cli", "ept_fast.train"]),
