@@ -99,9 +99,15 @@ class EPTModel(AdapterLifecycle, nn.Module):
         return self.base_model.get_input_embeddings()
 
     def ept_prompt(self) -> torch.Tensor:
-        """P* (m, d) of the active adapter: the cached copy after ``merge_prompt()``, else computed now."""
-        merged = self._merged_prompts.get(self._active_adapter)
-        return merged if merged is not None else self.prompt_encoder()
+        """P* (m, d) of the active adapter (``_prompt_of``)."""
+        return self._prompt_of(self._active_adapter)
+
+    def _prompt_of(self, name: str) -> torch.Tensor:
+        """P* (m, d) of adapter ``name``: the copy ``merge_prompt()`` cached, else computed now; always
+        computed while training with gradients on (the cached copy is detached: the prompt
+        generator would not train)."""
+        merged = None if self.training and torch.is_grad_enabled() else self._merged_prompts.get(name)
+        return merged if merged is not None else self.prompt_encoders[name]()
 
     def assemble_inputs(
         self, input_ids: torch.Tensor, attention_mask: Optional[torch.Tensor] = None
@@ -142,8 +148,7 @@ class EPTModel(AdapterLifecycle, nn.Module):
                                                      prompt_out=self.ept_prompt())
             return assembled, self._routed(assembled, input_ids, attention_mask, [self._active_adapter], None)
         used, adapter_ids = self._adapter_rows(input_ids, adapter_names)
-        prompts = [self._merged_prompts.get(name) for name in used]
-        prompts = [self.prompt_encoders[name]() if p is None else p for name, p in zip(used, prompts)]
+        prompts = [self._prompt_of(name) for name in used]
         assembled = assemble_mixed_inputs([self.prompt_encoders[name] for name in used], prompts, adapter_ids,
                                           input_ids, attention_mask, self.word_embeddings, self._padding_side)
         return assembled, self._routed(assembled, input_ids, attention_mask, used, adapter_ids)

@@ -163,6 +163,12 @@ def test_merged_prompt_gives_the_same_generation_and_is_dropped_for_training():
     assert torch.equal(model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=4), before)
     model.train()
     assert not model._merged_prompts
+    model.merge_prompt()  # merged while training: the cache is not read while gradients flow
+    _, _, labels = _batch("SEQ_2_SEQ_LM")
+    model(input_ids=ids, attention_mask=mask, labels=labels).loss.backward()
+    assert model.prompt_encoder.prompt.grad is not None and model.prompt_encoder.gate_weight.grad is not None
+    with torch.no_grad():
+        assert model._prompt_of("default") is model._merged_prompts["default"]
 
 
 @pytest.mark.parametrize("task", TASKS)
