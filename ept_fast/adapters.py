@@ -9,6 +9,7 @@ import copy
 import dataclasses
 import os
 import re
+import warnings
 from pathlib import Path
 from typing import Dict, Iterator, List, Optional, Tuple, Union
 
@@ -61,6 +62,18 @@ def position_limit(model: nn.Module) -> Optional[int]:
     padding_index = getattr(getattr(getattr(model, "base_model", None), "embeddings", None), "padding_idx", None)
     return limit - (padding_index + 1 if isinstance(padding_index, int) else 0)
 
+
+
+def saved_config(files: AdapterFiles) -> EPTConfig:
+    """The EPTConfig an adapter was saved with. ``modules_to_save`` on a model that is not a
+    classifier, which earlier versions accepted and ignored, is dropped with a warning."""
+    config = EPTConfig.from_dict(files.config)
+    if config.modules_to_save and config.task_type not in (None, TaskType.SEQ_CLS):
+        warnings.warn(f"modules_to_save: {config.modules_to_save} was saved with this {config.task_type.value} "
+                      f"adapter, but only a classifier's head trains with an adapter; nothing was trained or saved "
+                      f"for it, so it is dropped", stacklevel=3)
+        config = dataclasses.replace(config, modules_to_save=None)
+    return config
 
 class AdapterLifecycle:
     """The adapter registry of ``EPTModel`` (a mixin of it): ``peft_config[name]``,
@@ -131,7 +144,7 @@ class AdapterLifecycle:
         (not made active: see ``set_adapter``)."""
         folder = adapter_folder(model_id, revision=revision, subfolder=subfolder, token=token)
         files = read_adapter(folder)
-        self._create_adapter(adapter_name, EPTConfig.from_dict(files.config), None, initialize_prompt=False)
+        self._create_adapter(adapter_name, saved_config(files), None, initialize_prompt=False)
         try:
             self._load_files(adapter_name, files, str(model_id), is_trainable)
         except BaseException:
@@ -297,7 +310,7 @@ class AdapterLifecycle:
         repository id (with ``revision``, ``subfolder``, ``token``; the hub's cache serves it offline)."""
         files = read_adapter(adapter_folder(model_id, revision=revision, subfolder=subfolder, token=token))
         # The saved tensors replace the initial prompt, so none is built.
-        wrapper = cls(model, EPTConfig.from_dict(files.config), initialize_prompt=False, adapter_name=adapter_name)
+        wrapper = cls(model, saved_config(files), initialize_prompt=False, adapter_name=adapter_name)
         wrapper._load_files(adapter_name, files, str(model_id), is_trainable)
         wrapper.set_adapter(adapter_name)
         if not is_trainable:

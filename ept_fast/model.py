@@ -284,9 +284,10 @@ class EPTModel(AdapterLifecycle, nn.Module):
         layout.check_fits(self._position_limit, type(self.base_model).__name__)
         if self.task_type is TaskType.CAUSAL_LM:
             used, adapter_ids = self._adapter_rows(input_ids, adapter_names)
+            new_tokens, source = new_token_count(self.base_model, input_ids, kwargs)
             routed = together(routed, updated_generated_tokens(
                 self.base_model.get_input_embeddings(), [self.prompt_encoders[name] for name in used], adapter_ids,
-                attention_mask, input_ids, new_token_count(self.base_model, input_ids, kwargs)))
+                attention_mask, input_ids, new_tokens, source, kwargs))
         with routed:
             output = self.base_model.generate(inputs_embeds=embeds, attention_mask=mask, **kwargs)
         if self.task_type is TaskType.CAUSAL_LM:

@@ -68,6 +68,13 @@ def test_device_and_precision_flags_override_a_config_file_and_earlier_flags(tmp
         parse_train_args(["--device", "gpu"])
 
 
+def test_greater_is_better_false_is_refused_only_when_given():
+    with pytest.raises(ValueError, match=r"--greater_is_better: every metric a task reports here is higher-is-better"):
+        parse_train_args(["--greater_is_better", "false"])
+    # Trainer sets it false itself for a metric named *loss; the task's check names that metric when the run starts
+    assert parse_train_args(["--metric_for_best_model", "loss"]).metric_for_best_model == "loss"
+
+
 def test_adapter_options_are_eptconfig_fields_with_one_table_of_defaults():
     fields = {field.name for field in dataclasses.fields(EPTConfig)}
     assert set(ADAPTER_OPTIONS) <= fields

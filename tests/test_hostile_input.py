@@ -198,6 +198,17 @@ def test_sizes_whose_product_no_memory_holds_are_the_configs_error():
         get_ept_model(bert, EPTConfig(num_virtual_tokens=10**6, max_length=10**6, r=10**5, prompt_init="RANDOM"))
 
 
+def test_an_lm_adapter_saved_with_modules_to_save_loads_without_them(tmp_path):
+    from tiny_models import tiny_gpt2
+
+    get_ept_model(tiny_gpt2(), adapter_config("CAUSAL_LM")).save_pretrained(tmp_path)
+    config = json.loads((tmp_path / "adapter_config.json").read_text())
+    (tmp_path / "adapter_config.json").write_text(json.dumps({**config, "modules_to_save": ["lm_head"]}))
+    with pytest.warns(UserWarning, match=r"modules_to_save: \['lm_head'\] was saved with this CAUSAL_LM adapter"):
+        loaded = EPTModel.from_pretrained(tiny_gpt2(), tmp_path)
+    assert loaded.active_peft_config.modules_to_save is None
+
+
 def test_a_models_inputs_of_the_wrong_kind_are_named_before_the_adapters_are_read():
     from tiny_models import tiny_gpt2
 

@@ -79,7 +79,8 @@ def test_max_length_counts_input_ids_as_in_peft():
     with pytest.raises(ValueError, match=r"max_length: counts input_ids \(\d+ tokens\) and the new tokens, so it "
                                          r"leaves none"):
         model.generate(ids, attention_mask=mask, adapter_names=ROWS, max_length=ids.shape[1], pad_token_id=0)
-    with pytest.raises(ValueError, match=r"max_new_tokens: row 1 has 4 attended tokens, and 20 new ones"):
+    with pytest.raises(ValueError, match=r"transformers' default of 20 new tokens: row 1 has 4 attended "
+                                         r"tokens, and 20 new ones"):
         model.generate(ids, attention_mask=mask, adapter_names=ROWS, pad_token_id=0)  # transformers' default: 20
     for i, name in enumerate(ROWS):
         alone = _alone(model, name, i, lambda i: model.generate(ids[i:i + 1], attention_mask=mask[i:i + 1], **options))

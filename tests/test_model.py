@@ -153,6 +153,24 @@ def test_a_causal_lms_max_length_counts_input_ids_and_new_tokens_as_in_peft():
     assert config.max_length == 10  # the caller's config is left as it was
     with pytest.raises(ValueError, match=r"generation_config.max_length: counts input_ids \(7 tokens\)"):
         model.generate(input_ids=ids, attention_mask=mask, generation_config=GenerationConfig(max_length=7))
+    model.base_model.generation_config.max_new_tokens = 3  # a config without a length: the backbone's, as transformers
+    plain = GenerationConfig(do_sample=False, pad_token_id=0)
+    assert model.generate(input_ids=ids, attention_mask=mask, generation_config=plain).shape == (3, 10)
+    model.base_model.generation_config.max_new_tokens, model.base_model.generation_config.max_length = None, 30
+    with pytest.raises(ValueError, match=r"the backbone's generation_config.max_length: row 0 has 7 attended tokens, "
+                                         r"and 23 new ones would take it to 30 positions, past the n=16"):
+        model.generate(input_ids=ids, attention_mask=mask, pad_token_id=0)
+    with pytest.raises(ValueError, match=r"prompt_lookup_num_tokens: assisted decoding embeds candidate tokens"):
+        model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=3, prompt_lookup_num_tokens=2)
+
+
+def test_a_causal_lms_generated_tokens_get_the_update_in_the_assemblys_precision():
+    model = _moved(get_ept_model(tiny_gpt2(), _config("CAUSAL_LM", max_length=16))).double()
+    ids = _batch("CAUSAL_LM")[0]
+    out = model.generate(input_ids=ids, max_new_tokens=4, do_sample=False, pad_token_id=0, output_logits=True,
+                         return_dict_in_generate=True)
+    forward = model(input_ids=out.sequences).logits[:, -5:-1]
+    assert torch.equal(torch.stack(out.logits, dim=1), forward.float())  # generate gives float32 logits
 
 
 def test_merged_prompt_gives_the_same_generation_and_is_dropped_for_training():

@@ -258,6 +258,16 @@ def test_completions_with_the_openai_client(adapters, sst2_files, tmp_path):
         assert httpx.post(f"{url}/v1/classify", json={"model": "t5a", "input": "fine"}).status_code == 400
 
 
+def test_a_runtime_adapter_trained_to_generate_more_than_the_server_does_is_refused(adapters):
+    with server("--adapter", f"t5a={adapters / 't5a'}", "--max-new-tokens", "2", "--allow-runtime-adapters",
+                "--adapter-root", str(adapters)) as url:
+        refused = httpx.post(f"{url}/v1/load_adapter", json={"adapter_name": "b", "adapter_path": "t5b"}, timeout=60)
+        assert refused.status_code == 400
+        assert ("adapter_path: the adapter was trained to generate 3 tokens, more than this server generates (2); "
+                "start the server with --max-new-tokens 3 or more") in refused.json()["error"]["message"]
+        assert [m["id"] for m in httpx.get(f"{url}/v1/models").json()["data"]] == ["t5a"]
+
+
 def test_sigterm_answers_the_queue_before_exit(adapters, sst2_files):
     texts = _texts(sst2_files)
     with server("--adapter", f"a={adapters / 'a'}", "--max-wait-ms", "1500", "--max-batch-size", "64") as url:

@@ -115,6 +115,12 @@ class Served:
         check_served_together({**self.configs, name: config}, {**self.tasks, name: task}, self.args.model is not None,
                               "adapter_path")
         self.model.load_adapter(path, adapter_name=name)
+        trained = (self.model.adapter_task_metadata[name] or {}).get("max_new_tokens") or 0
+        if self.task_type is not TaskType.SEQ_CLS and trained > self.args.max_new_tokens:
+            self.model.delete_adapter(name)
+            raise ValueError(f"adapter_path: the adapter was trained to generate {trained} tokens, more than this "
+                             f"server generates ({self.args.max_new_tokens}); start the server with "
+                             f"--max-new-tokens {trained} or more")
         self.model.to(self.device)
         merge(self.model, name)
         self.configs[name], self.tasks[name] = config, task
@@ -261,7 +267,8 @@ def create_app(served: Served):
     async def completions(request: CompletionRequest):
         name = adapter(request.model, (TaskType.SEQ_2_SEQ_LM, TaskType.CAUSAL_LM))
         if request.max_tokens is not None and not 1 <= request.max_tokens <= args.max_new_tokens:
-            raise ApiError(400, f"max_tokens: expected 1 to {args.max_new_tokens} (the server's --max-new-tokens), "
+            raise ApiError(400, f"max_tokens: expected 1 to {args.max_new_tokens} (the server's generation length: "
+                                f"--max-new-tokens, else the most its adapters were trained to generate), "
                                 f"got {request.max_tokens}")
         prompts = [request.prompt] if isinstance(request.prompt, str) else request.prompt
         rows, prompt_tokens, _ = rows_of(name, prompts, request.truncate)

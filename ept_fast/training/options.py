@@ -269,6 +269,9 @@ class EPTTrainingArguments(TrainingArguments):
         # Trainer's own check of --load_best_model_at_end ties --save_steps to --eval_steps; the best
         # checkpoint is saved at every new best here instead (engine.ValidateAndKeepBest), so the check
         # is left out and the choice put back after it.
+        if self.greater_is_better is False:  # before Trainer's own check sets it for a metric named *loss
+            raise ValueError("--greater_is_better: every metric a task reports here is higher-is-better, so false "
+                             "would keep the worst checkpoint; leave it out")
         keep_best, self.load_best_model_at_end = self.load_best_model_at_end, False
         super().__post_init__()
         self.load_best_model_at_end = keep_best is not False
@@ -284,9 +287,6 @@ class EPTTrainingArguments(TrainingArguments):
             raise ValueError("--neftune_noise_alpha: NEFTune adds its noise in a hook on the backbone's embedding "
                              "layer, which ept-fast's input assembly reads directly, so no noise would be added; "
                              "leave it out")
-        if self.greater_is_better is False:
-            raise ValueError("--greater_is_better: every metric a task reports here is higher-is-better, so false "
-                             "would keep the worst checkpoint; leave it out")
 
 
 @dataclasses.dataclass

@@ -35,7 +35,7 @@ RUN_DEFINING = frozenset(
      "lr_scheduler_type", "lr_scheduler_kwargs", "optim", "optim_args", "adam_beta1", "adam_beta2", "adam_epsilon",
      "param_budget", "head_init", "head_only_steps", "backbone_dropout", "metric_for_best_model", "eval_strategy",
      "eval_steps", "early_stopping_patience", "load_best_model_at_end", "bf16", "fp16", "label_smoothing_factor",
-     "dataloader_drop_last", "neftune_noise_alpha", "train_sampling_strategy", "optim_target_modules"])
+     "dataloader_drop_last", "train_sampling_strategy", "optim_target_modules"])
 logger = logging.getLogger(__name__)
 
 
