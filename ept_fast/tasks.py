@@ -309,6 +309,9 @@ def _read_rows(path: Path) -> List[dict]:
         csv.field_size_limit(min(sys.maxsize, 2**31 - 1))  # a long article is one field; the default stops at 128 KB
         with path.open(encoding="utf-8-sig", newline="") as handle:  # -sig: spreadsheet exports start with a BOM
             reader = csv.DictReader(handle, delimiter="\t" if path.suffix.lower() == ".tsv" else ",")
+            repeated = sorted({name for name in reader.fieldnames or [] if reader.fieldnames.count(name) > 1})
+            if repeated:  # DictReader would keep the last column of each name
+                raise ValueError(f"{path}: the header names {repeated} more than once; give each column its own name")
             rows = []
             for row in reader:
                 if None in row or None in row.values():

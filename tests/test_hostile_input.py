@@ -198,6 +198,13 @@ def test_sizes_whose_product_no_memory_holds_are_the_configs_error():
         get_ept_model(bert, EPTConfig(num_virtual_tokens=10**6, max_length=10**6, r=10**5, prompt_init="RANDOM"))
 
 
+def test_a_csv_header_that_names_a_column_twice_is_refused(tmp_path):
+    data = tmp_path / "dup.csv"
+    data.write_text("text,label,text\nhello world,pos,IGNORED\n")
+    with pytest.raises(ValueError, match=r"dup.csv: the header names \['text'\] more than once; give each column"):
+        read_rows(data)
+
+
 def test_an_lm_adapter_saved_with_modules_to_save_loads_without_them(tmp_path):
     from tiny_models import tiny_gpt2
 

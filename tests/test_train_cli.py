@@ -613,6 +613,33 @@ def test_predict_serves_two_adapters_in_mixed_batches(two_adapters, sst2_files, 
                 assert abs(p["score"] - float(alone[p["row"] - 1]["score"])) < 1e-5
 
 
+def test_eval_replaces_no_results_unasked(two_adapters, sst2_files, tmp_path, capsys):
+    reports = tmp_path / "reports"
+    reports.mkdir()
+    (reports / "metrics.json").write_text('{"my": "results"}')
+    scored = ["eval", "--adapter", str(two_adapters / "sst2"), "--validation-file", sst2_files[1], "--test-file",
+              sst2_files[2], "--output-dir", str(reports), "--device", "cpu"]
+    assert cli_main(scored) == 2
+    assert f"--output_dir: {reports} holds metrics.json already" in capsys.readouterr().err
+    assert (reports / "metrics.json").read_text() == '{"my": "results"}'
+    assert cli_main([*scored, "--overwrite"]) == 0 and "test" in json.loads((reports / "metrics.json").read_text())
+
+
+def test_predict_replaces_no_file_unasked_and_never_its_input(two_adapters, sst2_files, tmp_path, capsys):
+    requests = _requests(sst2_files, tmp_path / "requests.jsonl", ["sst2"] * 4)
+    before = requests.read_text()
+    served = ["--adapter", f"sst2={two_adapters / 'sst2'}", "--input-file", str(requests), "--device", "cpu"]
+    assert cli_main(["predict", *served, "--output-file", str(requests), "--overwrite"]) == 2
+    assert "--output-file: " in capsys.readouterr().err and requests.read_text() == before
+    assert cli_main(["predict", *served]) == 0  # the default: requests.jsonl.predictions.jsonl
+    default = tmp_path / "requests.jsonl.predictions.jsonl"
+    default.write_text("mine\n")
+    assert cli_main(["predict", *served]) == 2
+    assert f"--output-file: {default} exists; pass --overwrite to replace it" in capsys.readouterr().err
+    assert default.read_text() == "mine\n"
+    assert cli_main(["predict", *served, "--overwrite"]) == 0 and default.read_text() != "mine\n"
+
+
 def test_predict_errors_are_clear(two_adapters, sst2_files, tiny_models, tmp_path, capsys):
     served = ["--adapter", f"sst2={two_adapters / 'sst2'}", "--adapter", f"custom={two_adapters / 'custom'}"]
     unknown = _requests(sst2_files, tmp_path / "unknown.jsonl", ["sst2", "nope"])
@@ -640,16 +667,16 @@ def test_predict_errors_are_clear(two_adapters, sst2_files, tiny_models, tmp_pat
     empty.write_text("")
     assert cli_main(["predict", *served, "--input-file", str(empty), "--device", "cpu"]) == 2
     assert f"--input-file: {empty} has no rows to predict" in capsys.readouterr().err
-    assert cli_main(["predict", *served, "--task-type", "CAUSAL_LM", "--input-file", str(plain), "--device",
-                     "cpu"]) == 2
+    assert cli_main(["predict", *served, "--task-type", "CAUSAL_LM", "--input-file", str(plain), "--overwrite",
+                     "--device", "cpu"]) == 2
     assert "--task_type: the adapters were trained as SEQ_CLS, got CAUSAL_LM" in capsys.readouterr().err
     (tmp_path / "eval").symlink_to(two_adapters / "sst2")
-    assert cli_main(["predict", "--adapter", str(tmp_path / "eval"), "--input-file", str(plain), "--device",
-                     "cpu"]) == 2
+    assert cli_main(["predict", "--adapter", str(tmp_path / "eval"), "--input-file", str(plain), "--overwrite",
+                     "--device", "cpu"]) == 2
     assert f"--adapter {tmp_path / 'eval'}: expected letters, digits, '_' or '-' (and not an attribute of " \
         "nn.ModuleDict), got 'eval'; name it with NAME=PATH" in capsys.readouterr().err
     assert cli_main(["predict", "--adapter", f"sst2={two_adapters / 'sst2'}", "--model", str(tmp_path / "nowhere"),
-                     "--input-file", str(plain), "--device", "cpu"]) == 2
+                     "--input-file", str(plain), "--overwrite", "--device", "cpu"]) == 2
     assert f"--model: cannot load a backbone from '{tmp_path / 'nowhere'}'" in capsys.readouterr().err
     wider = tmp_path / "wide"
     from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification
@@ -1014,6 +1041,9 @@ def test_hostile_rerun_cases_of_the_engine(tiny_models, sst2_files, tmp_path, ca
     (mine / "checkpoint-7" / "keep.txt").write_text("mine")  # named like a checkpoint, written by the user
     assert main(_args(tiny_models, sst2_files, mine, "--task", "sst2", "--overwrite")) == 0
     assert (mine / "checkpoint-7" / "keep.txt").read_text() == "mine"
+    assert main(_args(tiny_models, sst2_files, mine, "--task", "sst2", "--overwrite", "--save_total_limit", "1")) == 2
+    assert ("--save_total_limit: Trainer would delete the oldest checkpoint-N folders of" in capsys.readouterr().err
+            and (mine / "checkpoint-7" / "keep.txt").read_text() == "mine")
     assert cli_main(["eval", "--adapter", str(mine), "--output-dir", str(mine), "--validation-file", sst2_files[1],
                      "--test-file", sst2_files[2]]) == 2
     assert f"--output_dir: {mine} holds a training run" in capsys.readouterr().err

@@ -36,6 +36,7 @@ from .output import (
     check_head_only_clipping,
     check_no_default_since,
     check_same_options,
+    foreign_checkpoint_folders,
     hold_output_dir,
     is_complete,
     read_options,
@@ -269,6 +270,11 @@ def _train(args: TrainArguments, out: Path, stop_after_steps: Optional[int]) -> 
         args.warmup_steps = steps - 1
     if args.early_stopping_patience is not None and args.eval_strategy == "no":
         raise ValueError("--early_stopping_patience: stops on validation, but --eval_strategy is 'no'")
+    foreign = foreign_checkpoint_folders(out) if args.save_total_limit else []
+    if foreign:  # Trainer's rotation deletes every checkpoint-N folder, whoever wrote it
+        raise ValueError(f"--save_total_limit: Trainer would delete the oldest checkpoint-N folders of {out}, and "
+                         f"{[folder.name for folder in foreign]} there were not written by a run; move them, or leave "
+                         f"--save_total_limit out")
     if args.overwrite and checkpoint is None and main_process(args):  # the run is set up: the old one goes
         remove_checkpoints(out)
     lr, lr_lowrank = args.learning_rates()

@@ -23,6 +23,10 @@ def score_adapter(args: EvalArguments) -> dict:
     if (out / "trainer_state.json").is_file():
         raise FileExistsError(f"--output_dir: {out} holds a training run, whose metrics.json and all_results.json "
                               f"eval would replace; choose another folder (the default is <adapter>/eval)")
+    written = [name for name in ("metrics.json", "all_results.json") if (out / name).is_file()]
+    if written and not args.overwrite:
+        raise FileExistsError(f"--output_dir: {out} holds {' and '.join(written)} already (an earlier eval, or "
+                              f"another run's); pass --overwrite to replace them, or choose another folder")
     check_writable(out, "--output_dir")
     saved_task = task_from_metadata(files.task)
     task = get_task(args.task) if args.task else saved_task

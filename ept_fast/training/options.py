@@ -387,6 +387,7 @@ class EvalArguments(ModelArguments, InferenceArguments, DataArguments):
     adapter: Optional[str] = option(help="the adapter folder to score (an --output_dir of ept-fast train, or one "
                                          "of its checkpoint-N folders)")
     output_dir: Optional[str] = option(help="where metrics.json and all_results.json go (default: <adapter>/eval)")
+    overwrite: bool = option(False, "replace the metrics.json and all_results.json already in --output_dir")
 
     def __post_init__(self):
         super().__post_init__()

@@ -159,11 +159,17 @@ def remove_partial_checkpoint(out: Path, step: int) -> Optional[Path]:
     return complete[-1] if complete else None
 
 
+def foreign_checkpoint_folders(out: Path) -> List[Path]:
+    """The folders in ``out`` named like checkpoints that neither Trainer nor ept-fast wrote."""
+    return [folder for folder in checkpoints(out) if not any((folder / name).is_file() for name in _CHECKPOINT_FILES)]
+
+
 def remove_checkpoints(out: Path) -> None:
     """--overwrite: the replaced run's checkpoints go, so that a later resume cannot take one (a
     folder named like one that neither Trainer nor ept-fast wrote stays)."""
+    foreign = foreign_checkpoint_folders(out)
     for folder in checkpoints(out):
-        if any((folder / name).is_file() for name in _CHECKPOINT_FILES):
+        if folder not in foreign:
             shutil.rmtree(folder)
 
 

@@ -54,6 +54,7 @@ class PredictArguments(ServedAdapters, ModelArguments, InferenceArguments):
     adapter_column: str = option("adapter", "the column naming each row's adapter (not needed with one --adapter)")
     output_file: Optional[str] = option(help="where the predictions go, .jsonl or .csv (default: the input file's "
                                              "name + .predictions.jsonl)")
+    overwrite: bool = option(False, "replace --output-file if it exists")
 
     def __post_init__(self):
         super().__post_init__()
@@ -61,6 +62,17 @@ class PredictArguments(ServedAdapters, ModelArguments, InferenceArguments):
             raise ValueError("--input-file: expected a CSV or JSON-lines file of inputs, got none")
         if self.output_file and Path(self.output_file).suffix.lower() not in (".jsonl", ".csv"):
             raise ValueError(f"--output-file: expected a .jsonl or .csv file, got {self.output_file!r}")
+        out = self.output_path()
+        if out.resolve() == Path(self.input_file).resolve():
+            raise ValueError(f"--output-file: {out} is the input file, which the predictions would replace; choose "
+                             f"another file")
+        if out.exists() and not self.overwrite:
+            raise FileExistsError(f"--output-file: {out} exists; pass --overwrite to replace it, or choose another "
+                                  f"file")
+
+    def output_path(self) -> Path:
+        """--output-file, else the input file's name + .predictions.jsonl."""
+        return Path(self.output_file or f"{self.input_file}.predictions.jsonl")
 
 
 def named_adapters(items: List[str]) -> Dict[str, Path]:
@@ -146,7 +158,7 @@ def merge(model: EPTModel, name: str) -> None:
 
 def predict_file(args: PredictArguments) -> dict:
     """Run ``ept-fast predict``; returns the throughput summary it prints."""
-    out = Path(args.output_file or f"{args.input_file}.predictions.jsonl")
+    out = args.output_path()
     check_writable(out.parent, "--output-file")
     model, tokenizer, tasks, _ = load_served_model(args)
     args = dataclasses.replace(args, max_new_tokens=args.generation_length(model.adapter_task_metadata.values()))
