@@ -118,7 +118,7 @@ def custom_task(rows: List[dict], label_column: str, text_columns: Sequence[str]
     if not labels:
         raise ValueError(f"{source}: no rows")
     if label_names:
-        names = tuple(str(name) for name in label_names)
+        names = tuple(str(name).strip() for name in label_names)
         if len(set(names)) != len(names):
             raise ValueError(f"--label_names: expected distinct names, got {list(names)}")
         if len(names) < 2:
@@ -135,9 +135,14 @@ def custom_task(rows: List[dict], label_column: str, text_columns: Sequence[str]
                              f"as names")
         names, num_labels = None, max(ids) + 1
     elif all(_is_number(label) for label in labels):
+        decimal = next((number for number, label in enumerate(labels, start=1) if not _is_integer(label)), None)
+        if all(float(label).is_integer() for label in labels) and metric not in REGRESSION_METRICS:
+            raise ValueError(f"{source}: the labels are whole numbers, but row {decimal} writes "
+                             f"{labels[decimal - 1]!r}; write class ids as integers (0, 1, …), or pass "
+                             f"--metric-for-best-model pearson to train a regression on them")
         names, num_labels = None, 1
     else:
-        names = tuple(sorted({str(label) for label in labels}))
+        names = tuple(sorted({str(label).strip() for label in labels}))
         num_labels = len(names)
         if num_labels == 1:
             raise ValueError(f"{source}: every label is {names[0]!r}; a classifier needs at least two classes")
@@ -181,6 +186,9 @@ def format_input(task: Task, row: dict) -> Example:
     empty = [c for c in task.fields if row[c] is None]
     if empty:
         raise ValueError(f"columns {empty} are null, not text")
+    blank = [c for c in task.fields if not str(row[c]).strip()]
+    if blank:
+        raise ValueError(f"columns {blank} are empty, no text to read")
     values = [str(row[c]) for c in task.fields]
     return {
         "text": values[0],
@@ -212,10 +220,14 @@ def _group(row: dict, column: str) -> str:
 
 def label_id(task: Task, value, label_column: str = "label") -> int:
     """A class label given as its id or as its name (``task.label_names``) -> its id."""
-    if task.label_names and str(value) in task.label_names:
-        return task.label_names.index(str(value))
-    if _is_integer(value) and 0 <= int(value) < task.num_labels:
+    if task.label_names and str(value).strip() in task.label_names:
+        return task.label_names.index(str(value).strip())
+    numbered = task.label_names and any(_is_integer(name) for name in task.label_names)  # "1" is a name, not an id
+    if _is_integer(value) and 0 <= int(value) < task.num_labels and not numbered:
         return int(value)
+    if numbered:
+        raise ValueError(f"{label_column}: expected one of the names {list(task.label_names)} (numbers here are "
+                         f"names, not ids), got {value!r}")
     names = f" or one of the names {list(task.label_names)}" if task.label_names else ""
     raise ValueError(f"{label_column}: expected a label id in [0, {task.num_labels}){names}, got {value!r}")
 

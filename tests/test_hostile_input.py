@@ -198,6 +198,25 @@ def test_sizes_whose_product_no_memory_holds_are_the_configs_error():
         get_ept_model(bert, EPTConfig(num_virtual_tokens=10**6, max_length=10**6, r=10**5, prompt_init="RANDOM"))
 
 
+def test_labels_and_texts_read_as_the_user_means_or_refused():
+    rows = [{"text": "a", "label": "0"}, {"text": "b", "label": "1"}, {"text": "c", "label": "1.0"}]
+    with pytest.raises(ValueError, match=r"train.csv: the labels are whole numbers, but row 3 writes '1.0'; write "
+                                         r"class ids as integers"):
+        custom_task(rows, "label", ["text"], "train.csv")
+    assert custom_task(rows, "label", ["text"], "train.csv", metric="pearson").is_regression
+    spaced = custom_task([{"text": "a", "label": "pos"}, {"text": "b", "label": "neg "}], "label", ["text"], "f.csv")
+    assert spaced.label_names == ("neg", "pos")
+    assert format_rows(spaced, [{"text": "c", "label": "neg  "}], "v.csv")[0]["label"] == 0
+    with pytest.raises(ValueError, match=r"v.csv, row 1: columns \['text'\] are empty, no text to read"):
+        format_rows(spaced, [{"text": "   ", "label": "pos"}], "v.csv")
+    stars = custom_task([{"text": "a", "label": "1"}, {"text": "b", "label": "3"}], "label", ["text"], "f.csv",
+                        label_names=["1", "2", "3"])
+    assert format_rows(stars, [{"text": "c", "label": "1"}], "v.csv")[0]["label"] == 0  # the name "1"
+    with pytest.raises(ValueError, match=r"label: expected one of the names \['1', '2', '3'\] \(numbers here are "
+                                         r"names, not ids\), got '0'"):
+        format_rows(stars, [{"text": "c", "label": "0"}], "v.csv")  # was read as the id of class "1"
+
+
 def test_a_csv_header_that_names_a_column_twice_is_refused(tmp_path):
     data = tmp_path / "dup.csv"
     data.write_text("text,label,text\nhello world,pos,IGNORED\n")
