@@ -63,7 +63,6 @@ def position_limit(model: nn.Module) -> Optional[int]:
     return limit - (padding_index + 1 if isinstance(padding_index, int) else 0)
 
 
-
 def saved_config(files: AdapterFiles) -> EPTConfig:
     """The EPTConfig an adapter was saved with. ``modules_to_save`` on a model that is not a
     classifier, which earlier versions accepted and ignored, is dropped with a warning."""
@@ -74,6 +73,7 @@ def saved_config(files: AdapterFiles) -> EPTConfig:
                       f"for it, so it is dropped", stacklevel=3)
         config = dataclasses.replace(config, modules_to_save=None)
     return config
+
 
 class AdapterLifecycle:
     """The adapter registry of ``EPTModel`` (a mixin of it): ``peft_config[name]``,

@@ -56,11 +56,12 @@ def new_token_count(backbone: nn.Module, input_ids: torch.Tensor, kwargs: dict) 
 
 
 @contextlib.contextmanager
-def updated_generated_tokens(embedding: nn.Module, encoders: Sequence[EPTPromptEncoder], adapter_ids: torch.Tensor,
-                             attention_mask: Optional[torch.Tensor], input_ids: torch.Tensor, new_tokens: int,
-                             source: str, kwargs: dict) -> Iterator[None]:
+def updated_generated_tokens(embedding: nn.Module, encoders: Sequence[EPTPromptEncoder],
+                             adapter_ids: Optional[torch.Tensor], attention_mask: Optional[torch.Tensor],
+                             input_ids: torch.Tensor, new_tokens: int, source: str, kwargs: dict) -> Iterator[None]:
     """Within the block, each token that the backbone embeds (those it generates) gets the row of
-    L of its position: row i's adapter is ``encoders[adapter_ids[i]]``, and its j-th new token is
+    L of its position: row i's adapter is ``encoders[adapter_ids[i]]`` (``encoders[0]`` for every row
+    when ``adapter_ids`` is None), and its j-th new token is
     its (attended + j)-th attended token. A row whose input and ``new_tokens`` (from ``source``)
     would pass the n positions its adapter's update covers is an error, as in the assembly; so is
     assisted decoding (in ``kwargs``), which embeds candidate tokens it may drop."""
@@ -71,6 +72,8 @@ def updated_generated_tokens(embedding: nn.Module, encoders: Sequence[EPTPromptE
     if assisted:
         raise ValueError(f"{assisted[0]}: assisted decoding embeds candidate tokens and may drop them, so the "
                          f"low-rank update of each generated token's position cannot follow it; leave it out")
+    if adapter_ids is None:
+        adapter_ids = torch.zeros(input_ids.shape[0], dtype=torch.long, device=input_ids.device)
     attended = ((attention_mask != 0).sum(1) if attention_mask is not None
                 else torch.full((input_ids.shape[0],), input_ids.shape[1], device=input_ids.device))
     covered = torch.tensor([encoder.config.max_length for encoder in encoders], device=input_ids.device)[adapter_ids]
@@ -83,6 +86,7 @@ def updated_generated_tokens(embedding: nn.Module, encoders: Sequence[EPTPromptE
                          f"n={int(covered[row])} that its adapter's low-rank update covers; generate at most "
                          f"{int(covered[row] - attended[row])} tokens, or train with a larger max_length")
     generated = [0]
+    dtype = torch.promote_types(torch.promote_types(embedding.weight.dtype, encoders[0].lora_a.dtype), torch.float32)
 
     def add_update(module, args, output):
         rows, steps = output.shape[:2]
@@ -90,7 +94,6 @@ def updated_generated_tokens(embedding: nn.Module, encoders: Sequence[EPTPromptE
         row_adapters, starts = adapter_ids.repeat_interleave(repeats), attended.repeat_interleave(repeats)
         positions = starts[:, None] + generated[0] + torch.arange(steps, device=output.device)  # (rows, steps)
         generated[0] += steps
-        dtype = torch.promote_types(torch.promote_types(output.dtype, encoders[0].lora_a.dtype), torch.float32)
         update = torch.zeros(output.shape, dtype=dtype, device=output.device)  # E + L summed as the assembly does
         for index, encoder in enumerate(encoders):
             chosen = row_adapters == index

@@ -139,25 +139,24 @@ class EPTModel(AdapterLifecycle, nn.Module):
             logger.warning("position_ids: ignored, as PEFT does for prompt tuning (the prompt shifts every position)")
 
     # ----------------------------------------------------------------- forward
-    def _prompted(self, input_ids, attention_mask, adapter_names: Optional[Sequence[str]]):
+    def _prompted(self, input_ids, attention_mask, used: Sequence[str], adapter_ids: Optional[torch.Tensor]):
         """The assembled input (``inputs_embeds``, ``attention_mask``, ``layout``) for the active
-        adapter or, with ``adapter_names``, one adapter per row; and the context in which the
-        backbone runs with each row's head and readout."""
-        if adapter_names is None:
+        adapter (``adapter_ids`` None) or one adapter per row (``_adapter_rows``); and the context in
+        which the backbone runs with each row's head and readout."""
+        if adapter_ids is None:
             assembled = self.prompt_encoder.assemble(input_ids, attention_mask, self.word_embeddings,
                                                      prompt_out=self.ept_prompt())
-            return assembled, self._routed(assembled, input_ids, attention_mask, [self._active_adapter], None)
-        used, adapter_ids = self._adapter_rows(input_ids, adapter_names)
+            return assembled, self._routed(assembled, input_ids, attention_mask, used, None)
         prompts = [self._prompt_of(name) for name in used]
         assembled = assemble_mixed_inputs([self.prompt_encoders[name] for name in used], prompts, adapter_ids,
                                           input_ids, attention_mask, self.word_embeddings, self._padding_side)
         return assembled, self._routed(assembled, input_ids, attention_mask, used, adapter_ids)
 
-    def _adapter_rows(self, input_ids: torch.Tensor, adapter_names) -> Tuple[List[str], torch.Tensor]:
+    def _adapter_rows(self, input_ids: torch.Tensor, adapter_names) -> Tuple[List[str], Optional[torch.Tensor]]:
         """The adapters ``adapter_names`` uses, each once, and the index among them of each row's
-        adapter (b,); the active adapter for every row when ``adapter_names`` is None."""
+        adapter (b,); the active adapter alone, and None, when ``adapter_names`` is None."""
         if adapter_names is None:
-            return [self._active_adapter], torch.zeros(input_ids.shape[0], dtype=torch.long, device=input_ids.device)
+            return [self._active_adapter], None
         if not isinstance(adapter_names, (str, list, tuple)):
             raise ValueError(f"adapter_names: expected one adapter name (a str) per row, as a list, got "
                              f"{type(adapter_names).__name__}")
@@ -249,7 +248,8 @@ class EPTModel(AdapterLifecycle, nn.Module):
         if self.task_type is TaskType.CAUSAL_LM and labels is not None and labels.shape != input_ids.shape:
             raise ValueError(f"labels: a causal LM's labels are its input_ids' tokens, expected their shape "
                              f"{tuple(input_ids.shape)}, got {tuple(labels.shape)}")
-        (embeds, mask, layout), routed = self._prompted(input_ids, attention_mask, adapter_names)
+        used, adapter_ids = self._adapter_rows(input_ids, adapter_names)
+        (embeds, mask, layout), routed = self._prompted(input_ids, attention_mask, used, adapter_ids)
         layout.check_fits(self._position_limit, type(self.base_model).__name__)
         if self.task_type is TaskType.CAUSAL_LM and labels is not None:
             kwargs["labels"] = layout.place(labels, -100)
@@ -280,10 +280,10 @@ class EPTModel(AdapterLifecycle, nn.Module):
         if kwargs.pop("encoder_outputs", None) is not None:
             logger.warning("encoder_outputs: ignored; the encoder runs on the prompted input")
         attention_mask = kwargs.pop("attention_mask", None)
-        (embeds, mask, layout), routed = self._prompted(input_ids, attention_mask, adapter_names)
+        used, adapter_ids = self._adapter_rows(input_ids, adapter_names)
+        (embeds, mask, layout), routed = self._prompted(input_ids, attention_mask, used, adapter_ids)
         layout.check_fits(self._position_limit, type(self.base_model).__name__)
         if self.task_type is TaskType.CAUSAL_LM:
-            used, adapter_ids = self._adapter_rows(input_ids, adapter_names)
             new_tokens, source = new_token_count(self.base_model, input_ids, kwargs)
             routed = together(routed, updated_generated_tokens(
                 self.base_model.get_input_embeddings(), [self.prompt_encoders[name] for name in used], adapter_ids,

@@ -16,9 +16,16 @@ from ..adapters import check_adapter_name
 from ..config import TaskType
 from ..tasks import Task, format_input
 from ..training.data import Collator
-from ..training.options import MachineArguments, ModelArguments, option
+from ..training.options import MachineArguments, ModelArguments, option, trained_generation_length
 from ..training.prediction import adapter_collator, predict_rows
-from ..training.serving import ServedAdapters, check_served_together, load_served_model, merge, read_served
+from ..training.serving import (
+    ServedAdapters,
+    check_served_together,
+    load_served_model,
+    merge,
+    read_served,
+    with_generation_length,
+)
 from .batcher import DynamicBatcher
 from .metrics import ServerMetrics
 
@@ -72,8 +79,7 @@ class Served:
     def __init__(self, args: ServeArguments):
         self.device = args.run_device()
         self.model, self.tokenizer, self.tasks, self.configs = load_served_model(args)
-        self.args = dataclasses.replace(
-            args, max_new_tokens=args.generation_length(self.model.adapter_task_metadata.values()))
+        self.args = with_generation_length(args, self.model)
         self.model.to(self.device).eval()
         self.accepting = set(self.tasks)
         self.started = int(time.time())
@@ -115,7 +121,7 @@ class Served:
         check_served_together({**self.configs, name: config}, {**self.tasks, name: task}, self.args.model is not None,
                               "adapter_path")
         self.model.load_adapter(path, adapter_name=name)
-        trained = (self.model.adapter_task_metadata[name] or {}).get("max_new_tokens") or 0
+        trained = trained_generation_length(self.model.adapter_task_metadata[name]) or 0
         if self.task_type is not TaskType.SEQ_CLS and trained > self.args.max_new_tokens:
             self.model.delete_adapter(name)
             raise ValueError(f"adapter_path: the adapter was trained to generate {trained} tokens, more than this "

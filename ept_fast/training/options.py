@@ -93,8 +93,14 @@ class ModelArguments:
         were trained with, else ``GENERATION_LENGTH``."""
         if self.max_new_tokens is not None:
             return self.max_new_tokens
-        trained = [metadata.get("max_new_tokens") for metadata in task_metadata if metadata]
+        trained = [trained_generation_length(metadata) for metadata in task_metadata]
         return max((n for n in trained if n is not None), default=GENERATION_LENGTH)
+
+
+def trained_generation_length(task_metadata: Optional[dict]) -> Optional[int]:
+    """The tokens per answer an adapter was trained to generate, from its saved task metadata
+    (None where it recorded none: adapters saved before it was recorded)."""
+    return (task_metadata or {}).get("max_new_tokens")
 
 
 @dataclasses.dataclass

@@ -159,17 +159,21 @@ def remove_partial_checkpoint(out: Path, step: int) -> Optional[Path]:
     return complete[-1] if complete else None
 
 
+def _written_by_a_run(folder: Path) -> bool:
+    """Whether Trainer or ept-fast wrote (some of) the checkpoint folder ``folder``."""
+    return any((folder / name).is_file() for name in _CHECKPOINT_FILES)
+
+
 def foreign_checkpoint_folders(out: Path) -> List[Path]:
     """The folders in ``out`` named like checkpoints that neither Trainer nor ept-fast wrote."""
-    return [folder for folder in checkpoints(out) if not any((folder / name).is_file() for name in _CHECKPOINT_FILES)]
+    return [folder for folder in checkpoints(out) if not _written_by_a_run(folder)]
 
 
 def remove_checkpoints(out: Path) -> None:
     """--overwrite: the replaced run's checkpoints go, so that a later resume cannot take one (a
     folder named like one that neither Trainer nor ept-fast wrote stays)."""
-    foreign = foreign_checkpoint_folders(out)
     for folder in checkpoints(out):
-        if folder not in foreign:
+        if _written_by_a_run(folder):
             shutil.rmtree(folder)
 
 

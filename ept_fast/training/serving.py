@@ -148,6 +148,12 @@ def load_served_model(args) -> Tuple[EPTModel, object, Dict[str, Task], Dict[str
     return model, tokenizer, tasks, configs
 
 
+def with_generation_length(args, model: EPTModel):
+    """``args`` (predict's or serve's) with --max-new-tokens resolved for the adapters loaded on
+    ``model`` (``ModelArguments.generation_length``)."""
+    return dataclasses.replace(args, max_new_tokens=args.generation_length(model.adapter_task_metadata.values()))
+
+
 def merge(model: EPTModel, name: str) -> None:
     """Compute adapter ``name``'s P* once (the active adapter is left as it was)."""
     active = model.active_adapter
@@ -161,7 +167,7 @@ def predict_file(args: PredictArguments) -> dict:
     out = args.output_path()
     check_writable(out.parent, "--output-file")
     model, tokenizer, tasks, _ = load_served_model(args)
-    args = dataclasses.replace(args, max_new_tokens=args.generation_length(model.adapter_task_metadata.values()))
+    args = with_generation_length(args, model)
     device = args.run_device()
     model.to(device).eval()
     rows = read_rows(args.input_file)
