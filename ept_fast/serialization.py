@@ -103,7 +103,7 @@ def load_adapter(directory: PathLike) -> AdapterFiles:
     directory = Path(directory)
     if not directory.is_dir():
         raise FileNotFoundError(f"adapter directory: expected a folder holding {CONFIG_NAME} and {WEIGHTS_NAME}, "
-                                f"but {directory} does not exist")
+                                f"but {directory} " + ("is a file" if directory.exists() else "does not exist"))
     for attempt in range(PAIR_READS):
         for name in (CONFIG_NAME, WEIGHTS_NAME):
             if not (directory / name).is_file():

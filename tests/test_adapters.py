@@ -128,6 +128,9 @@ def test_adapter_name_errors(tmp_path):
     with pytest.raises(FileNotFoundError,
                        match=r"adapter directory: expected a folder .* but .*nowhere does not exist"):
         model.load_adapter(str(tmp_path / "nowhere"), adapter_name="x")
+    (tmp_path / "a_file").write_text("")
+    with pytest.raises(FileNotFoundError, match=r"adapter directory: expected a folder .* but .*a_file is a file"):
+        model.load_adapter(str(tmp_path / "a_file"), adapter_name="x")
     for bad in ("../up", "a.b", "", "update"):
         with pytest.raises(ValueError, match=r"adapter_name: expected letters, digits, '_' or '-'"):
             model.add_adapter(bad, adapter_config("SEQ_2_SEQ_LM"))

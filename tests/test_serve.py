@@ -158,11 +158,33 @@ def test_bad_requests_get_clear_errors(classifiers, sst2_files):
     assert too_long.status_code == 400
     assert "input[1]: 42 tokens; adapter 'a' reads at most 16 (its max_length)" in too_long.json()["error"]["message"]
     assert client.post("/v1/classify", json={"model": "a", "input": [long], "truncate": True}).status_code == 200
-    huge = "good " * 2000  # refused (or cut, with truncate) before the tokenizer reads it all
+    huge = "good " * 2000
     refused = client.post("/v1/classify", json={"model": "a", "input": [huge]})
-    assert refused.status_code == 400 and "input[0]: 10000 characters" in refused.json()["error"]["message"]
+    assert refused.status_code == 400 and "input[0]: 2002 tokens" in refused.json()["error"]["message"]
     cut = client.post("/v1/classify", json={"model": "a", "input": [huge], "truncate": True}).json()
     assert cut["usage"]["prompt_tokens"] == 16  # the tokens read, not the ones sent
+    # Few tokens in many characters (the tokenizer drops whitespace) are read whole, not cut.
+    spaced = client.post("/v1/classify", json={"model": "a", "input": ["good" + " " * 2000 + "bad"]})
+    assert spaced.status_code == 200 and spaced.json()["usage"]["prompt_tokens"] == 4
+    for blank in ("", "  \t\n"):
+        empty = client.post("/v1/classify", json={"model": "a", "input": ["good", blank]})
+        assert empty.status_code == 400 and empty.json()["error"]["message"].startswith("input[1]: ")
+        assert "empty" in empty.json()["error"]["message"]
+    for body, field in (({"model": "a", "input": "good", "truncate": "yes"}, "truncate"),
+                        ({"model": "a", "input": "good", "truncate": 1}, "truncate"),
+                        ({"model": "a", "input": "good", "truncat": True}, "truncat"),
+                        ({"model": 3, "input": "good"}, "model")):
+        strict = client.post("/v1/classify", json=body)
+        assert strict.status_code == 422 and f"body.{field}" in strict.json()["error"]["message"], strict.text
+    not_utf8 = client.post("/v1/classify", content=b'{"model": "a", "input": "caf\xe9"}',
+                           headers={"content-type": "application/json"})
+    assert not_utf8.status_code == 422 and "not JSON text in UTF-8" in not_utf8.json()["error"]["message"]
+    form = client.post("/v1/classify", content=b"model=a", headers={"content-type": "text/plain"})
+    assert form.status_code == 422 and "Content-Type 'text/plain'" in form.json()["error"]["message"]
+    nowhere = client.get("/v1/nowhere")
+    assert nowhere.status_code == 404 and nowhere.json()["error"]["message"] == "GET /v1/nowhere: Not Found"
+    lowercase = httpx.get(f"{classifiers}/v1/models", headers={"Authorization": f"bearer {KEY}"})
+    assert lowercase.status_code == 200  # the scheme's case does not matter (RFC 7235)
     surrogate = client.post("/v1/classify", content=b'{"model": "a", "input": ["\\udc00"]}',
                             headers={"content-type": "application/json"})
     assert surrogate.status_code == 400 and "not UTF-8 text" in surrogate.json()["error"]["message"]
@@ -172,6 +194,58 @@ def test_bad_requests_get_clear_errors(classifiers, sst2_files):
     assert pair.status_code == 400 and "reads 1 text(s) per input (sentence), got 2" in pair.json()["error"]["message"]
     wrong_kind = client.post("/v1/completions", json={"model": "a", "prompt": "fine"})
     assert wrong_kind.status_code == 400 and "ask /v1/classify" in wrong_kind.json()["error"]["message"]
+
+
+def test_metrics_count_unknown_paths_under_one_label(classifiers):
+    client = httpx.Client(base_url=classifiers, headers=AUTH, timeout=60)
+    for path in ('/x"} 1e9', "/y%0Ainjected", "/z"):
+        assert client.get(path).status_code == 404
+    assert httpx.get(f'{classifiers}/w"', timeout=60).status_code == 401  # no key
+    metrics = client.get("/metrics").text
+    assert 'ept_fast_requests_total{endpoint="other",code="404"}' in metrics
+    assert 'ept_fast_requests_total{endpoint="other",code="401"}' in metrics
+    assert "1e9" not in metrics and "injected" not in metrics
+
+
+def test_the_batcher_says_whether_its_worker_still_answers():
+    from ept_fast.server.batcher import DynamicBatcher
+
+    answered = []
+    batcher = DynamicBatcher(lambda rows: [row * 2 for row in rows], max_batch_size=4, max_wait_s=0.001)
+    assert batcher.working  # /health answers 200 only while it is
+    batcher.submit([1, 2], lambda result, error: answered.append((result, error)))
+    batcher.close()
+    assert answered == [([2, 4], None)] and not batcher.working
+
+
+def test_metric_label_values_are_escaped():
+    from ept_fast.server.metrics import ServerMetrics
+
+    metrics = ServerMetrics(lambda: 0)
+    metrics.request('/a"b\\c\nd', 200, 0.1)
+    assert 'endpoint="/a\\"b\\\\c\\nd",code="200"} 1' in metrics.render()
+
+
+def test_concurrent_requests_of_several_inputs_each_get_their_answers(adapters, tmp_path):
+    """Requests counted on the event loop while the worker encodes batches: one tokenizer shared by
+    the two threads used to switch truncation and padding under the other (3 % of answers failed)."""
+    texts = [" ".join(["good", "bad", "fine", "movie"][j % 4] for j in range(1 + i % 12)) for i in range(64)]
+    expected = _predicted(adapters, "ab", texts, tmp_path)
+    jobs = [("ab"[i % 2], [texts[(i * 5 + k) % len(texts)] for k in range(8)]) for i in range(400)]
+    with server("--adapter", f"a={adapters / 'a'}", "--adapter", f"b={adapters / 'b'}", "--max-wait-ms", "2") as url:
+        local = threading.local()
+
+        def ask(job):
+            if not hasattr(local, "client"):
+                local.client = httpx.Client(base_url=url, timeout=120)
+            name, inputs = job
+            return local.client.post("/v1/classify", json={"model": name, "input": inputs})
+
+        with ThreadPoolExecutor(8) as pool:
+            answers = list(pool.map(ask, jobs))
+    assert [a.status_code for a in answers] == [200] * len(jobs), next(a.text for a in answers if a.status_code != 200)
+    for (name, inputs), answer in zip(jobs, answers):
+        assert [row["label"] for row in answer.json()["data"]] == [expected[(name, text)][0] for text in inputs]
 
 
 def test_a_failing_batch_answers_its_requests_with_500_and_the_server_goes_on(classifiers):
@@ -189,6 +263,8 @@ def test_adapters_load_and_unload_at_run_time(classifiers, adapters, sst2_files)
     assert outside.status_code == 403 and "outside --adapter-root" in outside.json()["error"]["message"]
     missing = client.post("/v1/load_adapter", json={"adapter_name": "x", "adapter_path": "nowhere"})
     assert missing.status_code == 400
+    nul = client.post("/v1/load_adapter", json={"adapter_name": "x", "adapter_path": "e\u0000x"})
+    assert nul.status_code == 400 and nul.json()["error"]["message"].startswith("adapter_path: not a path")
     assert client.post("/v1/load_adapter", json={"adapter_name": "a", "adapter_path": "e"}).status_code == 409
     loaded = client.post("/v1/load_adapter", json={"adapter_name": "e", "adapter_path": "e"})
     assert loaded.status_code == 200, loaded.text
@@ -253,6 +329,15 @@ def test_completions_with_the_openai_client(adapters, sst2_files, tmp_path):
             client.completions.create(model="zz", prompt="fine")
         with pytest.raises(openai.BadRequestError, match="max_tokens: expected 1 to 3"):  # as the adapters trained
             client.completions.create(model="t5a", prompt="fine", max_tokens=9)
+        for option in ({"stream": True}, {"n": 2}, {"echo": True}, {"logprobs": 1}, {"stop": ["."]}):
+            with pytest.raises(openai.BadRequestError, match=f"{next(iter(option))}: not supported"):
+                client.completions.create(model="t5a", prompt="fine", **option)
+        # Sampling options are ignored; the others are taken when they ask for nothing.
+        assert client.completions.create(model="t5a", prompt="fine", temperature=0.7, n=1).choices
+        blank = httpx.post(f"{url}/v1/completions", json={"model": "t5a", "prompt": ["fine", ""]})
+        assert blank.status_code == 400 and blank.json()["error"]["message"].startswith("prompt[1]: ")
+        boolean = httpx.post(f"{url}/v1/completions", json={"model": "t5a", "prompt": "fine", "max_tokens": True})
+        assert boolean.status_code == 422 and "body.max_tokens" in boolean.json()["error"]["message"]
         off = httpx.post(f"{url}/v1/load_adapter", json={"adapter_name": "x", "adapter_path": "y"})
         assert off.status_code == 403 and "--allow-runtime-adapters" in off.json()["error"]["message"]
         assert httpx.post(f"{url}/v1/classify", json={"model": "t5a", "input": "fine"}).status_code == 400
@@ -282,9 +367,34 @@ def test_sigterm_answers_the_queue_before_exit(adapters, sst2_files):
         assert process.wait(30) in (0, -signal.SIGTERM)  # uvicorn re-raises the signal once it has drained
 
 
+def test_port_0_listens_on_a_free_port_and_says_which(adapters):
+    process = subprocess.Popen([sys.executable, "-m", "ept_fast.cli", "serve", "--port", "0", "--device", "cpu",
+                                "--adapter", f"a={adapters / 'a'}"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                               text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    try:
+        line = next(line for line in process.stdout if line.startswith("ept-fast serve:"))
+        port = int(line.rsplit(":", 1)[1])
+        assert port > 0, line
+        assert httpx.get(f"http://127.0.0.1:{port}/health", timeout=30).json()["status"] == "ok"
+    finally:
+        process.terminate()
+        process.wait(30)
+
+
 def test_serve_options_are_checked(adapters, capsys):
     assert cli_main(["serve"]) == 2
     assert "--adapter: expected at least one NAME=PATH, got none" in capsys.readouterr().err
+    a = f"a={adapters / 'a'}"
+    assert cli_main(["serve", "--adapter", a, "--port", "70000"]) == 2
+    assert "--port: expected a port from 0 (any free one) to 65535, got 70000" in capsys.readouterr().err
+    for wait in ("inf", "1e13", "-1", "nan"):
+        assert cli_main(["serve", "--adapter", a, "--max-wait-ms", wait]) == 2
+        assert "--max_wait_ms: expected a number from 0 to 60000 (a minute)" in capsys.readouterr().err
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        assert cli_main(["serve", "--adapter", a, "--port", str(taken.getsockname()[1])]) == 2
+        assert f"--port: cannot listen on 127.0.0.1:{taken.getsockname()[1]}" in capsys.readouterr().err
     assert cli_main(["serve", "--adapter", f"a={adapters / 'a'}", "--allow-runtime-adapters"]) == 2
     assert "--adapter_root: --allow-runtime-adapters needs a folder" in capsys.readouterr().err
     assert cli_main(["serve", "--adapter", f"a={adapters / 'a'}", "--adapter", f"t={adapters / 't5a'}"]) == 2

@@ -70,6 +70,11 @@ def test_a_causal_lms_cut_leaves_room_for_the_answer_and_says_so(tiny_models, ca
     assert "inputs longer than 8 tokens (--max-length=20 less --max-new-tokens=12), cut to it: train 1 of 2" in \
         capsys.readouterr().out
     assert "max_new_tokens" in RUN_DEFINING  # a resume with another room for the answer is refused
+    for too_many in (20, 25):  # no room left for the input
+        with pytest.raises(ValueError, match=rf"--max-new-tokens: a causal LM's max_length \(20\) holds the input "
+                                             rf"and the answer, and {too_many} new tokens leave no room for the input"):
+            Collator(tokenizer, TaskType.CAUSAL_LM, None, 20, too_many)
+    assert Collator(tokenizer, TaskType.SEQ_2_SEQ_LM, None, 20, 25).input_limit == 20  # its answer is not its input
     with pytest.raises(ValueError, match=r"--max_new_tokens 12 -> 2"):
         check_same_options({"max_new_tokens": 12}, {"max_new_tokens": 2}, "the checkpoint")
 

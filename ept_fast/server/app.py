@@ -5,8 +5,12 @@ adapter), ``POST /v1/load_adapter`` and ``/v1/unload_adapter`` (with --allow-run
 from under --adapter-root only), ``GET /health`` and ``GET /metrics`` (Prometheus)."""
 
 import asyncio
+import copy
 import dataclasses
+import hmac
+import logging
 import os
+import socket
 import time
 import uuid
 from pathlib import Path
@@ -29,6 +33,15 @@ from ..training.serving import (
 from .batcher import DynamicBatcher
 from .metrics import ServerMetrics
 
+logger = logging.getLogger(__name__)
+
+MOST_WAIT_MS = 60_000.0  # a minute: longer, a request would wait on a batch longer than any client does
+# The options an OpenAI client may send to /v1/completions that change what is answered, with the
+# value that asks for nothing: anything else is refused, not ignored. (Sampling options are ignored:
+# decoding is greedy, as the class docstring of CompletionRequest says.)
+UNSUPPORTED_COMPLETION_OPTIONS = {"stream": (None, False), "n": (None, 1), "best_of": (None, 1), "echo": (None, False),
+                                  "logprobs": (None,), "suffix": (None, ""), "stop": (None, "", [])}
+
 
 @dataclasses.dataclass
 class ServeArguments(ServedAdapters, ModelArguments, MachineArguments):
@@ -39,7 +52,8 @@ class ServeArguments(ServedAdapters, ModelArguments, MachineArguments):
     host: str = option("127.0.0.1", "the address to listen on")
     port: int = option(8000, "the port to listen on")
     max_batch_size: int = option(32, "the most rows run through the backbone at once, across adapters")
-    max_wait_ms: float = option(10.0, "the longest a request waits for others to share its batch")
+    max_wait_ms: float = option(10.0, "the longest a request waits for others to share its batch (at most "
+                                      f"{MOST_WAIT_MS:.0f})")
     max_request_rows: int = option(64, "the most inputs one request may carry (more: 413)")
     allow_runtime_adapters: bool = option(False, "enable POST /v1/load_adapter and /v1/unload_adapter")
     adapter_root: Optional[str] = option(help="the folder runtime-loaded adapters must be under (needed with "
@@ -49,18 +63,18 @@ class ServeArguments(ServedAdapters, ModelArguments, MachineArguments):
 
     def __post_init__(self):
         super().__post_init__()
-        for name, least in (("max_batch_size", 1), ("max_request_rows", 1), ("port", 0)):
+        for name, least in (("max_batch_size", 1), ("max_request_rows", 1)):
             if getattr(self, name) < least:
                 raise ValueError(f"--{name}: expected an integer >= {least}, got {getattr(self, name)}")
-        if not self.max_wait_ms >= 0:
-            raise ValueError(f"--max_wait_ms: expected a number >= 0, got {self.max_wait_ms}")
+        if not 0 <= self.port <= 65535:
+            raise ValueError(f"--port: expected a port from 0 (any free one) to 65535, got {self.port}")
+        if not 0 <= self.max_wait_ms <= MOST_WAIT_MS:
+            raise ValueError(f"--max_wait_ms: expected a number from 0 to {MOST_WAIT_MS:.0f} (a minute), got "
+                             f"{self.max_wait_ms}")
         if self.allow_runtime_adapters and not (self.adapter_root and Path(self.adapter_root).is_dir()):
             raise ValueError(f"--adapter_root: --allow-runtime-adapters needs a folder to load adapters from, got "
                              f"{self.adapter_root!r}")
         self.api_key = self.api_key or os.environ.get("EPT_FAST_API_KEY") or None
-
-
-CHARACTERS_PER_TOKEN = 50  # a bound no tokenizer reaches on text: inputs longer than this per token are refused
 
 
 class ApiError(Exception):
@@ -73,15 +87,20 @@ class ApiError(Exception):
 
 class Served:
     """The model, its adapters and the batcher: what the endpoints share. The worker thread
-    alone touches the model; ``accepting`` (the adapters a request may name) changes on the
-    event loop."""
+    alone touches the model and ``tokenizer``; the event loop counts a request's tokens with its
+    own copy, ``counting_tokenizer`` (a fast tokenizer's truncation and padding are settings of the
+    one object, so two threads sharing it change each other's). ``accepting`` (the adapters a
+    request may name) and ``loading`` (the names being loaded) change on the event loop."""
 
     def __init__(self, args: ServeArguments):
         self.device = args.run_device()
         self.model, self.tokenizer, self.tasks, self.configs = load_served_model(args)
         self.args = with_generation_length(args, self.model)
+        self.counting_tokenizer = copy.deepcopy(self.tokenizer)
         self.model.to(self.device).eval()
-        self.accepting = set(self.tasks)
+        for name in self.tasks:
+            self.collator(name)  # refuses a --max-new-tokens that leaves a causal LM's input no room
+        self.accepting, self.loading = set(self.tasks), set()
         self.started = int(time.time())
         self.batcher = DynamicBatcher(self._run, args.max_batch_size, args.max_wait_ms / 1000)
         self.metrics = ServerMetrics(lambda: self.batcher.queued_rows)
@@ -91,7 +110,8 @@ class Served:
         return self.model.task_type
 
     def collator(self, name: str) -> Collator:
-        return adapter_collator(self.model, self.tokenizer, self.tasks[name], name, self.args.max_new_tokens)
+        """Adapter ``name``'s collator, for the event loop (it tokenizes with ``counting_tokenizer``)."""
+        return adapter_collator(self.model, self.counting_tokenizer, self.tasks[name], name, self.args.max_new_tokens)
 
     def _run(self, rows):
         answers = predict_rows(self.model, self.tokenizer, self.tasks, rows, self.args.max_batch_size, self.device,
@@ -121,14 +141,18 @@ class Served:
         check_served_together({**self.configs, name: config}, {**self.tasks, name: task}, self.args.model is not None,
                               "adapter_path")
         self.model.load_adapter(path, adapter_name=name)
-        trained = trained_generation_length(self.model.adapter_task_metadata[name]) or 0
-        if self.task_type is not TaskType.SEQ_CLS and trained > self.args.max_new_tokens:
-            self.model.delete_adapter(name)
-            raise ValueError(f"adapter_path: the adapter was trained to generate {trained} tokens, more than this "
-                             f"server generates ({self.args.max_new_tokens}); start the server with "
-                             f"--max-new-tokens {trained} or more")
-        self.model.to(self.device)
-        merge(self.model, name)
+        try:
+            trained = trained_generation_length(self.model.adapter_task_metadata[name]) or 0
+            if self.task_type is not TaskType.SEQ_CLS and trained > self.args.max_new_tokens:
+                raise ValueError(f"adapter_path: the adapter was trained to generate {trained} tokens, more than "
+                                 f"this server generates ({self.args.max_new_tokens}); start the server with "
+                                 f"--max-new-tokens {trained} or more")
+            adapter_collator(self.model, self.tokenizer, task, name, self.args.max_new_tokens)
+            self.model.to(self.device)
+            merge(self.model, name)
+        except Exception:
+            self.model.delete_adapter(name)  # nothing of a refused or failed load stays
+            raise
         self.configs[name], self.tasks[name] = config, task
 
     def remove(self, name: str) -> None:
@@ -153,6 +177,7 @@ def create_app(served: Served):
     from fastapi import FastAPI, Request
     from fastapi.exceptions import RequestValidationError
     from fastapi.responses import JSONResponse, PlainTextResponse
+    from starlette.exceptions import HTTPException
 
     from .schemas import ClassifyRequest, CompletionRequest, LoadRequest, UnloadRequest
 
@@ -173,17 +198,40 @@ def create_app(served: Served):
 
     @app.exception_handler(RequestValidationError)
     async def malformed(request, error: RequestValidationError):
+        content_type = request.headers.get("content-type", "")
+        if request.method == "POST" and not content_type.startswith("application/json"):
+            return error_body(422, f"malformed request: expected a JSON body (Content-Type: application/json), got "
+                                   f"Content-Type {content_type or 'none'!r}", "invalid_request_error")
         problems = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in error.errors())
         return error_body(422, f"malformed request: {problems}", "invalid_request_error")
+
+    @app.exception_handler(HTTPException)
+    async def http_error(request, error: HTTPException):
+        if error.status_code == 400:  # FastAPI's answer to a body it cannot decode
+            return error_body(422, "malformed request: body: not JSON text in UTF-8", "invalid_request_error")
+        kind = {404: "not_found_error", 405: "invalid_request_error"}.get(error.status_code, "invalid_request_error")
+        return error_body(error.status_code, f"{request.method} {request.url.path}: {error.detail}", kind)
+
+    endpoints = set()  # the paths a route serves: filled once the routes are declared, below
+
+    def authorized(request: Request) -> bool:
+        scheme, _, key = request.headers.get("authorization", "").partition(" ")
+        return scheme.lower() == "bearer" and hmac.compare_digest(key.strip().encode(), args.api_key.encode())
 
     @app.middleware("http")
     async def guard_and_count(request: Request, call_next):
         started = time.perf_counter()
-        if args.api_key and request.headers.get("authorization") != f"Bearer {args.api_key}":
+        if args.api_key and not authorized(request):
             response = error_body(401, "a valid API key is needed (Authorization: Bearer KEY)", "authentication_error")
         else:
-            response = await call_next(request)
-        served.metrics.request(request.url.path, response.status_code, time.perf_counter() - started)
+            try:
+                response = await call_next(request)
+            except Exception as error:  # a bug: answered in the API's shape, logged, and counted
+                logger.exception("%s %s failed", request.method, request.url.path)
+                response = error_body(500, f"internal error: {type(error).__name__}: {error}", "server_error")
+        # Paths no route serves are counted under one label: each would otherwise add a series.
+        path = request.url.path if request.url.path in endpoints else "other"
+        served.metrics.request(path, response.status_code, time.perf_counter() - started)
         return response
 
     def adapter(name: str, kinds) -> str:
@@ -195,47 +243,45 @@ def create_app(served: Served):
             raise ApiError(400, f"model: adapter {name!r} is {served.task_type.value}; ask {endpoint}")
         return name
 
-    def rows_of(name: str, inputs: list, truncate: bool):
-        """(rows, tokens read, task) of a request: everything that needs the adapter is taken now, before
-        the request waits (an unload may remove the adapter once the request is answered)."""
+    def rows_of(name: str, inputs: list, truncate: bool, field: str):
+        """(rows, tokens read, task) of a request whose inputs are its ``field``: everything that needs the
+        adapter is taken now, before the request waits (an unload may remove the adapter once the
+        request is answered)."""
         if not inputs:
-            raise ApiError(422, "input: expected at least one input, got none")
+            raise ApiError(422, f"{field}: expected at least one input, got none")
         if len(inputs) > args.max_request_rows:
-            raise ApiError(413, f"input: {len(inputs)} inputs; this server takes at most {args.max_request_rows} a "
-                                f"request (--max-request-rows)")
+            raise ApiError(413, f"{field}: {len(inputs)} inputs; this server takes at most {args.max_request_rows} "
+                                f"a request (--max-request-rows)")
         task: Task = served.tasks[name]
         collate = served.collator(name)
-        # A token is at least one character: past this many, an input is too long whatever it says, and
-        # a truncated one is cut here, before the tokenizer spends time on what it would drop.
-        most_characters = CHARACTERS_PER_TOKEN * collate.input_limit
         examples = []
         for index, item in enumerate(inputs):
             texts = [item] if isinstance(item, str) else list(item)
             if len(texts) != len(task.fields):
-                raise ApiError(400, f"input[{index}]: adapter {name!r} reads {len(task.fields)} text(s) per input "
+                raise ApiError(400, f"{field}[{index}]: adapter {name!r} reads {len(task.fields)} text(s) per input "
                                     f"({', '.join(task.fields)}), got {len(texts)}")
             for text in texts:
                 try:
                     text.encode("utf-8")
                 except UnicodeEncodeError as error:
-                    raise ApiError(400, f"input[{index}]: not UTF-8 text ({error.reason} at character "
+                    raise ApiError(400, f"{field}[{index}]: not UTF-8 text ({error.reason} at character "
                                         f"{error.start})") from None
-                if len(text) > most_characters and not truncate:
-                    raise ApiError(400, f"input[{index}]: {len(text)} characters; adapter {name!r} reads at most "
-                                        f"{collate.input_limit} tokens (its max_length); shorten it or send "
-                                        f"\"truncate\": true")
-            texts = [text[:most_characters] for text in texts]
-            examples.append(format_input(task, dict(zip(task.fields, texts))))
+            try:
+                examples.append(format_input(task, dict(zip(task.fields, texts))))
+            except ValueError as error:  # a blank text
+                raise ApiError(400, f"{field}[{index}]: {error}") from None
         lengths = collate.input_lengths(examples)
         for index, length in enumerate(lengths):
             if length > collate.input_limit and not truncate:
-                raise ApiError(400, f"input[{index}]: {length} tokens; adapter {name!r} reads at most "
+                raise ApiError(400, f"{field}[{index}]: {length} tokens; adapter {name!r} reads at most "
                                     f"{collate.input_limit} (its max_length); shorten it or send \"truncate\": true")
         tokens = sum(min(length, collate.input_limit) for length in lengths)
         return [(name, example) for example in examples], tokens, task
 
     @app.get("/health")
     async def health():
+        if not served.batcher.working:
+            raise ApiError(503, "the batching worker has stopped; restart the server", "server_error")
         return {"status": "ok", "adapters": len(served.accepting), "queued_rows": served.batcher.queued_rows}
 
     @app.get("/metrics")
@@ -257,7 +303,7 @@ def create_app(served: Served):
     async def classify(request: ClassifyRequest):
         name = adapter(request.model, (TaskType.SEQ_CLS,))
         inputs = [request.input] if isinstance(request.input, str) else request.input
-        rows, tokens, task = rows_of(name, inputs, request.truncate)
+        rows, tokens, task = rows_of(name, inputs, request.truncate, "input")
         answers = await _answered(served.predict(rows))
         data = []
         for index, answer in enumerate(answers):
@@ -272,12 +318,17 @@ def create_app(served: Served):
     @app.post("/v1/completions")
     async def completions(request: CompletionRequest):
         name = adapter(request.model, (TaskType.SEQ_2_SEQ_LM, TaskType.CAUSAL_LM))
+        for key, nothing in UNSUPPORTED_COMPLETION_OPTIONS.items():
+            value = getattr(request, key, None)
+            if not any(value == asked and type(value) is type(asked) for asked in nothing):
+                raise ApiError(400, f"{key}: not supported by ept-fast serve (it answers each prompt once, whole, "
+                                    f"greedily decoded); leave it out, got {value!r}")
         if request.max_tokens is not None and not 1 <= request.max_tokens <= args.max_new_tokens:
             raise ApiError(400, f"max_tokens: expected 1 to {args.max_new_tokens} (the server's generation length: "
                                 f"--max-new-tokens, else the most its adapters were trained to generate), "
                                 f"got {request.max_tokens}")
         prompts = [request.prompt] if isinstance(request.prompt, str) else request.prompt
-        rows, prompt_tokens, _ = rows_of(name, prompts, request.truncate)
+        rows, prompt_tokens, _ = rows_of(name, prompts, request.truncate, "prompt")
         answers = await _answered(served.predict(rows))
         limit = request.max_tokens or args.max_new_tokens
         choices, generated_tokens = [], 0
@@ -305,20 +356,23 @@ def create_app(served: Served):
             check_adapter_name(request.adapter_name, "adapter_name")
         except ValueError as error:
             raise ApiError(400, str(error)) from None
-        if request.adapter_name in served.tasks:
-            raise ApiError(409, f"adapter_name: {request.adapter_name!r} is already loaded")
+        if request.adapter_name in served.tasks or request.adapter_name in served.loading:
+            raise ApiError(409, f"adapter_name: {request.adapter_name!r} is already loaded (or being loaded)")
         try:
             request.adapter_path.encode("utf-8")
-        except UnicodeEncodeError:
-            raise ApiError(400, "adapter_path: not UTF-8 text") from None
-        root = Path(args.adapter_root).resolve()
-        path = (root / request.adapter_path).resolve()
+            root = Path(args.adapter_root).resolve()
+            path = (root / request.adapter_path).resolve()
+        except (UnicodeEncodeError, ValueError, OSError) as error:  # a surrogate, a NUL byte, a path too long
+            raise ApiError(400, f"adapter_path: not a path ({error}), got {request.adapter_path!r}") from None
         if path != root and root not in path.parents:
             raise ApiError(403, f"adapter_path: {request.adapter_path!r} is outside --adapter-root", "permission_error")
+        served.loading.add(request.adapter_name)
         try:
             await served.change(lambda: served.add(request.adapter_name, path))
         except (ValueError, FileNotFoundError) as error:
             raise ApiError(400, str(error)) from None
+        finally:
+            served.loading.discard(request.adapter_name)
         served.accepting.add(request.adapter_name)
         return {"status": "loaded", "adapter_name": request.adapter_name}
 
@@ -335,6 +389,7 @@ def create_app(served: Served):
         await served.change(lambda: served.remove(name))
         return {"status": "unloaded", "adapter_name": name}
 
+    endpoints.update(route.path for route in app.routes)
     return app
 
 
@@ -353,8 +408,15 @@ def serve(args: ServeArguments) -> None:
         import uvicorn
     except ImportError:
         raise ImportError("ept-fast serve needs FastAPI and uvicorn: pip install 'ept_fast[serve]'") from None
-    served = Served(args)
-    app = create_app(served)
-    print(f"ept-fast serve: {len(served.tasks)} adapter(s) ({', '.join(served.tasks)}) on "
-          f"http://{args.host}:{args.port}", flush=True)
-    uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
+    try:
+        listening = socket.create_server((args.host, args.port), family=socket.AF_INET6 if ":" in args.host
+                                         else socket.AF_INET)
+    except OSError as error:  # taken, or an address this machine does not have
+        raise ValueError(f"--port: cannot listen on {args.host}:{args.port} ({error.strerror or error})") from None
+    with listening:
+        served = Served(args)
+        app = create_app(served)
+        port = listening.getsockname()[1]  # the one chosen, for --port 0
+        print(f"ept-fast serve: {len(served.tasks)} adapter(s) ({', '.join(served.tasks)}) on "
+              f"http://{args.host}:{port}", flush=True)
+        uvicorn.Server(uvicorn.Config(app, log_level="warning")).run(sockets=[listening])

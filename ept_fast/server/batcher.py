@@ -48,6 +48,11 @@ class DynamicBatcher:
             self._ready.notify()
 
     @property
+    def working(self) -> bool:
+        """Whether the worker thread still answers the queue."""
+        return self._thread.is_alive()
+
+    @property
     def queued_rows(self) -> int:
         with self._ready:
             return sum(len(job.rows) for job in self._queue if job.rows is not None)

@@ -12,6 +12,11 @@ LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 
 
+def label(value: str) -> str:
+    """``value`` as a Prometheus label value: backslash, double quote and newline escaped."""
+    return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+
+
 class Histogram:
     def __init__(self, buckets: Sequence[float]):
         self.buckets, self.counts, self.sum, self.count = tuple(buckets), [0] * len(buckets), 0.0, 0
@@ -59,11 +64,11 @@ class ServerMetrics:
             rows = dict(self.rows)
             lines = ["# HELP ept_fast_requests_total HTTP requests answered, by endpoint and status code.",
                      "# TYPE ept_fast_requests_total counter"]
-            lines += [f'ept_fast_requests_total{{endpoint="{endpoint}",code="{code}"}} {count}'
+            lines += [f'ept_fast_requests_total{{endpoint="{label(endpoint)}",code="{code}"}} {count}'
                       for (endpoint, code), count in sorted(requests.items())]
             lines += ["# HELP ept_fast_rows_total Input rows predicted, by adapter.",
                       "# TYPE ept_fast_rows_total counter"]
-            lines += [f'ept_fast_rows_total{{adapter="{name}"}} {count}' for name, count in sorted(rows.items())]
+            lines += [f'ept_fast_rows_total{{adapter="{label(name)}"}} {count}' for name, count in sorted(rows.items())]
             lines += ["# HELP ept_fast_batch_rows Rows per batch run through the backbone.",
                       "# TYPE ept_fast_batch_rows histogram", *self.batch_rows.lines("ept_fast_batch_rows")]
             lines += ["# HELP ept_fast_request_seconds Time from a request's arrival to its answer.",

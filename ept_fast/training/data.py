@@ -156,6 +156,10 @@ class Collator:
             raise ValueError(f"--model: a causal LM learns to end each answer with its tokenizer's end-of-sequence "
                              f"token, and this tokenizer ({type(tokenizer).__name__}) has none; give the model a "
                              f"tokenizer with an eos_token")
+        if self.input_limit < 1:
+            raise ValueError(f"--max-new-tokens: a causal LM's max_length ({max_length}) holds the input and the "
+                             f"answer, and {max_new_tokens} new tokens leave no room for the input; give fewer than "
+                             f"{max_length}")
 
     @property
     def input_limit(self) -> int:
