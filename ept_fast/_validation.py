@@ -18,6 +18,9 @@ Dims = Dict[str, int]
 
 
 class Backend(str, enum.Enum):
+    """Which implementation runs the ops: ``auto`` (the Triton kernels for CUDA tensors where
+    Triton is available, the PyTorch reference otherwise), ``triton`` or ``torch``."""
+
     AUTO = "auto"  # Triton for CUDA tensors when available, the PyTorch reference otherwise
     TRITON = "triton"
     TORCH = "torch"

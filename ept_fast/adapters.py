@@ -11,7 +11,7 @@ import os
 import re
 import warnings
 from pathlib import Path
-from typing import Dict, Iterator, List, Optional, Tuple, Union
+from typing import Dict, Iterator, List, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import nn
@@ -161,15 +161,33 @@ class AdapterLifecycle:
         """Make ``adapter_name`` the one ``forward`` and ``generate`` use (and the one that trains)."""
         self._check_adapter(adapter_name)
         self._active_adapter = adapter_name
+        self._train_only([adapter_name])
+
+    def set_trainable_adapters(self, adapter_names: Sequence[str]) -> None:
+        """Train the adapters ``adapter_names`` (each loaded trainable), all others frozen: for
+        training several at once through mixed batches (``adapter_names=`` of ``forward``).
+        ``set_adapter`` makes the active adapter the only one that trains again."""
+        if isinstance(adapter_names, str) or not all(isinstance(name, str) for name in adapter_names):
+            raise ValueError(f"adapter_names: expected a list of adapter names, got {adapter_names!r}")
+        for name in adapter_names:
+            self._check_adapter(name)
+        frozen = [name for name in adapter_names if not self._trainable[name]]
+        if frozen:
+            raise ValueError(f"adapter_names: {frozen} were loaded for inference; load them with "
+                             f"is_trainable=True to train them")
+        self._train_only(adapter_names)
+
+    def _train_only(self, adapter_names: Sequence[str]) -> None:
+        """The parameters of the trainable adapters among ``adapter_names`` train; no others do."""
         for name, encoder in self.prompt_encoders.items():
-            trains = name == adapter_name and self._trainable[name]
+            trains = name in adapter_names and self._trainable[name]
             for parameter_name, parameter in encoder.named_parameters():
                 # The head alone's empty P, A and B must not make the backbone's input need a gradient (a
                 # backward through the whole frozen backbone for nothing); other methods keep their groups.
                 parameter.requires_grad_(trains and (parameter.numel() > 0 or encoder.config.method is not Method.HEAD)
                                          and (parameter_name != "fusion_scale" or encoder.config.trains_fusion))
         for name, heads in self.head_copies.items():
-            heads.requires_grad_(name == adapter_name and self._trainable[name])
+            heads.requires_grad_(name in adapter_names and self._trainable[name])
 
     def delete_adapter(self, adapter_name: str) -> None:
         """Remove an adapter; deleting the active one makes the first remaining one active."""
@@ -203,6 +221,7 @@ class AdapterLifecycle:
 
     @property
     def active_adapter(self) -> str:
+        """The adapter ``forward`` and ``generate`` use (``set_adapter`` changes it)."""
         return self._active_adapter
 
     @property
@@ -244,6 +263,8 @@ class AdapterLifecycle:
         return trainable, sum(p.numel() for p in self.parameters())
 
     def print_trainable_parameters(self) -> None:
+        """Print PEFT's line: the parameters that train, all parameters (the backbone's included),
+        and the share that trains."""
         trainable, total = self.get_nb_trainable_parameters()
         print(f"trainable params: {trainable:,d} || all params: {total:,d} || "
               f"trainable%: {100 * trainable / total:.4f}")

@@ -46,8 +46,9 @@ def parse_compare_args(argv: Optional[List[str]] = None):
     from .training.options import parse_options
 
     return parse_options(CompareArguments, argv, "ept-fast compare",
-                         "Train several methods at one parameter budget (by default EPT's) over several seeds, and "
-                         "compare their test metrics. With no options: ept, dept and pt on BBC News, three seeds.")
+                         "Train several methods at one parameter budget (by default the first adapter method's) over "
+                         "several seeds, and compare their test metrics. With no options: ept, dept and pt on BBC "
+                         "News, three seeds.")
 
 
 def parse_predict_args(argv: Optional[List[str]] = None):

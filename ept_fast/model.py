@@ -96,6 +96,7 @@ class EPTModel(AdapterLifecycle, nn.Module):
     # ------------------------------------------------------------------ inputs
     @property
     def word_embeddings(self) -> nn.Embedding:
+        """The backbone's input embedding table (vocab, d), which the assembly reads."""
         return self.base_model.get_input_embeddings()
 
     def ept_prompt(self) -> torch.Tensor:
@@ -308,6 +309,7 @@ class EPTModel(AdapterLifecycle, nn.Module):
         self._merged_prompts[self._active_adapter] = self.prompt_encoder().detach()
 
     def unmerge_prompt(self) -> None:
+        """Drop the active adapter's cached P* (``merge_prompt``): the prompt is computed again at each call."""
         self._merged_prompts.pop(self._active_adapter, None)
 
     def load_state_dict(self, *args, **kwargs):

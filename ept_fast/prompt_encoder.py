@@ -164,6 +164,7 @@ class EPTPromptEncoder(nn.Module):
 
     @property
     def scaling(self) -> float:
+        """s = lora_alpha / sqrt(r), the low-rank update's scale (``EPTConfig.scaling``)."""
         return self.config.scaling
 
     def forward(self) -> torch.Tensor:
@@ -205,6 +206,7 @@ class EPTPromptEncoder(nn.Module):
         return self.assemble(input_ids, attention_mask, word_embeddings, prompt_out)[:2]
 
     def num_trainable_parameters(self) -> int:
+        """Parameters of this encoder that train now (``requires_grad``)."""
         return sum(p.numel() for p in self.parameters() if p.requires_grad)
 
     def extra_repr(self) -> str:

@@ -209,7 +209,7 @@ class StackedAdapters(NamedTuple):
     lora_a: torch.Tensor  # (N, n, r)
     lora_b: torch.Tensor  # (N, r, d)
     scalings: torch.Tensor  # (N,)
-    max_lengths: torch.Tensor  # (N,) int64: each adapter's n (the rows it covers)
+    max_lengths: torch.Tensor  # (N,) int64: each adapter's n (the rows it covers; int32's max for r = 0: no limit)
 
 
 def stack_adapters(prompts: Sequence[torch.Tensor], lora_as: Sequence[torch.Tensor], lora_bs: Sequence[torch.Tensor],

@@ -251,15 +251,21 @@ def _assemble_bwd_finish_kernel(
         tl.store(DB + db_offsets, db, mask=db_tile)
 
 
+REGISTER_TILE = 12_288  # fp32 values of A's rows, B's block and the output per forward program (4 warps)
+
+
 def _forward_config(nb: int, T: int, d: int, r: int, device: torch.device) -> Dict[str, int]:
-    """Token rows and columns per program, and the tokens per segment. The (BT, r) rows of A
-    and the (r, BD) block of B live in registers: past r = 64 the blocks shrink so that nothing
-    spills. Rows are cut into segments only when the batch rows × blocks of d would leave
-    multiprocessors idle (docs/kernels.md)."""
+    """Token rows and columns per program, and the tokens per segment. The (BT, r) rows of A,
+    the (r, BD) block of B and the (BT, BD) output live in registers: the blocks shrink as r
+    grows so that together they stay within REGISTER_TILE values and nothing spills (r = 44 with
+    BD = 128 spilled). Rows are cut into segments only when the batch rows × blocks of d would
+    leave multiprocessors idle (docs/kernels.md)."""
     if interpreting():
         return dict(BT=64, BD=min(dot_pad(d), 1024), B_PREFIX=1024, segment=T, num_warps=4, num_stages=1)
     r_pad = dot_pad(r)
-    bt, bd = (32 if r_pad <= 64 else 16), min(dot_pad(d), 128, max(32, 8192 // r_pad))
+    bt, bd = (32 if r_pad <= 64 else 16), min(dot_pad(d), 128)
+    while bd > 32 and bt * r_pad + r_pad * bd + bt * bd > REGISTER_TILE:
+        bd //= 2
     blocks = triton.cdiv(T, bt)
     segments = max(1, min(blocks, triton.cdiv(2 * multiprocessors(device), nb * triton.cdiv(d, bd))))
     return dict(BT=bt, BD=bd, B_PREFIX=1024, segment=bt * triton.cdiv(blocks, segments), num_warps=4,

@@ -110,7 +110,7 @@ def _cases() -> List[Case]:
         # (m, d, n, r, K, h)
         Case(prompt, (60, 768, 256, 30, 4, 8), "float32", spec, defaults=True),
         Case(prompt, (60, 768, 256, 30, 4, 8), "float64", spec, defaults=True),
-        Case(prompt, (20, 384, 128, 8, 4, 8), "float32", cli, defaults=True),
+        Case(prompt, (20, 384, 128, 44, 4, 2), "float32", cli, defaults=True),
         Case(prompt, (60, 4096, 256, 30, 4, 8), "float32", "d=4096"),
         Case(prompt, (100, 1024, 512, 128, 4, 8), "float32", "large"),
         Case(prompt, (60, 768, 256, 30, 16, 64), "float32", "K*h=1024"),
@@ -122,7 +122,7 @@ def _cases() -> List[Case]:
     for shape, label, defaults in [  # (b, T, d, n, r, m)
         ((32, 256, 768, 256, 30, 60), spec, True),
         ((16, 1024, 4096, 1024, 30, 60), "d=4096", False),
-        ((8, 128, 384, 128, 8, 20), cli, True),
+        ((16, 128, 384, 128, 44, 20), cli, True),
         ((32, 256, 768, 256, 128, 60), "r=128", False),
     ]:
         cases += [Case(assembly, shape, dtype, label, defaults) for dtype in ("float32", "bfloat16")]

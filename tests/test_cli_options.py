@@ -50,6 +50,10 @@ def test_hugging_face_spellings_underscores_and_negated_booleans():
     assert parse_train_args(["--device", "cpu", "--mixed-precision", "no"]).use_cpu is True
     assert parse_train_args(["--overwrite", "false"]).overwrite is False  # HfArgumentParser's booleans
     assert parse_train_args(["--overwrite_output_dir"]).overwrite is True
+    # Booleans unset by default (Optional[bool]) take a bare flag as true too, as the README says.
+    assert parse_train_args(["--fusion"]).fusion is True and parse_train_args(["--fusion", "false"]).fusion is False
+    assert parse_train_args([]).fusion is None
+    assert parse_train_args(["--load-best-model-at-end"]).load_best_model_at_end is True
     with pytest.raises(SystemExit):  # no abbreviations: --lr-low is not --lr-lowrank
         parse_train_args(["--lr-low", "0.1"])
 
@@ -130,6 +134,16 @@ def test_eval_needs_an_adapter():
     with pytest.raises(ValueError, match=r"--adapter: expected the folder of a saved adapter, got none"):
         parse_eval_args([])
     assert parse_eval_args(["--adapter", "runs/x", "--task", "sst2"]).adapter == "runs/x"
+    with pytest.raises(ValueError, match=r"--max_train_samples: eval scores the validation and test splits and "
+                                         r"reads no training examples, got 100"):
+        parse_eval_args(["--adapter", "runs/x", "--max-train-samples", "100"])
+
+
+def test_predict_takes_no_split_seed():
+    from ept_fast.cli import parse_predict_args
+
+    with pytest.raises(SystemExit):  # it predicts the rows of its input file: there is no split
+        parse_predict_args(["--adapter", "runs/x", "--input-file", "in.jsonl", "--seed", "7"])
 
 
 def test_list_options_replace_a_config_value_and_add_up_when_repeated(tmp_path):

@@ -87,19 +87,32 @@ def test_max_length_counts_input_ids_as_in_peft():
         assert torch.equal(mixed[i], alone[0]), name
 
 
-def test_training_through_a_mixed_batch_reaches_each_rows_adapter():
+def test_training_through_a_mixed_batch_reaches_each_rows_adapter(tmp_path):
+    from ept_fast import param_groups
+
     model = _model("SEQ_CLS", tiny_bert_classifier)
-    for parameter in model.parameters():
-        parameter.requires_grad_(False)
-    for name in ADAPTERS:
-        model.prompt_encoders[name].prompt.requires_grad_(True)
-        model.head_copies[name].requires_grad_(True)
+    model.set_trainable_adapters(["a", "b"])
+    groups = param_groups(model, lr_prompt=0.3, lr_lowrank=1e-4)
+    for name in ("a", "b"):  # each trained adapter's low-rank parts at their own rate
+        encoder = model.prompt_encoders[name]
+        assert any(p is encoder.lora_a for p in groups[1]["params"])
+        assert any(p is encoder.prompt for p in groups[0]["params"])
+    assert not any(p.requires_grad for p in model.prompt_encoders["c"].parameters())
     ids, mask, labels = task_batch("SEQ_CLS")
     model(input_ids=ids[:2], attention_mask=mask[:2], labels=labels[:2], adapter_names=["a", "b"]).loss.backward()
     assert (model.prompt_encoders["a"].prompt.grad.abs().sum() > 0
             and model.prompt_encoders["b"].prompt.grad.abs().sum() > 0)
     assert model.head_copies["a"][0].weight.grad.abs().sum() > 0
     assert model.prompt_encoders["c"].prompt.grad is None and model.head_copies["c"][0].weight.grad is None
+    model.set_adapter("c")  # the active adapter alone trains again
+    assert not model.prompt_encoders["a"].prompt.requires_grad and model.prompt_encoders["c"].prompt.requires_grad
+    for bad, message in (("a", r"expected a list of adapter names, got 'a'"), (["zz"], r"no adapter named 'zz'")):
+        with pytest.raises(ValueError, match=message):
+            model.set_trainable_adapters(bad)
+    model.save_pretrained(tmp_path, selected_adapters=["a"])
+    model.load_adapter(tmp_path / "a", adapter_name="served")  # for inference, as PEFT loads by default
+    with pytest.raises(ValueError, match=r"\['served'\] were loaded for inference; load them with is_trainable=True"):
+        model.set_trainable_adapters(["a", "served"])
 
 
 def test_adapter_name_errors():

@@ -923,6 +923,14 @@ def test_help_lists_trainers_options_beside_ours(capsys):
                  "--push_to_hub", "--deepspeed", "--fsdp", "--lr_lowrank", "--param_budget", "--method", "--readout",
                  "--train_file", "--lr", "--num-epochs"):
         assert flag in shown, flag
+    # The adapter options say the defaults the command line uses, which are not EPTConfig's.
+    from ept_fast.training.options import _adapter_options
+
+    helps = {name: spec.metadata["help"] for name, _, spec in _adapter_options()}
+    assert helps["num_virtual_tokens"].endswith("(default by method: ept 20, dept 20, pt 98)")
+    assert helps["max_length"].endswith("(default: 128)")
+    assert helps["r"].endswith("(default by method: ept 44, dept 59)")
+    assert helps["readout"].endswith("(default: sentence_embedding for an encoder classifier, else backbone)")
 
 
 def test_report_to_tensorboard_writes_event_files(tiny_models, sst2_files, tmp_path):
@@ -1127,6 +1135,9 @@ def test_trainer_options_that_would_do_nothing_here_are_refused(tiny_models, sst
     with pytest.raises(ValueError, match=r"--method: compare runs each of --methods; got --method 'dept', give "
                                          r"--methods dept instead"):
         CompareArguments(method="dept", methods=["ept"])
+    with pytest.raises(ValueError, match=r"--resume: compare resumes every run from its own folder in --output_dir; "
+                                         r"give --resume without a value, got 'runs/x/checkpoint-4'"):
+        CompareArguments(resume_from_checkpoint="runs/x/checkpoint-4")
 
 
 def test_save_strategy_no_with_the_last_steps_adapter_writes_no_checkpoint(tiny_models, sst2_files, tmp_path):

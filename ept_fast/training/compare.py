@@ -44,11 +44,19 @@ class CompareArguments(TrainArguments):
                                 action=Repeatable)
     seeds: int = option(3, "runs per method, with seeds --seed, --seed + 1, …")
     method: Optional[str] = option(help="not for compare, which runs each of --methods: give those")
+    output_dir: Optional[str] = option(help="where each run's folder and the comparison's reports go (default: "
+                                            "runs/compare-<task or data>)")
+    resume_from_checkpoint: Optional[str] = option(
+        help="finish an interrupted comparison in --output_dir: finished runs are read back, the others continue "
+             "from their last checkpoint (no value)", aliases=("resume",), nargs="?", const=True)
 
     def __post_init__(self):
         if self.method is not None:
             raise ValueError(f"--method: compare runs each of --methods; got --method {self.method!r}, give "
                              f"--methods {self.method} instead")
+        if self.resume_from_checkpoint not in (None, True):
+            raise ValueError(f"--resume: compare resumes every run from its own folder in --output_dir; give "
+                             f"--resume without a value, got {self.resume_from_checkpoint!r}")
         self.method = Method.EPT.value  # what the options given are checked against; each run sets its own
         if self.output_dir is None:
             self.output_dir = str(Path("runs") / f"compare-{self.data_name()}")
@@ -86,7 +94,7 @@ def compare(args: CompareArguments) -> dict:
     for seed in range(args.seed, args.seed + args.seeds):
         for method in args.methods:
             summary = _run(args, run_arguments(args, method, seed, out, budget), probe=method == "probe")
-            if budget is None and method not in WITHOUT_ADAPTER:  # the first adapter's budget (by default EPT's)
+            if budget is None and method not in WITHOUT_ADAPTER:  # the first adapter method's budget
                 budget = summary["adapter_parameters"]
             runs[method].append(summary)
     result = summarise(runs, budget)

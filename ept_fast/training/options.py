@@ -169,7 +169,6 @@ class InferenceArguments(MachineArguments):
     """Batches and splits (eval, predict)."""
 
     eval_batch_size: int = option(64, "examples per batch", aliases=("per_device_eval_batch_size",))
-    seed: int = option(42, "seed of the registry task's or the embedded data's split")
 
     def __post_init__(self):
         super().__post_init__()
@@ -181,9 +180,25 @@ _CLI_HELP = {"max_length": "n: positions the low-rank update A·B covers; longer
                            "tokenizing, and the run reports how many"}
 
 
+def _cli_default(name: str, field: dataclasses.Field) -> Optional[str]:
+    """What the command line uses for adapter option ``name`` where it is not given, in words."""
+    by_method = {method: row[name] for method, row in METHOD_DEFAULTS.items() if name in row}
+    if len(by_method) == len(METHOD_DEFAULTS) and len(set(by_method.values())) == 1:
+        return f"default: {next(iter(by_method.values()))}"
+    if by_method:
+        return "default by method: " + ", ".join(f"{method} {value}" for method, value in by_method.items())
+    if name == "readout":
+        return f"default: {CLI_READOUT} for an encoder classifier, else {field.default.value}"
+    if name == "prompt_init_text":
+        return f"default: the registry task's, else {field.default!r}"
+    default = getattr(field.default, "value", field.default)
+    return None if default is None else f"default: {default}"
+
+
 def _adapter_options():
     """EPTConfig's option fields, with None meaning "the method's default" (``method`` keeps
-    EPTConfig's default: it picks the row of METHOD_DEFAULTS)."""
+    EPTConfig's default: it picks the row of METHOD_DEFAULTS); each help says the default the
+    command line uses."""
     fields = {field.name: field for field in dataclasses.fields(EPTConfig)}
     hints = typing.get_type_hints(EPTConfig)
     method = fields["method"]
@@ -192,7 +207,9 @@ def _adapter_options():
         kind = typing.get_args(hints[name])[0] if typing.get_origin(hints[name]) is Union else hints[name]
         if isinstance(kind, type) and issubclass(kind, str):  # the enums are given by their values
             kind = str
-        specs.append((name, Optional[kind], option(help=_CLI_HELP.get(name, fields[name].metadata["help"]))))
+        text = _CLI_HELP.get(name, fields[name].metadata["help"]).replace(" (default by method)", "")
+        default = _cli_default(name, fields[name])
+        specs.append((name, Optional[kind], option(help=f"{text} ({default})" if default else text)))
     return specs
 
 
@@ -394,11 +411,16 @@ class EvalArguments(ModelArguments, InferenceArguments, DataArguments):
                                          "of its checkpoint-N folders)")
     output_dir: Optional[str] = option(help="where metrics.json and all_results.json go (default: <adapter>/eval)")
     overwrite: bool = option(False, "replace the metrics.json and all_results.json already in --output_dir")
+    seed: int = option(42, "seed of the registry task's or the embedded data's split, for an adapter that records "
+                           "none (one trained by ept-fast train records its own, and eval uses that)")
 
     def __post_init__(self):
         super().__post_init__()
         if not self.adapter:
             raise ValueError("--adapter: expected the folder of a saved adapter, got none")
+        if self.limit_train_examples is not None:
+            raise ValueError(f"--max_train_samples: eval scores the validation and test splits and reads no "
+                             f"training examples, got {self.limit_train_examples}")
 
 
 # ------------------------------------------------------------------- parsing
@@ -441,6 +463,9 @@ class OptionParser(HfArgumentParser):
                 groups[owner] = self.add_argument_group(title)
             field.type = hints[field.name]
             self._parse_dataclass_field(groups[owner], field)
+            if field.type == Optional[bool]:  # unset by default, yet a bare --flag still means true
+                action = self._option_string_actions[f"--{field.name}"]
+                action.nargs, action.const = "?", True
 
     def error(self, message: str):
         """argparse's error, without the usage of every option first, and with the nearest
