@@ -343,14 +343,23 @@ def test_completions_with_the_openai_client(adapters, sst2_files, tmp_path):
         assert httpx.post(f"{url}/v1/classify", json={"model": "t5a", "input": "fine"}).status_code == 400
 
 
-def test_a_runtime_adapter_trained_to_generate_more_than_the_server_does_is_refused(adapters):
-    with server("--adapter", f"t5a={adapters / 't5a'}", "--max-new-tokens", "2", "--allow-runtime-adapters",
-                "--adapter-root", str(adapters)) as url:
-        refused = httpx.post(f"{url}/v1/load_adapter", json={"adapter_name": "b", "adapter_path": "t5b"}, timeout=60)
-        assert refused.status_code == 400
-        assert ("adapter_path: the adapter was trained to generate 3 tokens, more than this server generates (2); "
-                "start the server with --max-new-tokens 3 or more") in refused.json()["error"]["message"]
-        assert [m["id"] for m in httpx.get(f"{url}/v1/models").json()["data"]] == ["t5a"]
+def test_each_adapter_generates_what_it_was_trained_with_unless_max_new_tokens_says(adapters):
+    """t5a and t5b were trained to generate 3 tokens, the classifiers none: a runtime-loaded adapter
+    gets its own length, and --max-new-tokens sets every adapter's."""
+    for options, most in (((), 3), (("--max-new-tokens", "2"), 2)):
+        with server("--adapter", f"t5a={adapters / 't5a'}", *options, "--allow-runtime-adapters",
+                    "--adapter-root", str(adapters)) as url:
+            loaded = httpx.post(f"{url}/v1/load_adapter", json={"adapter_name": "b", "adapter_path": "t5b"},
+                                timeout=60)
+            assert loaded.status_code == 200, loaded.text
+            for name in ("t5a", "b"):
+                answer = httpx.post(f"{url}/v1/completions", json={"model": name, "prompt": "fine"}, timeout=60)
+                assert answer.status_code == 200 and answer.json()["usage"]["completion_tokens"] <= most
+                too_many = httpx.post(f"{url}/v1/completions", json={"model": name, "prompt": "fine",
+                                                                      "max_tokens": most + 1}, timeout=60)
+                assert too_many.status_code == 400
+                assert f"max_tokens: expected 1 to {most} (what adapter {name!r} generates" in \
+                    too_many.json()["error"]["message"]
 
 
 def test_sigterm_answers_the_queue_before_exit(adapters, sst2_files):

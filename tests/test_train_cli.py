@@ -1192,6 +1192,37 @@ def test_eval_generates_as_many_tokens_as_the_adapter_was_trained_with(tiny_mode
     assert cli_main(["eval", "--adapter", str(tmp_path / "lm"), *files, "--max-new-tokens", "2",
                      "--output-dir", str(tmp_path / "two")]) == 0
     assert json.loads((tmp_path / "two" / "metrics.json").read_text())["config"]["max_new_tokens"] == 2
+    # predict: each adapter generates what it was trained with, and its inputs keep that room, alone as in a
+    # mixed file (the mixed file used to run every row at the most of the two: the short one's inputs cut to 6).
+    args = _args(tiny_models, sst2_files, tmp_path / "short", "--task", "sst2", "--max-length", "12",
+                 "--max-new-tokens", "2", "--max-steps", "2", "--eval-steps", "2")
+    args[1] = str(tmp_path / "gpt2")
+    assert main(args) == 2  # [CLS] the answer [SEP] and the end of sequence: longer than its room
+    refused = capsys.readouterr().err
+    assert "--max-new-tokens: a causal LM trains on each input followed by its answer, and the answer " in refused
+    assert ("takes 4 tokens (the end-of-sequence token included), more than the 2 kept for it; give "
+            "--max-new-tokens 4 or more") in refused
+    args[args.index("--max-new-tokens") + 1] = "4"
+    assert main(args + ["--overwrite"]) == 0
+    rows = [json.loads(line) for line in open(sst2_files[2])][:6]
+    for row in rows:
+        row["sentence"] = " ".join([row["sentence"]] * 2)  # cut to 6 tokens for "lm", to 8 for "short"
+    mixed = tmp_path / "mixed.jsonl"
+    mixed.write_text("".join(json.dumps({**row, "adapter": name}) + "\n" for row in rows for name in ("lm", "short")))
+
+    def predicted(names, source):
+        out = tmp_path / f"{'-'.join(names)}.jsonl"
+        served = [option for name in names for option in ("--adapter", f"{name}={tmp_path / name}")]
+        assert cli_main(["predict", *served, "--input-file", str(source), "--output-file", str(out), "--device",
+                         "cpu", "--overwrite"]) == 0
+        return [json.loads(line) for line in out.read_text().splitlines()]
+
+    together = predicted(["lm", "short"], mixed)
+    for name in ("lm", "short"):
+        alone = tmp_path / f"{name}-rows.jsonl"
+        alone.write_text("".join(json.dumps(row) + "\n" for row in rows))
+        expected = [p["generated"] for p in predicted([name], alone)]
+        assert [p["generated"] for p in together if p["adapter"] == name] == expected, name
     several = [{"max_new_tokens": 3}, None, {"split_seed": 1}, {"max_new_tokens": 5}]  # older adapters record none
     assert (ModelArguments().generation_length(several), ModelArguments().generation_length([None]),
             ModelArguments(max_new_tokens=2).generation_length(several)) == (5, 8, 2)

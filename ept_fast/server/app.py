@@ -20,15 +20,15 @@ from ..adapters import check_adapter_name
 from ..config import TaskType
 from ..tasks import Task, format_input
 from ..training.data import Collator
-from ..training.options import MachineArguments, ModelArguments, option, trained_generation_length
+from ..training.options import MachineArguments, ModelArguments, option
 from ..training.prediction import adapter_collator, predict_rows
 from ..training.serving import (
     ServedAdapters,
     check_served_together,
+    generation_length_of,
     load_served_model,
     merge,
     read_served,
-    with_generation_length,
 )
 from .batcher import DynamicBatcher
 from .metrics import ServerMetrics
@@ -87,15 +87,18 @@ class ApiError(Exception):
 
 class Served:
     """The model, its adapters and the batcher: what the endpoints share. The worker thread
-    alone touches the model and ``tokenizer``; the event loop counts a request's tokens with its
-    own copy, ``counting_tokenizer`` (a fast tokenizer's truncation and padding are settings of the
-    one object, so two threads sharing it change each other's). ``accepting`` (the adapters a
-    request may name) and ``loading`` (the names being loaded) change on the event loop."""
+    alone touches the model and ``tokenizer``, and changes ``tasks``, ``configs`` and
+    ``lengths`` (the tokens each adapter generates); the event loop counts a request's tokens
+    with its own copy, ``counting_tokenizer`` (a fast tokenizer's truncation and padding are
+    settings of the one object, so two threads sharing it change each other's). ``accepting``
+    (the adapters a request may name) and ``loading`` (the names being loaded) change on the
+    event loop."""
 
     def __init__(self, args: ServeArguments):
         self.device = args.run_device()
+        self.args = args
         self.model, self.tokenizer, self.tasks, self.configs = load_served_model(args)
-        self.args = with_generation_length(args, self.model)
+        self.lengths = {name: generation_length_of(args, self.model, name) for name in self.tasks}
         self.counting_tokenizer = copy.deepcopy(self.tokenizer)
         self.model.to(self.device).eval()
         for name in self.tasks:
@@ -111,11 +114,11 @@ class Served:
 
     def collator(self, name: str) -> Collator:
         """Adapter ``name``'s collator, for the event loop (it tokenizes with ``counting_tokenizer``)."""
-        return adapter_collator(self.model, self.counting_tokenizer, self.tasks[name], name, self.args.max_new_tokens)
+        return adapter_collator(self.model, self.counting_tokenizer, self.tasks[name], name, self.lengths[name])
 
     def _run(self, rows):
         answers = predict_rows(self.model, self.tokenizer, self.tasks, rows, self.args.max_batch_size, self.device,
-                               self.args.max_new_tokens, autocast=lambda: self.args.autocast(self.device))
+                               self.lengths, autocast=lambda: self.args.autocast(self.device))
         self.metrics.batch([name for name, _ in rows])
         return answers
 
@@ -142,22 +145,18 @@ class Served:
                               "adapter_path")
         self.model.load_adapter(path, adapter_name=name)
         try:
-            trained = trained_generation_length(self.model.adapter_task_metadata[name]) or 0
-            if self.task_type is not TaskType.SEQ_CLS and trained > self.args.max_new_tokens:
-                raise ValueError(f"adapter_path: the adapter was trained to generate {trained} tokens, more than "
-                                 f"this server generates ({self.args.max_new_tokens}); start the server with "
-                                 f"--max-new-tokens {trained} or more")
-            adapter_collator(self.model, self.tokenizer, task, name, self.args.max_new_tokens)
+            length = generation_length_of(self.args, self.model, name)
+            adapter_collator(self.model, self.tokenizer, task, name, length)  # room for a causal LM's input
             self.model.to(self.device)
             merge(self.model, name)
         except Exception:
             self.model.delete_adapter(name)  # nothing of a refused or failed load stays
             raise
-        self.configs[name], self.tasks[name] = config, task
+        self.configs[name], self.tasks[name], self.lengths[name] = config, task, length
 
     def remove(self, name: str) -> None:
         self.model.delete_adapter(name)
-        del self.configs[name], self.tasks[name]
+        del self.configs[name], self.tasks[name], self.lengths[name]
 
 
 def _settle(future, result, error) -> None:
@@ -323,14 +322,14 @@ def create_app(served: Served):
             if not any(value == asked and type(value) is type(asked) for asked in nothing):
                 raise ApiError(400, f"{key}: not supported by ept-fast serve (it answers each prompt once, whole, "
                                     f"greedily decoded); leave it out, got {value!r}")
-        if request.max_tokens is not None and not 1 <= request.max_tokens <= args.max_new_tokens:
-            raise ApiError(400, f"max_tokens: expected 1 to {args.max_new_tokens} (the server's generation length: "
-                                f"--max-new-tokens, else the most its adapters were trained to generate), "
-                                f"got {request.max_tokens}")
+        most = served.lengths[name]
+        if request.max_tokens is not None and not 1 <= request.max_tokens <= most:
+            raise ApiError(400, f"max_tokens: expected 1 to {most} (what adapter {name!r} generates: --max-new-tokens, "
+                                f"else what it was trained to generate), got {request.max_tokens}")
         prompts = [request.prompt] if isinstance(request.prompt, str) else request.prompt
         rows, prompt_tokens, _ = rows_of(name, prompts, request.truncate, "prompt")
         answers = await _answered(served.predict(rows))
-        limit = request.max_tokens or args.max_new_tokens
+        limit = request.max_tokens or most
         choices, generated_tokens = [], 0
         for index, answer in enumerate(answers):
             ids = answer["tokens"]

@@ -201,11 +201,27 @@ class Collator:
             return dict(batch)
         return self._causal(examples, for_generation)
 
+    def _answer_ids(self, target: str) -> List[int]:
+        """A causal LM's answer as it trains on it: the target's tokens, then end-of-sequence."""
+        return self.tokenizer(" " + target)["input_ids"] + [self.tokenizer.eos_token_id]
+
+    def check_answers_fit(self, examples: List[dict]) -> None:
+        """A causal LM trains on each input followed by its answer, in max_length positions of
+        which max_new_tokens are the answer's: a longer answer is refused before training."""
+        if self.task_type is not TaskType.CAUSAL_LM or not examples:
+            return
+        longest = max(dict.fromkeys(e["target"] for e in examples), key=lambda target: len(self._answer_ids(target)))
+        tokens = len(self._answer_ids(longest))
+        if tokens > self.max_new_tokens:
+            raise ValueError(f"--max-new-tokens: a causal LM trains on each input followed by its answer, and the "
+                             f"answer {longest!r} takes {tokens} tokens (the end-of-sequence token included), more "
+                             f"than the {self.max_new_tokens} kept for it; give --max-new-tokens {tokens} or more")
+
     def _causal(self, examples, for_generation):
         tok = self.tokenizer
         budget = self.max_length - self.max_new_tokens
         sources = [tok(e["source"] + " answer:", truncation=True, max_length=budget)["input_ids"] for e in examples]
-        targets = [[] if for_generation else tok(" " + e["target"])["input_ids"] + [tok.eos_token_id] for e in examples]
+        targets = [[] if for_generation else self._answer_ids(e["target"]) for e in examples]
         width = max(len(s) + len(t) for s, t in zip(sources, targets))
         ids = torch.full((len(examples), width), tok.pad_token_id)
         mask = torch.zeros((len(examples), width), dtype=torch.long)

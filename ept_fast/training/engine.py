@@ -251,6 +251,7 @@ def _train(args: TrainArguments, out: Path, stop_after_steps: Optional[int]) -> 
     model.task_metadata = task_metadata(task, split_seed=args.seed, max_new_tokens=args.max_new_tokens)
     model.to(args.device)
     collate = Collator(tokenizer, task_type, task, config.max_length, args.max_new_tokens)
+    collate.check_answers_fit(train_set)
     inputs_cut = report_inputs_cut(collate, {"train": train_set, "validation": validation_set, "test": test_set}) \
         if main_process(args) else {}
     head_init = None

@@ -80,7 +80,8 @@ class ModelArguments:
     task_type: Optional[str] = option(help="SEQ_CLS, SEQ_2_SEQ_LM or CAUSAL_LM (default: from the model)")
     max_new_tokens: Optional[int] = option(
         help="tokens generated per example when seq2seq or causal LMs are scored (a causal LM's inputs leave room "
-             "for them; default: 8 to train, and what the adapters were trained with to eval, predict or serve)")
+             "for them, and its answers must fit in them; default: 8 to train, and what each adapter was trained "
+             "with to eval, predict or serve)")
 
     def __post_init__(self):
         getattr(super(), "__post_init__", lambda: None)()

@@ -9,7 +9,7 @@ rows all run the active adapter takes the single-adapter path."""
 from __future__ import annotations
 
 import contextlib
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import torch
 
@@ -19,6 +19,12 @@ from ..tasks import Example, Task, compute_metrics, parse_prediction
 from .data import Collator
 
 Row = Tuple[str, dict]  # (adapter name, example or input row as format_input gives it)
+Lengths = Union[int, Mapping[str, int]]  # tokens to generate: for every adapter, or by adapter name
+
+
+def length_of(max_new_tokens: Lengths, name: str) -> int:
+    """The tokens adapter ``name`` generates."""
+    return max_new_tokens if isinstance(max_new_tokens, int) else max_new_tokens[name]
 
 
 def adapter_collator(model: EPTModel, tokenizer, task: Task, name: str, max_new_tokens: int) -> Collator:
@@ -27,12 +33,12 @@ def adapter_collator(model: EPTModel, tokenizer, task: Task, name: str, max_new_
 
 
 def encode_rows(model: EPTModel, tokenizer, tasks: Dict[str, Task], rows: Sequence[Row],
-                max_new_tokens: int) -> Dict[str, torch.Tensor]:
+                max_new_tokens: Lengths) -> Dict[str, torch.Tensor]:
     """One padded batch of ``rows`` (a causal LM's padded on the left, so generation goes on
     from each row's last token; the others' on the right)."""
     encoded: List[Dict[str, torch.Tensor]] = [{} for _ in rows]
     for name in dict.fromkeys(name for name, _ in rows):
-        collate = adapter_collator(model, tokenizer, tasks[name], name, max_new_tokens)
+        collate = adapter_collator(model, tokenizer, tasks[name], name, length_of(max_new_tokens, name))
         indices = [i for i, (row_name, _) in enumerate(rows) if row_name == name]
         # The collator also encodes labels; predictions need none, so each row gets a placeholder.
         group = collate([dict(rows[i][1], label=0, target="") for i in indices], for_generation=True)
@@ -82,26 +88,32 @@ def predict_batch(model: EPTModel, tokenizer, tasks: Dict[str, Task], names: Lis
 
 
 def predict_rows(model: EPTModel, tokenizer, tasks: Dict[str, Task], rows: Sequence[Row], batch_size: int,
-                 device, max_new_tokens: int, accelerator=None, autocast=None, progress=None) -> List[dict]:
-    """``predict_batch`` over ``rows`` in batches of ``batch_size``, in their order. With several
-    processes (``accelerator``) each one predicts every world-th row and the answers are gathered.
-    ``autocast`` makes the context each batch runs in (mixed precision); ``progress`` wraps the
-    batch starts (a tqdm)."""
+                 device, max_new_tokens: Lengths, accelerator=None, autocast=None, progress=None) -> List[dict]:
+    """``predict_batch`` over ``rows`` in batches of ``batch_size``, answered in their order. A
+    generative backbone's rows are batched with the rows of adapters that generate as many
+    tokens (``max_new_tokens``: one number, or one per adapter), so that each adapter's inputs
+    keep the room for the answer it was trained with. With several processes (``accelerator``)
+    each one predicts every world-th row and the answers are gathered. ``autocast`` makes the
+    context each batch runs in (mixed precision); ``progress`` wraps the batches (a tqdm)."""
     rank, world = (accelerator.process_index, accelerator.num_processes) if accelerator else (0, 1)
     was_training = model.training
     model.eval()
-    indices = list(range(rank, len(rows), world))
-    starts = range(0, len(indices), batch_size)
-    answers: List[dict] = []
+    generative = model.task_type is not TaskType.SEQ_CLS
+    by_length: Dict[int, List[int]] = {}
+    for i in range(rank, len(rows), world):
+        by_length.setdefault(length_of(max_new_tokens, rows[i][0]) if generative else 0, []).append(i)
+    chunks = [(length, members[start:start + batch_size]) for length, members in by_length.items()
+              for start in range(0, len(members), batch_size)]
+    indexed = []
     try:
-        for start in progress(starts) if progress else starts:
-            chunk = [rows[i] for i in indices[start:start + batch_size]]
-            batch = {k: v.to(device) for k, v in encode_rows(model, tokenizer, tasks, chunk, max_new_tokens).items()}
+        for length, chunk in progress(chunks) if progress else chunks:
+            chunk_rows = [rows[i] for i in chunk]
+            batch = {k: v.to(device) for k, v in encode_rows(model, tokenizer, tasks, chunk_rows, length).items()}
             with autocast() if autocast else contextlib.nullcontext():
-                answers += predict_batch(model, tokenizer, tasks, [name for name, _ in chunk], batch, max_new_tokens)
+                indexed += zip(chunk, predict_batch(model, tokenizer, tasks, [name for name, _ in chunk_rows], batch,
+                                                    length))
     finally:
         model.train(was_training)
-    indexed = list(zip(indices, answers))
     if world > 1:  # each process's share is exact: nothing to drop (gather_for_metrics would cut by the
         # training dataloader's remainder, which is not this loop's)
         from accelerate.utils import gather_object

@@ -148,10 +148,10 @@ def load_served_model(args) -> Tuple[EPTModel, object, Dict[str, Task], Dict[str
     return model, tokenizer, tasks, configs
 
 
-def with_generation_length(args, model: EPTModel):
-    """``args`` (predict's or serve's) with --max-new-tokens resolved for the adapters loaded on
-    ``model`` (``ModelArguments.generation_length``)."""
-    return dataclasses.replace(args, max_new_tokens=args.generation_length(model.adapter_task_metadata.values()))
+def generation_length_of(args, model: EPTModel, name: str) -> int:
+    """The tokens adapter ``name`` of ``model`` generates under predict's or serve's ``args``:
+    --max-new-tokens, else what it was trained with (``ModelArguments.generation_length``)."""
+    return args.generation_length([model.adapter_task_metadata[name]])
 
 
 def merge(model: EPTModel, name: str) -> None:
@@ -167,7 +167,7 @@ def predict_file(args: PredictArguments) -> dict:
     out = args.output_path()
     check_writable(out.parent, "--output-file")
     model, tokenizer, tasks, _ = load_served_model(args)
-    args = with_generation_length(args, model)
+    lengths = {name: generation_length_of(args, model, name) for name in tasks}
     device = args.run_device()
     model.to(device).eval()
     rows = read_rows(args.input_file)
@@ -190,7 +190,7 @@ def predict_file(args: PredictArguments) -> dict:
             raise ValueError(f"{args.input_file}, row {number} (adapter {name}): {error.args[0]}") from None
         gold.append(_label_of(tasks[name], row.get("label")))
     start = time.perf_counter()
-    answers = predict_rows(model, tokenizer, tasks, requests, args.eval_batch_size, device, args.max_new_tokens,
+    answers = predict_rows(model, tokenizer, tasks, requests, args.eval_batch_size, device, lengths,
                            autocast=lambda: args.autocast(device),
                            progress=lambda starts: tqdm(starts, desc="predict", unit="batch"))
     predictions = [{"row": number, "adapter": name, **named_answer(tasks[name], answer)}
