@@ -1,8 +1,15 @@
 """Per-dimension spread of what EPT's head reads (p, prompted) against the frozen sentence
-embedding (f), on a task's validation split: std over examples, the mean distance to the
-centroid, and a logistic regression's fit on each (C on half, scored on the other half)."""
-import csv, sys, torch
+embedding (f), on a task's validation split: the std over the examples, the mean distance to the
+centroid, and the class means' distance to it.
+
+    python benchmarks/results/spread-floor/spread.py ADAPTER_DIR DATA_DIR   (a MiniLM classifier)
+"""
+import csv
+import sys
+
+import torch
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
 from ept_fast import EPTModel
 from ept_fast.offline import minilm_path
 
@@ -17,7 +24,8 @@ model.head_copies["default"][0].register_forward_hook(lambda m, i, o: captured.a
 P, F = [], []
 with torch.no_grad():
     for s in range(0, len(rows), 64):
-        batch = tok([r["text"] for r in rows[s:s + 64]], truncation=True, max_length=128, padding=True, return_tensors="pt")
+        batch = tok([r["text"] for r in rows[s:s + 64]], truncation=True, max_length=128, padding=True,
+                    return_tensors="pt")
         model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
         P.append(captured.pop())
         h = backbone.bert(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).last_hidden_state
