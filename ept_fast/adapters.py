@@ -11,7 +11,7 @@ import os
 import re
 import warnings
 from pathlib import Path
-from typing import Dict, Iterator, List, Optional, Sequence, Tuple, Union
+from typing import Dict, Iterable, Iterator, List, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import nn
@@ -135,7 +135,7 @@ class AdapterLifecycle:
     def add_adapter(self, adapter_name: str, config: EPTConfig, tokenizer=None) -> None:
         """Add a new, trainable adapter built from ``config`` (not made active: see ``set_adapter``)."""
         self._create_adapter(adapter_name, copy.deepcopy(config), tokenizer, initialize_prompt=True)
-        self.set_adapter(self._active_adapter)
+        self._train_only(self._training)
 
     def load_adapter(self, model_id: Union[str, os.PathLike], adapter_name: str, is_trainable: bool = False,
                      revision: Optional[str] = None, subfolder: Optional[str] = None,
@@ -150,7 +150,7 @@ class AdapterLifecycle:
         except BaseException:
             self._forget(adapter_name)  # no half-loaded adapter stays behind
             raise
-        self.set_adapter(self._active_adapter)
+        self._train_only(self._training)
 
     def _load_files(self, name: str, files: AdapterFiles, source: str, is_trainable: bool) -> None:
         self.load_adapter_state_dict(files.tensors, source, adapter_name=name)
@@ -165,9 +165,13 @@ class AdapterLifecycle:
 
     def set_trainable_adapters(self, adapter_names: Sequence[str]) -> None:
         """Train the adapters ``adapter_names`` (each loaded trainable), all others frozen: for
-        training several at once through mixed batches (``adapter_names=`` of ``forward``).
-        ``set_adapter`` makes the active adapter the only one that trains again."""
-        if isinstance(adapter_names, str) or not all(isinstance(name, str) for name in adapter_names):
+        training several at once through mixed batches (``adapter_names=`` of ``forward``). Adding,
+        loading or deleting adapters keeps this; ``set_adapter`` makes the active adapter the only
+        one that trains again."""
+        if isinstance(adapter_names, str) or not isinstance(adapter_names, Iterable):
+            raise ValueError(f"adapter_names: expected a list of adapter names, got {adapter_names!r}")
+        adapter_names = list(adapter_names)
+        if not all(isinstance(name, str) for name in adapter_names):
             raise ValueError(f"adapter_names: expected a list of adapter names, got {adapter_names!r}")
         for name in adapter_names:
             self._check_adapter(name)
@@ -177,8 +181,21 @@ class AdapterLifecycle:
                              f"is_trainable=True to train them")
         self._train_only(adapter_names)
 
+    @contextlib.contextmanager
+    def active_for_a_while(self, adapter_name: str) -> Iterator[None]:
+        """``adapter_name`` active inside the block; the active adapter, and the adapters that
+        train, as they were after it."""
+        active, training = self._active_adapter, list(self._training)
+        self.set_adapter(adapter_name)
+        try:
+            yield
+        finally:
+            self._active_adapter = active
+            self._train_only(training)
+
     def _train_only(self, adapter_names: Sequence[str]) -> None:
         """The parameters of the trainable adapters among ``adapter_names`` train; no others do."""
+        self._training = [name for name in adapter_names if name in self.peft_config]
         for name, encoder in self.prompt_encoders.items():
             trains = name in adapter_names and self._trainable[name]
             for parameter_name, parameter in encoder.named_parameters():
@@ -196,8 +213,10 @@ class AdapterLifecycle:
             raise ValueError(f"adapter_name: {adapter_name!r} is this model's only adapter; use get_base_model() "
                              f"for the backbone alone")
         self._forget(adapter_name)
-        still_there = self._active_adapter in self.peft_config
-        self.set_adapter(self._active_adapter if still_there else next(iter(self.peft_config)))
+        if self._active_adapter in self.peft_config:
+            self._train_only(self._training)
+        else:
+            self.set_adapter(next(iter(self.peft_config)))
 
     def _forget(self, name: str) -> None:
         del self.prompt_encoders[name]

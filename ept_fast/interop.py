@@ -88,17 +88,16 @@ def _prefix_only_difference(model, name: str, prompt: torch.Tensor, sample_input
     if getattr(model.base_model.config, "is_encoder_decoder", False):
         start = model.base_model.config.decoder_start_token_id or 0
         extra["decoder_input_ids"] = torch.full((ids.shape[0], 1), start, dtype=torch.long, device=ids.device)
-    active, training = model.active_adapter, model.training
-    model.set_adapter(name)
+    training = model.training
     model.eval()  # no dropout in the measurement
     try:
-        with_update = model(input_ids=ids, **extra).logits
-        prefix = prompt.to(table).unsqueeze(0).expand(ids.shape[0], -1, -1)
-        embeds = torch.cat([prefix, model.word_embeddings(ids)], dim=1)
-        mask = torch.ones(embeds.shape[:2], dtype=torch.long, device=ids.device)
-        prefix_only = model.base_model(inputs_embeds=embeds, attention_mask=mask, **extra).logits
+        with model.active_for_a_while(name):
+            with_update = model(input_ids=ids, **extra).logits
+            prefix = prompt.to(table).unsqueeze(0).expand(ids.shape[0], -1, -1)
+            embeds = torch.cat([prefix, model.word_embeddings(ids)], dim=1)
+            mask = torch.ones(embeds.shape[:2], dtype=torch.long, device=ids.device)
+            prefix_only = model.base_model(inputs_embeds=embeds, attention_mask=mask, **extra).logits
     finally:
-        model.set_adapter(active)
         model.train(training)
     return float((with_update.float() - prefix_only.float()).abs().max())
 

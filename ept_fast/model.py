@@ -75,7 +75,8 @@ class EPTModel(AdapterLifecycle, nn.Module):
         self.heads: List[str] = []  # the backbone's trained head modules (SEQ_CLS); each adapter has copies
         self.head_copies = nn.ModuleDict()  # adapter name -> its copies, in the order of self.heads
         self.adapter_task_metadata: Dict[str, Optional[dict]] = {}
-        self._trainable: Dict[str, bool] = {}
+        self._trainable: Dict[str, bool] = {}  # adapter name -> created or loaded trainable
+        self._training: List[str] = []  # the adapters whose parameters train now (set_adapter, set_trainable_adapters)
         self._merged_prompts: Dict[str, torch.Tensor] = {}
         self._active_adapter = adapter_name
         self._adapters_disabled = False

@@ -104,15 +104,22 @@ def test_training_through_a_mixed_batch_reaches_each_rows_adapter(tmp_path):
             and model.prompt_encoders["b"].prompt.grad.abs().sum() > 0)
     assert model.head_copies["a"][0].weight.grad.abs().sum() > 0
     assert model.prompt_encoders["c"].prompt.grad is None and model.head_copies["c"][0].weight.grad is None
+    model.add_adapter("d", model.peft_config["a"])  # adding, loading or deleting another keeps a and b training
+    model.delete_adapter("d")
+    assert model.prompt_encoders["a"].prompt.requires_grad and model.prompt_encoders["b"].prompt.requires_grad
+    assert not model.prompt_encoders["c"].prompt.requires_grad
     model.set_adapter("c")  # the active adapter alone trains again
     assert not model.prompt_encoders["a"].prompt.requires_grad and model.prompt_encoders["c"].prompt.requires_grad
-    for bad, message in (("a", r"expected a list of adapter names, got 'a'"), (["zz"], r"no adapter named 'zz'")):
+    for bad, message in (("a", r"expected a list of adapter names, got 'a'"), (["zz"], r"no adapter named 'zz'"),
+                         (3, r"expected a list of adapter names, got 3")):
         with pytest.raises(ValueError, match=message):
             model.set_trainable_adapters(bad)
     model.save_pretrained(tmp_path, selected_adapters=["a"])
     model.load_adapter(tmp_path / "a", adapter_name="served")  # for inference, as PEFT loads by default
     with pytest.raises(ValueError, match=r"\['served'\] were loaded for inference; load them with is_trainable=True"):
         model.set_trainable_adapters(["a", "served"])
+    model.set_trainable_adapters(name for name in ("a", "b"))  # any iterable of names
+    assert model.prompt_encoders["a"].prompt.requires_grad and model.prompt_encoders["b"].prompt.requires_grad
 
 
 def test_adapter_name_errors():

@@ -156,10 +156,8 @@ def generation_length_of(args, model: EPTModel, name: str) -> int:
 
 def merge(model: EPTModel, name: str) -> None:
     """Compute adapter ``name``'s P* once (the active adapter is left as it was)."""
-    active = model.active_adapter
-    model.set_adapter(name)
-    model.merge_prompt()
-    model.set_adapter(active)
+    with model.active_for_a_while(name):
+        model.merge_prompt()
 
 
 def predict_file(args: PredictArguments) -> dict:
