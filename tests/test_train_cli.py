@@ -1138,6 +1138,8 @@ def test_trainer_options_that_would_do_nothing_here_are_refused(tiny_models, sst
     with pytest.raises(ValueError, match=r"--resume: compare resumes every run from its own folder in --output_dir; "
                                          r"give --resume without a value, got 'runs/x/checkpoint-4'"):
         CompareArguments(resume_from_checkpoint="runs/x/checkpoint-4")
+    assert CompareArguments(resume_from_checkpoint="true").resume_from_checkpoint is True
+    assert CompareArguments(resume_from_checkpoint="false").resume_from_checkpoint is None
 
 
 def test_save_strategy_no_with_the_last_steps_adapter_writes_no_checkpoint(tiny_models, sst2_files, tmp_path):

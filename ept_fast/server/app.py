@@ -13,8 +13,9 @@ import os
 import socket
 import time
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Optional
+from typing import List, Optional
 
 from ..adapters import check_adapter_name
 from ..config import TaskType
@@ -40,7 +41,9 @@ MOST_WAIT_MS = 60_000.0  # a minute: longer, a request would wait on a batch lon
 # value that asks for nothing: anything else is refused, not ignored. (Sampling options are ignored:
 # decoding is greedy, as the class docstring of CompletionRequest says.)
 UNSUPPORTED_COMPLETION_OPTIONS = {"stream": (None, False), "n": (None, 1), "best_of": (None, 1), "echo": (None, False),
-                                  "logprobs": (None,), "suffix": (None, ""), "stop": (None, "", [])}
+                                  "logprobs": (None,), "suffix": (None, ""), "stop": (None, "", []),
+                                  "logit_bias": (None, {}), "frequency_penalty": (None, 0, 0.0),
+                                  "presence_penalty": (None, 0, 0.0)}
 
 
 @dataclasses.dataclass
@@ -55,6 +58,7 @@ class ServeArguments(ServedAdapters, ModelArguments, MachineArguments):
     max_wait_ms: float = option(10.0, "the longest a request waits for others to share its batch (at most "
                                       f"{MOST_WAIT_MS:.0f})")
     max_request_rows: int = option(64, "the most inputs one request may carry (more: 413)")
+    max_request_bytes: int = option(4 * 2**20, "the largest request body, in bytes (larger: 413)")
     allow_runtime_adapters: bool = option(False, "enable POST /v1/load_adapter and /v1/unload_adapter")
     adapter_root: Optional[str] = option(help="the folder runtime-loaded adapters must be under (needed with "
                                               "--allow-runtime-adapters)")
@@ -63,7 +67,7 @@ class ServeArguments(ServedAdapters, ModelArguments, MachineArguments):
 
     def __post_init__(self):
         super().__post_init__()
-        for name, least in (("max_batch_size", 1), ("max_request_rows", 1)):
+        for name, least in (("max_batch_size", 1), ("max_request_rows", 1), ("max_request_bytes", 1)):
             if getattr(self, name) < least:
                 raise ValueError(f"--{name}: expected an integer >= {least}, got {getattr(self, name)}")
         if not 0 <= self.port <= 65535:
@@ -88,11 +92,11 @@ class ApiError(Exception):
 class Served:
     """The model, its adapters and the batcher: what the endpoints share. The worker thread
     alone touches the model and ``tokenizer``, and changes ``tasks``, ``configs`` and
-    ``lengths`` (the tokens each adapter generates); the event loop counts a request's tokens
-    with its own copy, ``counting_tokenizer`` (a fast tokenizer's truncation and padding are
-    settings of the one object, so two threads sharing it change each other's). ``accepting``
-    (the adapters a request may name) and ``loading`` (the names being loaded) change on the
-    event loop."""
+    ``lengths`` (the tokens each adapter generates). Requests are tokenized to be counted with
+    another copy, ``counting_tokenizer`` (a fast tokenizer's truncation and padding are settings
+    of the one object, so two threads sharing it change each other's), by one ``counter``
+    thread, so that a long input does not hold up the event loop. ``accepting`` (the adapters a
+    request may name) and ``loading`` (the names being loaded) change on the event loop."""
 
     def __init__(self, args: ServeArguments):
         self.device = args.run_device()
@@ -100,6 +104,7 @@ class Served:
         self.model, self.tokenizer, self.tasks, self.configs = load_served_model(args)
         self.lengths = {name: generation_length_of(args, self.model, name) for name in self.tasks}
         self.counting_tokenizer = copy.deepcopy(self.tokenizer)
+        self.counter = ThreadPoolExecutor(1, thread_name_prefix="ept-fast-count")
         self.model.to(self.device).eval()
         for name in self.tasks:
             self.collator(name)  # refuses a --max-new-tokens that leaves a causal LM's input no room
@@ -113,7 +118,7 @@ class Served:
         return self.model.task_type
 
     def collator(self, name: str) -> Collator:
-        """Adapter ``name``'s collator, for the event loop (it tokenizes with ``counting_tokenizer``)."""
+        """Adapter ``name``'s collator, for the counter thread (it tokenizes with ``counting_tokenizer``)."""
         return adapter_collator(self.model, self.counting_tokenizer, self.tasks[name], name, self.lengths[name])
 
     def _run(self, rows):
@@ -184,6 +189,7 @@ def create_app(served: Served):
     async def lifespan(app):
         yield
         await asyncio.get_running_loop().run_in_executor(None, served.batcher.close)
+        served.counter.shutdown()
 
     app = FastAPI(title="ept_fast", lifespan=lifespan)
     args = served.args
@@ -198,7 +204,8 @@ def create_app(served: Served):
     @app.exception_handler(RequestValidationError)
     async def malformed(request, error: RequestValidationError):
         content_type = request.headers.get("content-type", "")
-        if request.method == "POST" and not content_type.startswith("application/json"):
+        media = content_type.split(";")[0].strip().lower()
+        if request.method == "POST" and not (media == "application/json" or media.endswith("+json")):
             return error_body(422, f"malformed request: expected a JSON body (Content-Type: application/json), got "
                                    f"Content-Type {content_type or 'none'!r}", "invalid_request_error")
         problems = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in error.errors())
@@ -220,8 +227,12 @@ def create_app(served: Served):
     @app.middleware("http")
     async def guard_and_count(request: Request, call_next):
         started = time.perf_counter()
+        size = request.headers.get("content-length", "")
         if args.api_key and not authorized(request):
             response = error_body(401, "a valid API key is needed (Authorization: Bearer KEY)", "authentication_error")
+        elif size.isdigit() and int(size) > args.max_request_bytes:
+            response = error_body(413, f"body: {int(size)} bytes; this server takes at most {args.max_request_bytes} a "
+                                       f"request (--max-request-bytes)", "invalid_request_error")
         else:
             try:
                 response = await call_next(request)
@@ -242,9 +253,9 @@ def create_app(served: Served):
             raise ApiError(400, f"model: adapter {name!r} is {served.task_type.value}; ask {endpoint}")
         return name
 
-    def rows_of(name: str, inputs: list, truncate: bool, field: str):
+    async def rows_of(name: str, inputs: list, truncate: bool, field: str):
         """(rows, tokens read, task) of a request whose inputs are its ``field``: everything that needs the
-        adapter is taken now, before the request waits (an unload may remove the adapter once the
+        adapter is taken before the request is queued (an unload may remove the adapter once the
         request is answered)."""
         if not inputs:
             raise ApiError(422, f"{field}: expected at least one input, got none")
@@ -269,7 +280,10 @@ def create_app(served: Served):
                 examples.append(format_input(task, dict(zip(task.fields, texts))))
             except ValueError as error:  # a blank text
                 raise ApiError(400, f"{field}[{index}]: {error}") from None
-        lengths = collate.input_lengths(examples)
+        lengths = await asyncio.get_running_loop().run_in_executor(served.counter, collate.input_lengths, examples)
+        if name not in served.accepting:  # unloaded while the request was counted
+            raise ApiError(404, f"model: no adapter named {name!r}; loaded: {sorted(served.accepting)}",
+                           "not_found_error")
         for index, length in enumerate(lengths):
             if length > collate.input_limit and not truncate:
                 raise ApiError(400, f"{field}[{index}]: {length} tokens; adapter {name!r} reads at most "
@@ -302,7 +316,7 @@ def create_app(served: Served):
     async def classify(request: ClassifyRequest):
         name = adapter(request.model, (TaskType.SEQ_CLS,))
         inputs = [request.input] if isinstance(request.input, str) else request.input
-        rows, tokens, task = rows_of(name, inputs, request.truncate, "input")
+        rows, tokens, task = await rows_of(name, inputs, request.truncate, "input")
         answers = await _answered(served.predict(rows))
         data = []
         for index, answer in enumerate(answers):
@@ -322,18 +336,17 @@ def create_app(served: Served):
             if not any(value == asked and type(value) is type(asked) for asked in nothing):
                 raise ApiError(400, f"{key}: not supported by ept-fast serve (it answers each prompt once, whole, "
                                     f"greedily decoded); leave it out, got {value!r}")
-        most = served.lengths[name]
-        if request.max_tokens is not None and not 1 <= request.max_tokens <= most:
-            raise ApiError(400, f"max_tokens: expected 1 to {most} (what adapter {name!r} generates: --max-new-tokens, "
-                                f"else what it was trained to generate), got {request.max_tokens}")
+        if request.max_tokens is not None and request.max_tokens < 1:
+            raise ApiError(400, f"max_tokens: expected an integer >= 1, got {request.max_tokens}")
         prompts = [request.prompt] if isinstance(request.prompt, str) else request.prompt
-        rows, prompt_tokens, _ = rows_of(name, prompts, request.truncate, "prompt")
+        rows, prompt_tokens, _ = await rows_of(name, prompts, request.truncate, "prompt")
+        # The adapter generates what it was trained with (or --max-new-tokens): max_tokens can only cut that.
+        limit = min(request.max_tokens or served.lengths[name], served.lengths[name])
         answers = await _answered(served.predict(rows))
-        limit = request.max_tokens or most
         choices, generated_tokens = [], 0
         for index, answer in enumerate(answers):
             ids = answer["tokens"]
-            text = served.tokenizer.decode(ids[:limit], skip_special_tokens=True) if len(ids) > limit \
+            text = served.counting_tokenizer.decode(ids[:limit], skip_special_tokens=True) if len(ids) > limit \
                 else answer["generated"]
             generated_tokens += min(len(ids), limit)
             choices.append({"index": index, "text": text, "logprobs": None,
@@ -407,15 +420,43 @@ def serve(args: ServeArguments) -> None:
         import uvicorn
     except ImportError:
         raise ImportError("ept-fast serve needs FastAPI and uvicorn: pip install 'ept_fast[serve]'") from None
+    sockets = bound_sockets(args.host, args.port)  # a taken port fails now, not after loading the model
     try:
-        listening = socket.create_server((args.host, args.port), family=socket.AF_INET6 if ":" in args.host
-                                         else socket.AF_INET)
-    except OSError as error:  # taken, or an address this machine does not have
-        raise ValueError(f"--port: cannot listen on {args.host}:{args.port} ({error.strerror or error})") from None
-    with listening:
         served = Served(args)
         app = create_app(served)
-        port = listening.getsockname()[1]  # the one chosen, for --port 0
+        port = sockets[0].getsockname()[1]  # the one chosen, for --port 0
+        host = f"[{args.host}]" if ":" in args.host else args.host
         print(f"ept-fast serve: {len(served.tasks)} adapter(s) ({', '.join(served.tasks)}) on "
-              f"http://{args.host}:{port}", flush=True)
-        uvicorn.Server(uvicorn.Config(app, log_level="warning")).run(sockets=[listening])
+              f"http://{host}:{port}", flush=True)
+        try:
+            uvicorn.Server(uvicorn.Config(app, log_level="warning")).run(sockets=sockets)
+        except KeyboardInterrupt:  # Ctrl-C: the queue was answered on the way out, as for SIGTERM
+            pass
+    finally:
+        for sock in sockets:
+            sock.close()
+
+
+def bound_sockets(host: str, port: int) -> List[socket.socket]:
+    """Sockets bound to ``port`` on every address ``host`` resolves to (one port for all, the
+    first one's where ``port`` is 0), not yet listening: connections are taken once the server
+    serves, not while the model loads."""
+    try:
+        addresses = list(dict.fromkeys((family, address[:2]) for family, _, _, _, address in socket.getaddrinfo(
+            host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)))
+    except socket.gaierror as error:
+        raise ValueError(f"--host: cannot resolve {host!r} ({error.strerror})") from None
+    sockets: List[socket.socket] = []
+    try:
+        for family, (address, _) in addresses:
+            sock = socket.socket(family, socket.SOCK_STREAM)
+            sockets.append(sock)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if family == socket.AF_INET6:
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            sock.bind((address, sockets[0].getsockname()[1] if len(sockets) > 1 else port))
+    except OSError as error:  # taken, or an address this machine does not have
+        for sock in sockets:
+            sock.close()
+        raise ValueError(f"--port: cannot listen on {host}:{port} ({error.strerror or error})") from None
+    return sockets

@@ -54,6 +54,8 @@ class CompareArguments(TrainArguments):
         if self.method is not None:
             raise ValueError(f"--method: compare runs each of --methods; got --method {self.method!r}, give "
                              f"--methods {self.method} instead")
+        self.resume_from_checkpoint = {"true": True, "false": None}.get(str(self.resume_from_checkpoint).lower(),
+                                                                       self.resume_from_checkpoint)
         if self.resume_from_checkpoint not in (None, True):
             raise ValueError(f"--resume: compare resumes every run from its own folder in --output_dir; give "
                              f"--resume without a value, got {self.resume_from_checkpoint!r}")
