@@ -17,22 +17,42 @@ from transformers import Seq2SeqTrainer, Trainer
 from transformers.trainer import TRAINING_ARGS_NAME
 
 from .adapters import adapter_subfolder
-from .config import TaskType
+from .config import Method, Readout, TaskType
 from .layout import PromptLayout
 from .model import EPTModel
 from .optimizer import param_groups
 from .serialization import load_adapter
 
 DEFAULT_LOWRANK_LEARNING_RATE = 1e-3  # the command line's default for every method (docs/results.md)
+SPREAD_WEIGHT = 25.0  # VICReg's weight of its variance term, the spread floor's
+
+
+def spread_shortfall(read: torch.Tensor, frozen: torch.Tensor, floor: float) -> torch.Tensor:
+    """VICReg's variance term: the mean over the d dimensions of max(0, floor · std(frozen) −
+    std(read)), each std over the batch's rows (read, frozen: (b, d), b ≥ 2)."""
+    return torch.relu(floor * frozen.float().std(0) - read.float().std(0)).mean()
+
+
+def frozen_sentence_embedding(model: EPTModel, inputs: dict) -> torch.Tensor:
+    """(b, d): the backbone's mean over each row's real tokens, run without any adapter, no gradient."""
+    ids, mask = inputs["input_ids"], inputs.get("attention_mask")
+    mask = (torch.ones_like(ids) if mask is None else mask).unsqueeze(-1).float()
+    extra = {"token_type_ids": inputs["token_type_ids"]} if inputs.get("token_type_ids") is not None else {}
+    with torch.no_grad(), model.disable_adapter():
+        hidden = model(input_ids=ids, attention_mask=inputs.get("attention_mask"), output_hidden_states=True,
+                       **extra).hidden_states[-1].float()
+    return (hidden * mask).sum(1) / mask.sum(1).clamp(min=1)
 
 
 class _EPTTrainerMixin:
-    def __init__(self, *args, lowrank_learning_rate: float = DEFAULT_LOWRANK_LEARNING_RATE, **kwargs):
+    def __init__(self, *args, lowrank_learning_rate: float = DEFAULT_LOWRANK_LEARNING_RATE,
+                 spread_floor: float = 0.0, **kwargs):
         self.lowrank_learning_rate = lowrank_learning_rate
         super().__init__(*args, **kwargs)
         if not isinstance(self.model, EPTModel):
             raise TypeError(f"model: {type(self).__name__} trains an EPTModel (get_ept_model), got "
                             f"{type(self.model).__name__}")
+        self.spread_floor = check_spread_floor(self.model, spread_floor)
         # EPTModel.forward takes **kwargs, so Trainer would pass the batch's token count
         # (num_items_in_batch) for the loss to divide by; a causal LM's loss does, a classifier's and
         # T5's are means: for those Trainer divides by the accumulation steps, and an accumulated step
@@ -74,6 +94,24 @@ class _EPTTrainerMixin:
             self._signature_columns += [name for name in backbone.parameters if name not in self._signature_columns]
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        """The loss; with ``spread_floor``, while training, plus ``SPREAD_WEIGHT`` times the
+        shortfall of the spread of what the active adapter's head reads below ``spread_floor``
+        times the frozen backbone's (``spread_shortfall``, a batch of two rows or more)."""
+        ept = self.accelerator.unwrap_model(model)
+        if not (self.spread_floor and ept.training and inputs["input_ids"].shape[0] > 1):
+            return self._loss(model, inputs, return_outputs, num_items_in_batch)
+        read = []
+        head = ept.head_copies[ept.active_adapter][0]
+        handle = head.register_forward_hook(lambda module, args, output: read.append(args[0]))
+        try:
+            loss, outputs = self._loss(model, inputs, True, num_items_in_batch)
+        finally:
+            handle.remove()
+        loss = loss + SPREAD_WEIGHT * spread_shortfall(read[-1], frozen_sentence_embedding(ept, inputs),
+                                                       self.spread_floor)
+        return (loss, outputs) if return_outputs else loss
+
+    def _loss(self, model, inputs, return_outputs, num_items_in_batch):
         """A causal LM's logits include the m prompt positions: a loss the Trainer computes itself
         (label smoothing, ``compute_loss_func``) gets labels padded with -100 over them, as the
         model's own loss has, and shifted as for any causal LM."""
@@ -102,8 +140,28 @@ class _EPTTrainerMixin:
         self._load_from_checkpoint(self.state.best_model_checkpoint)
 
 
+def check_spread_floor(model: EPTModel, floor) -> float:
+    """``floor`` (0: off) as a float, for a model whose head reads the mean over the real tokens:
+    an encoder classifier with the readout ``mean`` or ``sentence_embedding``, and a prompt or a
+    low-rank update that can change what it reads."""
+    if isinstance(floor, bool) or not isinstance(floor, (int, float)) or not 0 <= floor < float("inf"):
+        raise ValueError(f"spread_floor: expected a number >= 0 (0: off), got {floor!r}")
+    config = model.active_peft_config
+    if floor and (model.task_type is not TaskType.SEQ_CLS or config.readout not in (Readout.MEAN,
+                                                                                     Readout.SENTENCE_EMBEDDING)):
+        raise ValueError(f"spread_floor: compares what an encoder classifier's head reads, the mean over the real "
+                         f"tokens, with the frozen backbone's; this adapter is {model.task_type.value} with readout "
+                         f"{config.readout.value!r}")
+    if floor and config.method is Method.HEAD:
+        raise ValueError("spread_floor: the head alone reads the frozen backbone's features, whose spread nothing "
+                         "trains; leave it at 0")
+    return float(floor)
+
+
 class EPTTrainer(_EPTTrainerMixin, Trainer):
-    """``transformers.Trainer`` for an ``EPTModel``; ``lowrank_learning_rate`` sets the second group."""
+    """``transformers.Trainer`` for an ``EPTModel``; ``lowrank_learning_rate`` sets the second group,
+    ``spread_floor`` (0: off) a floor under the spread of what a classifier's head reads
+    (``compute_loss``; docs/results.md)."""
 
 
 class EPTSeq2SeqTrainer(_EPTTrainerMixin, Seq2SeqTrainer):

@@ -1228,3 +1228,22 @@ def test_eval_generates_as_many_tokens_as_the_adapter_was_trained_with(tiny_mode
     several = [{"max_new_tokens": 3}, None, {"split_seed": 1}, {"max_new_tokens": 5}]  # older adapters record none
     assert (ModelArguments().generation_length(several), ModelArguments().generation_length([None]),
             ModelArguments(max_new_tokens=2).generation_length(several)) == (5, 8, 2)
+
+
+def test_spread_floor_trains_records_and_is_checked(tiny_models, sst2_files, tmp_path, capsys):
+    args = _args(tiny_models, sst2_files, tmp_path / "floor", "--task", "sst2", "--spread-floor", "0.5",
+                 "--max-steps", "3")
+    assert main(args) == 0
+    assert json.loads((tmp_path / "floor" / "metrics.json").read_text())["config"]["spread_floor"] == 0.5
+    assert main([*args, "--max-steps", "6", "--resume", "--spread-floor", "0"]) == 2  # a resume is the same run
+    assert "--spread_floor 0.5 -> 0.0" in capsys.readouterr().err
+    assert main(_args(tiny_models, sst2_files, tmp_path / "x", "--task", "sst2", "--spread-floor", "-1")) == 2
+    assert "--spread_floor: expected a number >= 0 (0: off), got -1.0" in capsys.readouterr().err
+    assert main(_args(tiny_models, sst2_files, tmp_path / "y", "--task", "sst2", "--spread-floor", "0.5",
+                      "--readout", "backbone")) == 2
+    assert "spread_floor: compares what an encoder classifier's head reads" in capsys.readouterr().err
+    from ept_fast.training.compare import CompareArguments, run_arguments
+
+    compared = CompareArguments(spread_floor=0.5, methods=["ept", "head"])
+    assert run_arguments(compared, "head", 42, tmp_path, None).spread_floor == 0.0  # nothing to floor
+    assert run_arguments(compared, "ept", 42, tmp_path, None).spread_floor == 0.5

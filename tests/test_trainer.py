@@ -150,3 +150,50 @@ def test_a_causal_lms_smoothed_loss_skips_the_prompt_positions(tmp_path):
     trainer.label_smoother = LabelSmoother(epsilon=1e-9)
     smoothed = trainer.compute_loss(model, {"input_ids": ids, "labels": ids.clone()})
     assert torch.allclose(smoothed, model(input_ids=ids, labels=ids).loss, rtol=1e-6)
+
+
+def test_the_spread_floor_adds_vicregs_variance_term_while_training_only(tmp_path):
+    from ept_fast.trainer import SPREAD_WEIGHT, frozen_sentence_embedding, spread_shortfall
+
+    torch.manual_seed(0)
+    model = get_ept_model(tiny_bert_classifier(), adapter_config("SEQ_CLS", readout="sentence_embedding"))
+    rows = _classification_rows(count=8)
+    batch = {key: torch.stack([torch.as_tensor(row[key]) for row in rows]) for key in rows[0]}
+    read = []
+    handle = model.head_copies["default"][0].register_forward_hook(lambda module, args, output: read.append(args[0]))
+    model.train()
+    plain = model(**batch).loss
+    handle.remove()
+    frozen = frozen_sentence_embedding(model, batch)
+    with model.disable_adapter():  # the frozen pass is the backbone alone: the mean over its last layer
+        hidden = model(input_ids=batch["input_ids"], output_hidden_states=True).hidden_states[-1]
+    assert torch.allclose(frozen, hidden.mean(1), atol=1e-6)
+    for floor in (0.0, 0.5, 50.0):  # 50: far above any spread, so the term is on
+        trainer = EPTTrainer(model=model, args=_arguments(tmp_path), train_dataset=rows, spread_floor=floor)
+        loss = trainer.compute_loss(model, batch)
+        expected = plain + SPREAD_WEIGHT * spread_shortfall(read[0], frozen, floor)
+        assert torch.allclose(loss, expected, atol=1e-5), floor
+    assert loss > plain + 1  # the floor of 50 is far from met
+    model.zero_grad()
+    loss.backward()
+    assert model.prompt_encoder.prompt.grad.abs().sum() > 0  # the term trains the prompt
+    model.eval()  # validation and prediction: the loss alone
+    assert torch.allclose(trainer.compute_loss(model, batch), model(**batch).loss)
+    assert spread_shortfall(torch.randn(8, 4) * 3, torch.randn(8, 4), 0.5) == 0  # wider than the floor: nothing
+
+
+def test_the_spread_floor_is_checked(tmp_path):
+    rows = _classification_rows()
+    torch.manual_seed(0)
+    backbone = get_ept_model(tiny_bert_classifier(), adapter_config("SEQ_CLS"))  # readout: backbone (position 0)
+    with pytest.raises(ValueError, match=r"spread_floor: compares what an encoder classifier's head reads, the mean "
+                                         r"over the real tokens, .* readout 'backbone'"):
+        EPTTrainer(model=backbone, args=_arguments(tmp_path), train_dataset=rows, spread_floor=0.5)
+    for bad in (-0.1, float("inf"), True, "0.5"):
+        with pytest.raises(ValueError, match=r"spread_floor: expected a number >= 0 \(0: off\)"):
+            EPTTrainer(model=backbone, args=_arguments(tmp_path), train_dataset=rows, spread_floor=bad)
+    from ept_fast import EPTConfig
+
+    head = get_ept_model(tiny_bert_classifier(), EPTConfig(method="head", max_length=12, readout="mean"))
+    with pytest.raises(ValueError, match=r"spread_floor: the head alone reads the frozen backbone's features"):
+        EPTTrainer(model=head, args=_arguments(tmp_path), train_dataset=rows, spread_floor=0.5)

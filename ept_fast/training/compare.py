@@ -80,6 +80,8 @@ def run_arguments(args: CompareArguments, method: str, seed: int, out: Path, bud
                   param_budget=None if method in WITHOUT_ADAPTER else budget)
     for name in FIXED_BY["head" if method == "probe" else method]:
         values[name] = None
+    if method in WITHOUT_ADAPTER:
+        values["spread_floor"] = 0.0  # the head alone reads the frozen features: nothing to floor
     if budget is not None and method not in WITHOUT_ADAPTER:
         values["num_virtual_tokens" if method == "pt" else "r"] = None  # the budget picks it
     return TrainArguments(**values)
@@ -144,6 +146,8 @@ def _earlier_default(finished: dict, run: TrainArguments) -> Optional[str]:
     if run.head_only_steps is None and run.method != "head" and readout != Readout.BACKBONE.value \
             and "head_only_steps" not in finished:
         return f"--head_only_steps ({BEFORE_THE_OPTION['head_only_steps']})"
+    if run.spread_floor and "spread_floor" not in finished:
+        return f"--spread_floor ({BEFORE_THE_OPTION['spread_floor']})"
     if finished.get("head_only_steps") and made_before_head_only_clipping(finished["config"]):
         return f"the head-only steps' clipping ({HEAD_ONLY_CLIPPING_BEFORE})"
     return None

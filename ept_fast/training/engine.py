@@ -240,9 +240,10 @@ def _train(args: TrainArguments, out: Path, stop_after_steps: Optional[int]) -> 
     backbone_dropout = args.backbone_dropout_for(encoder_classifier)
     if checkpoint is not None:
         own_dropout = _dropout_rate(backbone.base_model)
-        resolved = {"head_only_steps": head_only_steps,
+        resolved = {"head_only_steps": head_only_steps, "spread_floor": args.spread_floor,
                     "backbone_dropout": own_dropout if backbone_dropout is None else backbone_dropout}
-        check_no_default_since(saved_options, resolved, {"head_only_steps": 0, "backbone_dropout": own_dropout},
+        check_no_default_since(saved_options, resolved,
+                               {"head_only_steps": 0, "backbone_dropout": own_dropout, "spread_floor": 0},
                                f"the checkpoint {checkpoint}")
         check_head_only_clipping(saved_options, checkpoint, head_only_steps)
     if backbone_dropout is not None:
@@ -292,7 +293,8 @@ def _train(args: TrainArguments, out: Path, stop_after_steps: Optional[int]) -> 
     trainer = RunTrainer(model=model, args=args, train_dataset=train_set, eval_dataset=validation_set,
                          data_collator=collate, processing_class=tokenizer, lowrank_learning_rate=lr_lowrank,
                          callbacks=callbacks, task=task, validation_set=validation_set, run_options=run_options,
-                         max_new_tokens=args.max_new_tokens, head_only_steps=head_only_steps)
+                         max_new_tokens=args.max_new_tokens, head_only_steps=head_only_steps,
+                         spread_floor=args.spread_floor)
     trainer.remove_callback(ProgressCallback)
     trainer.add_callback(progress)
     trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)

@@ -33,7 +33,8 @@ RUN_DEFINING = frozenset(
      "learning_rate", "lr_lowrank", "weight_decay", "warmup_steps", "num_train_epochs", "max_steps",
      "per_device_train_batch_size", "gradient_accumulation_steps", "max_grad_norm", "seed", "data_seed",
      "lr_scheduler_type", "lr_scheduler_kwargs", "optim", "optim_args", "adam_beta1", "adam_beta2", "adam_epsilon",
-     "param_budget", "head_init", "head_only_steps", "backbone_dropout", "metric_for_best_model", "eval_strategy",
+     "param_budget", "head_init", "head_only_steps", "backbone_dropout", "spread_floor", "metric_for_best_model",
+     "eval_strategy",
      "eval_steps", "early_stopping_patience", "load_best_model_at_end", "bf16", "fp16", "label_smoothing_factor",
      "dataloader_drop_last", "train_sampling_strategy", "optim_target_modules"])
 logger = logging.getLogger(__name__)
@@ -98,7 +99,8 @@ def check_same_options(saved: dict, options: dict, what: str) -> None:
 # Options whose command-line default changed after they were added, and what a run did before it had
 # them: a checkpoint written then has no value for the option.
 BEFORE_THE_OPTION = {"backbone_dropout": "its backbone trained with its own dropout",
-                     "head_only_steps": "its adapter trained from the first step"}
+                     "head_only_steps": "its adapter trained from the first step",
+                     "spread_floor": "it trained without a floor under its head's input's spread"}
 
 
 def check_no_default_since(saved: dict, resolved: dict, before: dict, what: str) -> None:
