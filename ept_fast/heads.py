@@ -67,6 +67,14 @@ def sequence_output_module(backbone: nn.Module) -> nn.Module:
                      f".transformer module); use readout='backbone'")
 
 
+def mean_over_attended(hidden: torch.Tensor, attention_mask: Optional[torch.Tensor]) -> torch.Tensor:
+    """(b, d) float32: each row's mean of ``hidden`` (b, T, d) over its attended positions
+    (``attention_mask`` (b, T); every position where it is None): a sentence encoder's embedding."""
+    attended = (torch.ones(hidden.shape[:2], device=hidden.device) if attention_mask is None
+                else attention_mask.float()).unsqueeze(-1)
+    return (hidden.float() * attended).sum(1) / attended.sum(1).clamp(min=1)
+
+
 def is_encoder_classifier(backbone: nn.Module) -> bool:
     """Whether ``backbone`` is a classifier whose readout can be chosen: an encoder (see
     ``sequence_output_module``), not a decoder classifier (head ``score``, pooling the last token)."""

@@ -18,6 +18,7 @@ from transformers.trainer import TRAINING_ARGS_NAME
 
 from .adapters import adapter_subfolder
 from .config import Method, Readout, TaskType
+from .heads import mean_over_attended
 from .layout import PromptLayout
 from .model import EPTModel
 from .optimizer import param_groups
@@ -34,14 +35,15 @@ def spread_shortfall(read: torch.Tensor, frozen: torch.Tensor, floor: float) -> 
 
 
 def frozen_sentence_embedding(model: EPTModel, inputs: dict) -> torch.Tensor:
-    """(b, d): the backbone's mean over each row's real tokens, run without any adapter, no gradient."""
-    ids, mask = inputs["input_ids"], inputs.get("attention_mask")
-    mask = (torch.ones_like(ids) if mask is None else mask).unsqueeze(-1).float()
+    """(b, d): the frozen encoder's mean over each row's real tokens, without any adapter, no
+    gradient (the encoder alone, as the linear probe reads it: no pooler or head, and only the
+    last layer's hidden states kept)."""
+    mask = inputs.get("attention_mask")
     extra = {"token_type_ids": inputs["token_type_ids"]} if inputs.get("token_type_ids") is not None else {}
-    with torch.no_grad(), model.disable_adapter():
-        hidden = model(input_ids=ids, attention_mask=inputs.get("attention_mask"), output_hidden_states=True,
-                       **extra).hidden_states[-1].float()
-    return (hidden * mask).sum(1) / mask.sum(1).clamp(min=1)
+    with torch.no_grad():
+        hidden = model.get_base_model().base_model(input_ids=inputs["input_ids"], attention_mask=mask,
+                                                  **extra).last_hidden_state
+    return mean_over_attended(hidden, mask)
 
 
 class _EPTTrainerMixin:

@@ -244,10 +244,14 @@ def create_app(served: Served):
         served.metrics.request(path, response.status_code, time.perf_counter() - started)
         return response
 
-    def adapter(name: str, kinds) -> str:
+    def check_served(name: str, field: str) -> None:
+        """A 404 naming ``field`` unless adapter ``name`` is served."""
         if name not in served.accepting:
-            raise ApiError(404, f"model: no adapter named {name!r}; loaded: {sorted(served.accepting)}",
+            raise ApiError(404, f"{field}: no adapter named {name!r}; loaded: {sorted(served.accepting)}",
                            "not_found_error")
+
+    def adapter(name: str, kinds) -> str:
+        check_served(name, "model")
         if served.task_type not in kinds:
             endpoint = "/v1/classify" if served.task_type is TaskType.SEQ_CLS else "/v1/completions"
             raise ApiError(400, f"model: adapter {name!r} is {served.task_type.value}; ask {endpoint}")
@@ -281,9 +285,7 @@ def create_app(served: Served):
             except ValueError as error:  # a blank text
                 raise ApiError(400, f"{field}[{index}]: {error}") from None
         lengths = await asyncio.get_running_loop().run_in_executor(served.counter, collate.input_lengths, examples)
-        if name not in served.accepting:  # unloaded while the request was counted
-            raise ApiError(404, f"model: no adapter named {name!r}; loaded: {sorted(served.accepting)}",
-                           "not_found_error")
+        check_served(name, "model")  # unloaded while the request was counted?
         for index, length in enumerate(lengths):
             if length > collate.input_limit and not truncate:
                 raise ApiError(400, f"{field}[{index}]: {length} tokens; adapter {name!r} reads at most "
@@ -392,9 +394,7 @@ def create_app(served: Served):
     async def unload_adapter(request: UnloadRequest):
         runtime_adapters_allowed()
         name = request.adapter_name
-        if name not in served.accepting:
-            raise ApiError(404, f"adapter_name: no adapter named {name!r}; loaded: {sorted(served.accepting)}",
-                           "not_found_error")
+        check_served(name, "adapter_name")
         if len(served.accepting) == 1:
             raise ApiError(409, f"adapter_name: {name!r} is the only adapter served; load another one first")
         served.accepting.discard(name)  # new requests for it are refused; the queued ones are answered first

@@ -13,6 +13,7 @@ import numpy as np
 import torch
 
 from ..config import TaskType
+from ..heads import mean_over_attended
 from ..model import EPTModel
 from ..tasks import Example, Task, compute_metrics
 from .data import Collator, load_backbone, load_data
@@ -34,9 +35,7 @@ def sentence_embeddings(backbone, examples: List[Example], collate: Collator, ba
     for start in range(0, len(examples), batch_size):
         batch = {key: value.to(device) for key, value in collate(examples[start:start + batch_size]).items()
                  if key != "labels"}
-        hidden = encoder(**batch).last_hidden_state
-        mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)
-        rows.append(((hidden * mask).sum(1) / mask.sum(1).clamp(min=1)).float().cpu())
+        rows.append(mean_over_attended(encoder(**batch).last_hidden_state, batch["attention_mask"]).cpu())
     return torch.cat(rows).numpy()
 
 
