@@ -1247,3 +1247,15 @@ def test_spread_floor_trains_records_and_is_checked(tiny_models, sst2_files, tmp
     compared = CompareArguments(spread_floor=0.5, methods=["ept", "head"])
     assert run_arguments(compared, "head", 42, tmp_path, None).spread_floor == 0.0  # nothing to floor
     assert run_arguments(compared, "ept", 42, tmp_path, None).spread_floor == 0.5
+    # A comparison with the floor resumes: its finished runs are read back, one made before the option is not.
+    out = tmp_path / "cmp"
+    compare = ["compare", *_args(tiny_models, sst2_files, out, "--task", "sst2", "--max-steps", "2", "--eval-steps",
+                                 "2", "--methods", "ept", "head", "--seeds", "1", "--spread-floor", "0.5")]
+    assert cli_main(compare) == 0 and cli_main([*compare, "--resume"]) == 0
+    assert capsys.readouterr().out.count("finished before, read back") == 2
+    metrics_file = out / "ept-seed42" / "metrics.json"
+    metrics = json.loads(metrics_file.read_text())
+    metrics["config"].pop("spread_floor")
+    metrics_file.write_text(json.dumps(metrics))
+    assert cli_main([*compare, "--resume"]) == 2
+    assert "was made before today's default of --spread_floor (it trained without a floor" in capsys.readouterr().err

@@ -146,7 +146,7 @@ def _earlier_default(finished: dict, run: TrainArguments) -> Optional[str]:
     if run.head_only_steps is None and run.method != "head" and readout != Readout.BACKBONE.value \
             and "head_only_steps" not in finished:
         return f"--head_only_steps ({BEFORE_THE_OPTION['head_only_steps']})"
-    if run.spread_floor and "spread_floor" not in finished:
+    if run.spread_floor and "spread_floor" not in finished["config"]:  # an option, not a resolved value
         return f"--spread_floor ({BEFORE_THE_OPTION['spread_floor']})"
     if finished.get("head_only_steps") and made_before_head_only_clipping(finished["config"]):
         return f"the head-only steps' clipping ({HEAD_ONLY_CLIPPING_BEFORE})"
