@@ -8,7 +8,7 @@ the runs."""
 import json
 import statistics
 from pathlib import Path
-from typing import Dict, List, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 RESULTS = Path(__file__).resolve().parent
 TASKS = ("cr", "trec", "subj", "cola", "bbc_headlines", "bbc_news")
@@ -56,12 +56,14 @@ def against(tests: Sequence[float], reference: Sequence[float]) -> Tuple[int, in
             sum(a < b for a, b in zip(tests, reference)))
 
 
-def validation_test_table(columns, probe_folder: Path, seeds) -> Tuple[Dict[str, List[dict]], List[float]]:
+def validation_test_table(columns, probe_folder: Optional[Path], seeds) -> Tuple[Dict[str, List[dict]], List[float]]:
     """Print the six tasks' mean validation / test (test per seed) of each (name, folder, method)
-    in ``columns`` (a folder, or a folder by task), the probe's test and the means of the six;
-    return each column's scores by task and the probe's test scores."""
-    print("| task | " + " | ".join(f"{name} (validation / test)" for name, _, _ in columns) + " | probe (test) |")
-    print("|---" * (len(columns) + 2) + "|")
+    in ``columns`` (a folder, or a folder by task), the probe's test (none when ``probe_folder``
+    is None) and the means of the six; return each column's scores by task and the probe's test
+    scores."""
+    probe_column = " probe (test) |" if probe_folder else ""
+    print("| task | " + " | ".join(f"{name} (validation / test)" for name, _, _ in columns) + " |" + probe_column)
+    print("|---" * (len(columns) + 1 + bool(probe_folder)) + "|")
     means: Dict[str, List[dict]] = {name: [] for name, _, _ in columns}
     probes = []
     for task in TASKS:
@@ -70,27 +72,29 @@ def validation_test_table(columns, probe_folder: Path, seeds) -> Tuple[Dict[str,
             found = scores(folder_of(folder, task), task, method, seeds)
             means[name].append(found)
             cells.append(f"{found['validation']:.4f} / {found['test']:.4f} ({listed(found['tests'])})")
-        probes.append(scores(probe_folder, task, "probe", seeds)["test"])
-        print(f"| {task} | " + " | ".join(cells) + f" | {probes[-1]:.4f} |")
+        if probe_folder:
+            probes.append(scores(probe_folder, task, "probe", seeds)["test"])
+        print(f"| {task} | " + " | ".join(cells) + " |" + (f" {probes[-1]:.4f} |" if probe_folder else ""))
     print("| mean of the six | " + " | ".join(
         f"{statistics.mean(f['validation'] for f in means[name]):.4f} / "
         f"{statistics.mean(f['test'] for f in means[name]):.4f}" for name, _, _ in columns)
-        + f" | {statistics.mean(probes):.4f} |")
+        + " |" + (f" {statistics.mean(probes):.4f} |" if probe_folder else ""))
     return means, probes
 
 
-def rule_table(columns, seeds, budget: int) -> Dict[str, List[dict]]:
+def rule_table(columns, seeds, budget: int, probe_folder: Optional[Path] = RESULTS / "suite-embedding"
+               ) -> Dict[str, List[dict]]:
     """Compare candidates with a default, as the PLAN.md of the candidates' folder says: print the
     six-task table of ``columns`` ((name, folder, method), the default first), each column's mean
     validation over the six tasks and over the five accuracy tasks (a candidate passes only if
     it is higher than the default's on both), the five's mean test, and the mean training time
     by task; return each column's scores by task. Fails unless every run has ``budget`` adapter
-    parameters."""
+    parameters. The probe's test scores of ``seeds`` are in ``probe_folder`` (None: no probe column)."""
     sizes = {run["adapter_parameters"] for _, folder, method in columns for task in TASKS
              for run in run_documents(folder_of(folder, task), task, method, seeds)}
     if sizes != {budget}:
         raise SystemExit(f"expected every run at {budget:,} adapter parameters, found {sorted(sizes)}")
-    means, _ = validation_test_table(columns, RESULTS / "suite-embedding", seeds)
+    means, _ = validation_test_table(columns, probe_folder, seeds)
 
     def rule_means(found) -> tuple:
         five_validation, five_test = accuracy_tasks_means(found)
