@@ -18,6 +18,7 @@ from ept_fast.cli import main as cli_main
 from ept_fast.tasks import format_rows, get_task
 from ept_fast.train import main, parse_args
 from ept_fast.training import TrainArguments, train
+from ept_fast.training.options import default_spread_floor
 
 from helpers import WORDS, needs_offline_data
 
@@ -476,6 +477,8 @@ def test_compare_runs_the_head_alone_and_the_linear_probe_beside_the_adapters(ti
     for change, expected in ((lambda m: m["adapter"].update(readout="mean"), "--readout (it read 'mean')"),
                              (lambda m: m.pop("backbone_dropout"), "--backbone_dropout (its backbone trained with"),
                              (lambda m: m.pop("head_only_steps"), "--head_only_steps (its adapter trained from"),
+                             (lambda m: m["config"].update(spread_floor=0.0),
+                              "--spread_floor (it trained without a floor under its head's input's spread)"),
                              (lambda m: (m.update(head_only_steps=1), m["config"].pop("head_only_clipping")),
                               "the head-only steps' clipping (its head-only steps clipped the adapter's gradient")):
         metrics_file = out / "ept-seed42" / "metrics.json"
@@ -880,7 +883,8 @@ def test_a_checkpoint_made_before_the_head_only_clipping_resumes_only_after_thos
 @pytest.mark.parametrize("name, meaning, now, before", [
     # Today's defaults: 1 step of the head alone, the body without dropout; before: 0, the tiny BERT's own 0.1.
     ("head_only_steps", "its adapter trained from the first step", 1, 0),
-    ("backbone_dropout", "its backbone trained with its own dropout", 0, 0.1)])
+    ("backbone_dropout", "its backbone trained with its own dropout", 0, 0.1),
+    ("spread_floor", "it trained without a floor under its head's input's spread", 0.5, 0)])
 def test_a_checkpoint_made_before_an_option_resumes_only_as_it_ran(tiny_models, sst2_files, tmp_path, name, meaning,
                                                                     now, before):
     out = tmp_path / "run"
@@ -1024,10 +1028,11 @@ def test_warm_up_then_linear_decay_of_both_learning_rates(tiny_models, sst2_file
 
 def test_gradient_accumulation_trains_as_the_whole_batch(tiny_models, sst2_files, tmp_path):
     bert = _no_dropout_bert(tiny_models, tmp_path / "bert")
-    whole = _args(tiny_models, sst2_files, tmp_path / "whole", "--task", "sst2")
+    # The spread floor measures its spread over each micro-batch, as batch statistics do: off here.
+    whole = _args(tiny_models, sst2_files, tmp_path / "whole", "--task", "sst2", "--spread-floor", "0")
     whole[1] = str(bert)
     parts = _args(tiny_models, sst2_files, tmp_path / "parts", "--task", "sst2", "--batch-size", "4",
-                  "--gradient_accumulation_steps", "2")
+                  "--gradient_accumulation_steps", "2", "--spread-floor", "0")
     parts[1] = str(bert)
     assert main(whole) == 0 and main(parts) == 0
     assert [loss for _, loss in _losses(tmp_path / "parts")] == pytest.approx(
@@ -1235,6 +1240,28 @@ def test_spread_floor_trains_records_and_is_checked(tiny_models, sst2_files, tmp
                  "--max-steps", "3")
     assert main(args) == 0
     assert json.loads((tmp_path / "floor" / "metrics.json").read_text())["config"]["spread_floor"] == 0.5
+    # The command line's default: EPT's head reading the mean over the real tokens has the floor, nothing else.
+    for method, readout, expected in (("ept", None, 0.5), ("ept", "mean", 0.5), ("ept", "backbone", 0.0),
+                                      ("dept", None, 0.0), ("pt", None, 0.0)):
+        out = tmp_path / f"default-{method}-{readout}"
+        given = (("--readout", readout) if readout else ()) + (("--num-spaces", "0") if method != "ept" else ()) \
+            + (("--r", "0") if method == "pt" else ())
+        assert main(_args(tiny_models, sst2_files, out, "--task", "sst2", "--method", method, *given,
+                          "--max-steps", "1", "--eval-steps", "1")) == 0
+        metrics = json.loads((out / "metrics.json").read_text())
+        assert metrics["spread_floor"] == metrics["config"]["spread_floor"] == expected, (method, readout)
+    assert [default_spread_floor(*case) for case in (("ept", "SEQ_CLS", "sentence_embedding"), ("ept", "SEQ_2_SEQ_LM",
+            "backbone"), ("ept", "CAUSAL_LM", "backbone"), ("ept", None, "mean"), ("head", "SEQ_CLS", "mean"))] == [
+        0.5, 0.0, 0.0, 0.0, 0.0]
+    # A resume left to the default continues only a run that trained with the floor it resolves to.
+    out, options = tmp_path / "resolved", ("--task", "sst2", "--max-steps", "4", "--save-steps", "1")
+    assert train(parse_args(_args(tiny_models, sst2_files, out, *options, "--spread-floor", "0")),
+                 stop_after_steps=2) == {"stopped_at_step": 2}
+    with pytest.raises(ValueError, match=re.escape(f"the checkpoint {out / 'checkpoint-2'} trained with --spread_floor "
+                                                   f"0, and this run's default is 0.5: resume with --spread_floor 0")):
+        train(parse_args(_args(tiny_models, sst2_files, out, *options, "--resume")))
+    assert train(parse_args(_args(tiny_models, sst2_files, out, *options, "--spread-floor", "0", "--resume"))) \
+        ["spread_floor"] == 0
     assert main([*args, "--max-steps", "6", "--resume", "--spread-floor", "0"]) == 2  # a resume is the same run
     assert "--spread_floor 0.5 -> 0.0" in capsys.readouterr().err
     assert main(_args(tiny_models, sst2_files, tmp_path / "x", "--task", "sst2", "--spread-floor", "-1")) == 2

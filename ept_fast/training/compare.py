@@ -13,7 +13,7 @@ from typing import Dict, List, Optional
 
 from ..config import Method, Readout
 from .engine import train
-from .options import CLI_READOUT, Repeatable, TrainArguments, option
+from .options import CLI_READOUT, Repeatable, TrainArguments, default_spread_floor, option
 from .output import (
     BEFORE_THE_OPTION,
     HEAD_ONLY_CLIPPING_BEFORE,
@@ -146,8 +146,11 @@ def _earlier_default(finished: dict, run: TrainArguments) -> Optional[str]:
     if run.head_only_steps is None and run.method != "head" and readout != Readout.BACKBONE.value \
             and "head_only_steps" not in finished:
         return f"--head_only_steps ({BEFORE_THE_OPTION['head_only_steps']})"
-    if run.spread_floor and "spread_floor" not in finished["config"]:  # an option, not a resolved value
-        return f"--spread_floor ({BEFORE_THE_OPTION['spread_floor']})"
+    floor = run.spread_floor if run.spread_floor is not None else \
+        default_spread_floor(run.method, finished["task_type"], readout)
+    trained = finished["config"].get("spread_floor", 0.0)  # recorded as the run resolved it; absent before it
+    if floor != trained:
+        return f"--spread_floor ({f'it trained with {trained:g}' if trained else BEFORE_THE_OPTION['spread_floor']})"
     if finished.get("head_only_steps") and made_before_head_only_clipping(finished["config"]):
         return f"the head-only steps' clipping ({HEAD_ONLY_CLIPPING_BEFORE})"
     return None

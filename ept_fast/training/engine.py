@@ -36,6 +36,7 @@ from .output import (
     check_head_only_clipping,
     check_no_default_since,
     check_same_options,
+    check_same_spread_floor,
     foreign_checkpoint_folders,
     hold_output_dir,
     is_complete,
@@ -238,14 +239,18 @@ def _train(args: TrainArguments, out: Path, stop_after_steps: Optional[int]) -> 
     head_only_steps = args.head_only_steps_for(encoder_classifier, steps, type(backbone).__name__)
     config = args.adapter_config(task, task_type, token_dim, encoder_classifier=encoder_classifier)
     backbone_dropout = args.backbone_dropout_for(encoder_classifier)
+    spread_floor = args.spread_floor_for(config)
+    run_options["spread_floor"] = spread_floor  # resolved, as the learning rates are
     if checkpoint is not None:
         own_dropout = _dropout_rate(backbone.base_model)
-        resolved = {"head_only_steps": head_only_steps, "spread_floor": args.spread_floor,
+        resolved = {"head_only_steps": head_only_steps, "spread_floor": spread_floor,
                     "backbone_dropout": own_dropout if backbone_dropout is None else backbone_dropout}
         check_no_default_since(saved_options, resolved,
                                {"head_only_steps": 0, "backbone_dropout": own_dropout, "spread_floor": 0},
                                f"the checkpoint {checkpoint}")
         check_head_only_clipping(saved_options, checkpoint, head_only_steps)
+        if args.spread_floor is None:
+            check_same_spread_floor(saved_options, spread_floor, f"the checkpoint {checkpoint}")
     if backbone_dropout is not None:
         _set_dropout(backbone.base_model, backbone_dropout)
     model = get_ept_model(backbone, config, tokenizer=tokenizer)
@@ -294,7 +299,7 @@ def _train(args: TrainArguments, out: Path, stop_after_steps: Optional[int]) -> 
                          data_collator=collate, processing_class=tokenizer, lowrank_learning_rate=lr_lowrank,
                          callbacks=callbacks, task=task, validation_set=validation_set, run_options=run_options,
                          max_new_tokens=args.max_new_tokens, head_only_steps=head_only_steps,
-                         spread_floor=args.spread_floor)
+                         spread_floor=spread_floor)
     trainer.remove_callback(ProgressCallback)
     trainer.add_callback(progress)
     trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
@@ -315,7 +320,7 @@ def _train(args: TrainArguments, out: Path, stop_after_steps: Optional[int]) -> 
         "epoch": state.global_step / steps_per_epoch,
         "train_examples": len(train_set), "validation_examples": len(validation_set), "test_examples": len(test_set),
         "inputs_cut_to_max_length": inputs_cut, "head_init": head_init, "head_only_steps": head_only_steps,
-        "backbone_dropout": backbone_dropout,
+        "backbone_dropout": backbone_dropout, "spread_floor": spread_floor,
         "train_loss": sum(losses) / max(len(losses), 1),
         "train_time_s": progress.seconds, "train_examples_per_s": progress.examples_per_second,
         "peak_memory_mb": peak_memory_mb(), "trainable_parameters": model.get_nb_trainable_parameters()[0],

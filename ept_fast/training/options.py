@@ -22,7 +22,7 @@ import torch
 from transformers import HfArgumentParser, TrainingArguments
 
 from ..budget import fit_budget
-from ..config import EPTConfig, Method, TaskType, parse_enum
+from ..config import EPTConfig, Method, Readout, TaskType, parse_enum
 from ..tasks import DEFAULT_TASK, TASKS, Task
 
 # EPTConfig's fields that are command-line options.
@@ -44,11 +44,25 @@ CLI_READOUT = "sentence_embedding"
 # The dropout of an encoder classifier's frozen body while its adapter trains, where
 # --backbone_dropout is not given (docs/results.md); other backbones keep their own.
 CLI_BACKBONE_DROPOUT = 0.0
+# The floor under the spread of what a classifier's head reads (EPTTrainer's spread_floor) where
+# --spread_floor is not given: EPT's where its head reads the mean over the real tokens, chosen by
+# benchmarks/results/spread-floor/CONFIRM.md; DePT and prompt tuning keep 0 until measured with it.
+CLI_SPREAD_FLOOR = 0.5
 # The share of an encoder classifier's steps that train its head alone before the adapter
 # joins, where --head_only_steps is not given (docs/results.md); 0 for other backbones.
 CLI_HEAD_ONLY_STEPS = 0.1
 # Tokens generated per example where --max-new-tokens is not given (and no adapter recorded one).
 GENERATION_LENGTH = 8
+
+
+def default_spread_floor(method, task_type, readout) -> float:
+    """The command line's floor where --spread_floor is not given (method, task type and readout as
+    EPTConfig's enums or their values): CLI_SPREAD_FLOOR for EPT on a classifier whose head reads the
+    mean over the real tokens, else 0."""
+    reads_mean = parse_enum(Readout, "readout", readout) in (Readout.MEAN, Readout.SENTENCE_EMBEDDING)
+    classifier = task_type is not None and parse_enum(TaskType, "task_type", task_type) is TaskType.SEQ_CLS
+    is_ept = parse_enum(Method, "method", method) is Method.EPT
+    return CLI_SPREAD_FLOOR if is_ept and classifier and reads_mean else 0.0
 
 
 def option(default=None, help: str = "", aliases: Sequence[str] = (), **argparse_settings):
@@ -239,11 +253,12 @@ class EPTTrainingArguments(TrainingArguments):
     backbone_dropout: Optional[float] = option(
         help="dropout probability of the frozen backbone's body while the adapter trains (its classifier's own "
              "dropout is kept); default: 0 for encoder classifiers, the backbone's own rates otherwise")
-    spread_floor: float = option(
-        0.0, "a floor under the spread of what an encoder classifier's head reads: while training, the loss adds "
+    spread_floor: Optional[float] = option(
+        help="a floor under the spread of what an encoder classifier's head reads: while training, the loss adds "
              "VICReg's variance term (weight 25) wherever a dimension's standard deviation over the batch falls below "
-             "this fraction of the frozen backbone's (a second, gradient-free pass); 0: off. On CoLA the prompt "
-             "shrinks that spread about seven-fold; 0.5 is the value measured in docs/results.md, not the default")
+             "this fraction of the frozen backbone's (a second, gradient-free pass); 0: off. Default: "
+             f"{CLI_SPREAD_FLOOR:g} for ept where the head reads the mean over the real tokens (an encoder "
+             "classifier's default readout), 0 otherwise (dept and pt are not yet measured with it)")
     early_stopping_patience: Optional[int] = option(help="stop after N validations without improvement")
     overwrite: bool = option(False, "write into an --output_dir that already holds a run (its checkpoints are "
                                     "removed)", aliases=("overwrite_output_dir",))
@@ -293,7 +308,7 @@ class EPTTrainingArguments(TrainingArguments):
             raise ValueError(f"--head_only_steps: expected whole steps >= 0 or a fraction in [0, 1), got {value}")
         if self.head_init not in ("random", "probe"):
             raise ValueError(f"--head_init: expected random or probe, got {self.head_init!r}")
-        if not 0 <= self.spread_floor < math.inf:
+        if self.spread_floor is not None and not 0 <= self.spread_floor < math.inf:
             raise ValueError(f"--spread_floor: expected a number >= 0 (0: off), got {self.spread_floor}")
         if not self.weight_decay >= 0:
             raise ValueError(f"--weight_decay: expected a number >= 0, got {self.weight_decay}")
@@ -385,6 +400,13 @@ class TrainArguments(AdapterArguments, ModelArguments, DataArguments, EPTTrainin
             raise ValueError(f"--head_only_steps: {value:g} steps of the head alone is the whole run ({steps} "
                              f"steps): the adapter would never train; give fewer, or a fraction below 1")
         return head_only
+
+    def spread_floor_for(self, config: EPTConfig) -> float:
+        """The floor under the spread of what the head of ``config``'s adapter reads:
+        --spread_floor, else ``default_spread_floor``."""
+        if self.spread_floor is not None:
+            return self.spread_floor
+        return default_spread_floor(config.method, config.task_type, config.readout)
 
     def learning_rates(self) -> Tuple[float, float]:
         """(--learning_rate, --lr_lowrank), each the method's default where not given."""

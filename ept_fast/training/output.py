@@ -37,6 +37,9 @@ RUN_DEFINING = frozenset(
      "eval_strategy",
      "eval_steps", "early_stopping_patience", "load_best_model_at_end", "bf16", "fp16", "label_smoothing_factor",
      "dataloader_drop_last", "train_sampling_strategy", "optim_target_modules"])
+# Run-defining options whose default the run resolves once it knows its backbone, and records
+# resolved: left to the default, a resumed run is checked against the value it resolves to.
+RESOLVED_BY_THE_RUN = frozenset(["spread_floor"])
 logger = logging.getLogger(__name__)
 
 
@@ -89,7 +92,8 @@ def check_same_options(saved: dict, options: dict, what: str) -> None:
     if made_before(saved, LOAD_BEST_HONOURED):
         saved["load_best_model_at_end"] = True  # recorded as false, but the best checkpoint was kept
     changed = {key: (saved[key], options[key]) for key in sorted(RUN_DEFINING)
-               if key in saved and key in options and saved[key] != options[key]}
+               if key in saved and key in options and saved[key] != options[key]
+               and not (key in RESOLVED_BY_THE_RUN and options[key] is None)}
     if changed:
         listed = ", ".join(f"--{key} {before!r} -> {now!r}" for key, (before, now) in changed.items())
         raise ValueError(f"--resume_from_checkpoint: {what} was made with other options ({listed}); resume with "
@@ -114,6 +118,16 @@ def check_no_default_since(saved: dict, resolved: dict, before: dict, what: str)
         instead = "start over" if before[name] is None else f"resume with --{name} {before[name]:g}, or start over"
         raise ValueError(f"--resume_from_checkpoint: {what} was made before --{name} existed ({meaning}); with "
                          f"--{name} {resolved[name]:g} the run would change midway: {instead} with --overwrite")
+
+
+def check_same_spread_floor(saved: dict, floor: float, what: str) -> None:
+    """A resumed run left to --spread_floor's default, which resolves to ``floor``, must have the
+    floor ``what`` (options ``saved``) trained with; one made before the option is
+    check_no_default_since's."""
+    if "spread_floor" in saved and saved["spread_floor"] != floor:
+        raise ValueError(f"--resume_from_checkpoint: {what} trained with --spread_floor {saved['spread_floor']:g}, "
+                         f"and this run's default is {floor:g}: resume with --spread_floor "
+                         f"{saved['spread_floor']:g}, or start over with --overwrite")
 
 
 # Recorded in every run's options (a checkpoint's, metrics.json's "config"): the head-only steps clip
