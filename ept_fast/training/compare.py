@@ -13,7 +13,7 @@ from typing import Dict, List, Optional
 
 from ..config import Method, Readout
 from .engine import train
-from .options import CLI_READOUT, Repeatable, TrainArguments, default_spread_floor, option
+from .options import CLI_READOUT, Repeatable, TrainArguments, option
 from .output import (
     BEFORE_THE_OPTION,
     HEAD_ONLY_CLIPPING_BEFORE,
@@ -133,8 +133,8 @@ def _run(args: CompareArguments, run: TrainArguments, probe: bool = False) -> di
 
 def _earlier_default(finished: dict, run: TrainArguments) -> Optional[str]:
     """Which option a finished run, whose options match ``run``'s as given, took a default for that
-    the command line has since changed (an encoder classifier's readout, body dropout or head-only
-    steps), or how its head-only steps clipped before HEAD_ONLY_CLIPPING: read back, it would not be
+    the command line has since changed (an encoder classifier's readout, body dropout, head-only
+    steps or spread floor), or how its head-only steps clipped before HEAD_ONLY_CLIPPING: read back, it would not be
     the run this comparison makes. None when there is none."""
     readout = finished["adapter"].get("readout")
     if readout is None:
@@ -146,8 +146,7 @@ def _earlier_default(finished: dict, run: TrainArguments) -> Optional[str]:
     if run.head_only_steps is None and run.method != "head" and readout != Readout.BACKBONE.value \
             and "head_only_steps" not in finished:
         return f"--head_only_steps ({BEFORE_THE_OPTION['head_only_steps']})"
-    floor = run.spread_floor if run.spread_floor is not None else \
-        default_spread_floor(run.method, finished["task_type"], readout)
+    floor = run.spread_floor_for(finished["task_type"], readout)
     trained = finished["config"].get("spread_floor", 0.0)  # recorded as the run resolved it; absent before it
     if floor != trained:
         return f"--spread_floor ({f'it trained with {trained:g}' if trained else BEFORE_THE_OPTION['spread_floor']})"

@@ -239,7 +239,7 @@ def _train(args: TrainArguments, out: Path, stop_after_steps: Optional[int]) -> 
     head_only_steps = args.head_only_steps_for(encoder_classifier, steps, type(backbone).__name__)
     config = args.adapter_config(task, task_type, token_dim, encoder_classifier=encoder_classifier)
     backbone_dropout = args.backbone_dropout_for(encoder_classifier)
-    spread_floor = args.spread_floor_for(config)
+    spread_floor = args.spread_floor_for(config.task_type, config.readout)
     run_options["spread_floor"] = spread_floor  # resolved, as the learning rates are
     if checkpoint is not None:
         own_dropout = _dropout_rate(backbone.base_model)

@@ -401,12 +401,12 @@ class TrainArguments(AdapterArguments, ModelArguments, DataArguments, EPTTrainin
                              f"steps): the adapter would never train; give fewer, or a fraction below 1")
         return head_only
 
-    def spread_floor_for(self, config: EPTConfig) -> float:
-        """The floor under the spread of what the head of ``config``'s adapter reads:
-        --spread_floor, else ``default_spread_floor``."""
+    def spread_floor_for(self, task_type, readout) -> float:
+        """The floor under the spread of what the head reads, for this run's method on ``task_type``
+        with ``readout`` (enums or their values): --spread_floor, else ``default_spread_floor``."""
         if self.spread_floor is not None:
             return self.spread_floor
-        return default_spread_floor(config.method, config.task_type, config.readout)
+        return default_spread_floor(self.method, task_type, readout)
 
     def learning_rates(self) -> Tuple[float, float]:
         """(--learning_rate, --lr_lowrank), each the method's default where not given."""
