@@ -9,6 +9,7 @@ fusion, projections and gate); a checkpoint or ``save_model`` writes the adapter
 from __future__ import annotations
 
 import inspect
+import logging
 import os
 from typing import Optional
 
@@ -26,6 +27,7 @@ from .serialization import load_adapter
 
 DEFAULT_LOWRANK_LEARNING_RATE = 1e-3  # the command line's default for every method (docs/results.md)
 SPREAD_WEIGHT = 25.0  # VICReg's weight of its variance term, the spread floor's
+logger = logging.getLogger(__name__)
 
 
 def spread_shortfall(read: torch.Tensor, frozen: torch.Tensor, floor: float) -> torch.Tensor:
@@ -55,6 +57,10 @@ class _EPTTrainerMixin:
             raise TypeError(f"model: {type(self).__name__} trains an EPTModel (get_ept_model), got "
                             f"{type(self.model).__name__}")
         self.spread_floor = check_spread_floor(self.model, spread_floor)
+        if self.spread_floor and self.args.per_device_train_batch_size < 2:
+            logger.warning("spread_floor %g: measures the spread over each batch's rows, so with "
+                           "per_device_train_batch_size %d it never applies; raise the batch size, or set it to 0",
+                           self.spread_floor, self.args.per_device_train_batch_size)
         # EPTModel.forward takes **kwargs, so Trainer would pass the batch's token count
         # (num_items_in_batch) for the loss to divide by; a causal LM's loss does, a classifier's and
         # T5's are means: for those Trainer divides by the accumulation steps, and an accumulated step

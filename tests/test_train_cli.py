@@ -477,8 +477,6 @@ def test_compare_runs_the_head_alone_and_the_linear_probe_beside_the_adapters(ti
     for change, expected in ((lambda m: m["adapter"].update(readout="mean"), "--readout (it read 'mean')"),
                              (lambda m: m.pop("backbone_dropout"), "--backbone_dropout (its backbone trained with"),
                              (lambda m: m.pop("head_only_steps"), "--head_only_steps (its adapter trained from"),
-                             (lambda m: m["config"].update(spread_floor=0.0),
-                              "--spread_floor (it trained without a floor under its head's input's spread)"),
                              (lambda m: (m.update(head_only_steps=1), m["config"].pop("head_only_clipping")),
                               "the head-only steps' clipping (its head-only steps clipped the adapter's gradient")):
         metrics_file = out / "ept-seed42" / "metrics.json"
@@ -1257,11 +1255,28 @@ def test_spread_floor_trains_records_and_is_checked(tiny_models, sst2_files, tmp
     out, options = tmp_path / "resolved", ("--task", "sst2", "--max-steps", "4", "--save-steps", "1")
     assert train(parse_args(_args(tiny_models, sst2_files, out, *options, "--spread-floor", "0")),
                  stop_after_steps=2) == {"stopped_at_step": 2}
-    with pytest.raises(ValueError, match=re.escape(f"the checkpoint {out / 'checkpoint-2'} trained with --spread_floor "
-                                                   f"0, and this run's default is 0.5: resume with --spread_floor 0")):
+    with pytest.raises(ValueError, match=re.escape(f"--resume_from_checkpoint: the checkpoint {out / 'checkpoint-2'} "
+                                                   f"trained with --spread_floor 0 and this run with 0.5: resume with "
+                                                   f"--spread_floor 0, or start over with --overwrite")):
         train(parse_args(_args(tiny_models, sst2_files, out, *options, "--resume")))
     assert train(parse_args(_args(tiny_models, sst2_files, out, *options, "--spread-floor", "0", "--resume"))) \
         ["spread_floor"] == 0
+    # A run left to the default resumes with the floor it resolved to given, and with the default.
+    out = tmp_path / "default"
+    assert train(parse_args(_args(tiny_models, sst2_files, out, *options)), stop_after_steps=2) == {
+        "stopped_at_step": 2}
+    assert train(parse_args(_args(tiny_models, sst2_files, out, *options, "--spread-floor", "0.5", "--resume")),
+                 stop_after_steps=3) == {"stopped_at_step": 3}
+    assert train(parse_args(_args(tiny_models, sst2_files, out, *options, "--resume")))["spread_floor"] == 0.5
+    # A DePT checkpoint made before the option trained without a floor, which is still DePT's default.
+    out, dept = tmp_path / "dept", ("--method", "dept", "--num-spaces", "0")
+    assert train(parse_args(_args(tiny_models, sst2_files, out, *options, *dept)), stop_after_steps=2) == {
+        "stopped_at_step": 2}
+    options_file = out / "checkpoint-2" / "ept_fast_options.json"
+    saved = json.loads(options_file.read_text())
+    assert saved.pop("spread_floor") == 0
+    options_file.write_text(json.dumps(saved))
+    assert train(parse_args(_args(tiny_models, sst2_files, out, *options, *dept, "--resume")))["steps"] == 4
     assert main([*args, "--max-steps", "6", "--resume", "--spread-floor", "0"]) == 2  # a resume is the same run
     assert "--spread_floor 0.5 -> 0.0" in capsys.readouterr().err
     assert main(_args(tiny_models, sst2_files, tmp_path / "x", "--task", "sst2", "--spread-floor", "-1")) == 2
@@ -1285,4 +1300,19 @@ def test_spread_floor_trains_records_and_is_checked(tiny_models, sst2_files, tmp
     metrics["config"].pop("spread_floor")
     metrics_file.write_text(json.dumps(metrics))
     assert cli_main([*compare, "--resume"]) == 2
-    assert "was made before today's default of --spread_floor (it trained without a floor" in capsys.readouterr().err
+    assert (f"--resume: the finished run in {out / 'ept-seed42'} trained with --spread_floor 0 and this run with 0.5: "
+            f"resume with --spread_floor 0, or start over with --overwrite") in capsys.readouterr().err
+    assert cli_main([*compare[:-2], "--resume"]) == 2  # left to the default, which is also 0.5 for EPT here
+    assert "trained with --spread_floor 0 and this run with 0.5" in capsys.readouterr().err
+    assert cli_main([*compare[:-1], "0", "--resume"]) == 0  # as it ran
+    # A DePT comparison made before the option is read back at DePT's default, which is still no floor.
+    out = tmp_path / "cmp-dept"
+    compare = ["compare", *_args(tiny_models, sst2_files, out, "--task", "sst2", "--max-steps", "2", "--eval-steps",
+                                 "2", "--methods", "dept", "--num-spaces", "0", "--seeds", "1")]
+    assert cli_main(compare) == 0
+    metrics_file = out / "dept-seed42" / "metrics.json"
+    metrics = json.loads(metrics_file.read_text())
+    assert metrics["config"].pop("spread_floor") == 0
+    metrics_file.write_text(json.dumps(metrics))
+    capsys.readouterr()
+    assert cli_main([*compare, "--resume"]) == 0 and "finished before, read back" in capsys.readouterr().out

@@ -1,6 +1,7 @@
 """EPTTrainer / EPTSeq2SeqTrainer on tiny models: two learning-rate groups, adapter-only
 checkpoints, load_best_model_at_end, resume_from_checkpoint, predict_with_generate."""
 
+import logging
 import math
 
 import pytest
@@ -182,7 +183,7 @@ def test_the_spread_floor_adds_vicregs_variance_term_while_training_only(tmp_pat
     assert spread_shortfall(torch.randn(8, 4) * 3, torch.randn(8, 4), 0.5) == 0  # wider than the floor: nothing
 
 
-def test_the_spread_floor_is_checked(tmp_path):
+def test_the_spread_floor_is_checked(tmp_path, caplog):
     rows = _classification_rows()
     torch.manual_seed(0)
     backbone = get_ept_model(tiny_bert_classifier(), adapter_config("SEQ_CLS"))  # readout: backbone (position 0)
@@ -197,3 +198,11 @@ def test_the_spread_floor_is_checked(tmp_path):
     head = get_ept_model(tiny_bert_classifier(), EPTConfig(method="head", max_length=12, readout="mean"))
     with pytest.raises(ValueError, match=r"spread_floor: the head alone reads the frozen backbone's features"):
         EPTTrainer(model=head, args=_arguments(tmp_path), train_dataset=rows, spread_floor=0.5)
+    mean = get_ept_model(tiny_bert_classifier(), adapter_config("SEQ_CLS", readout="mean"))
+    with caplog.at_level(logging.WARNING, logger="ept_fast.trainer"):
+        EPTTrainer(model=mean, args=_arguments(tmp_path), train_dataset=rows, spread_floor=0.5)
+        assert not caplog.records
+        EPTTrainer(model=mean, args=_arguments(tmp_path, per_device_train_batch_size=1), train_dataset=rows,
+                   spread_floor=0.5)  # one row has no spread: the floor would be skipped without a word
+    assert "spread_floor 0.5: measures the spread over each batch's rows, so with per_device_train_batch_size 1 it " \
+           "never applies" in caplog.text

@@ -18,6 +18,7 @@ from .output import (
     BEFORE_THE_OPTION,
     HEAD_ONLY_CLIPPING_BEFORE,
     check_same_options,
+    check_same_spread_floor,
     checkpoints,
     made_before_head_only_clipping,
 )
@@ -120,10 +121,15 @@ def _run(args: CompareArguments, run: TrainArguments, probe: bool = False) -> di
             raise ValueError(f"--resume: the finished run in {folder} was made before ept-fast train ran on "
                              f"Trainer (its options had other names); redo the comparison with --overwrite")
         check_same_options(finished["config"], run.options(), f"the finished run in {folder}")
-        earlier = None if probe else _earlier_default(finished, run)
-        if earlier:
-            raise ValueError(f"--resume: the finished run in {folder} was made before today's default of {earlier}; "
-                             f"redo the comparison with --overwrite")
+        if not probe:
+            earlier = _earlier_default(finished, run)
+            if earlier:
+                raise ValueError(f"--resume: the finished run in {folder} was made before today's default of "
+                                 f"{earlier}; redo the comparison with --overwrite")
+            # recorded as the run resolved it; a run made before the option trained without a floor
+            check_same_spread_floor(finished["config"].get("spread_floor", 0.0),
+                                    run.spread_floor_for(finished["task_type"], finished["adapter"]["readout"]),
+                                    f"the finished run in {folder}", "--resume")
         print(f"{folder}: finished before, read back")
         return finished
     if args.resume_from_checkpoint and checkpoints(folder):
@@ -134,7 +140,7 @@ def _run(args: CompareArguments, run: TrainArguments, probe: bool = False) -> di
 def _earlier_default(finished: dict, run: TrainArguments) -> Optional[str]:
     """Which option a finished run, whose options match ``run``'s as given, took a default for that
     the command line has since changed (an encoder classifier's readout, body dropout, head-only
-    steps or spread floor), or how its head-only steps clipped before HEAD_ONLY_CLIPPING: read back, it would not be
+    steps), or how its head-only steps clipped before HEAD_ONLY_CLIPPING: read back, it would not be
     the run this comparison makes. None when there is none."""
     readout = finished["adapter"].get("readout")
     if readout is None:
@@ -146,10 +152,6 @@ def _earlier_default(finished: dict, run: TrainArguments) -> Optional[str]:
     if run.head_only_steps is None and run.method != "head" and readout != Readout.BACKBONE.value \
             and "head_only_steps" not in finished:
         return f"--head_only_steps ({BEFORE_THE_OPTION['head_only_steps']})"
-    floor = run.spread_floor_for(finished["task_type"], readout)
-    trained = finished["config"].get("spread_floor", 0.0)  # recorded as the run resolved it; absent before it
-    if floor != trained:
-        return f"--spread_floor ({f'it trained with {trained:g}' if trained else BEFORE_THE_OPTION['spread_floor']})"
     if finished.get("head_only_steps") and made_before_head_only_clipping(finished["config"]):
         return f"the head-only steps' clipping ({HEAD_ONLY_CLIPPING_BEFORE})"
     return None

@@ -120,14 +120,13 @@ def check_no_default_since(saved: dict, resolved: dict, before: dict, what: str)
                          f"--{name} {resolved[name]:g} the run would change midway: {instead} with --overwrite")
 
 
-def check_same_spread_floor(saved: dict, floor: float, what: str) -> None:
-    """A resumed run left to --spread_floor's default, which resolves to ``floor``, must have the
-    floor ``what`` (options ``saved``) trained with; one made before the option is
-    check_no_default_since's."""
-    if "spread_floor" in saved and saved["spread_floor"] != floor:
-        raise ValueError(f"--resume_from_checkpoint: {what} trained with --spread_floor {saved['spread_floor']:g}, "
-                         f"and this run's default is {floor:g}: resume with --spread_floor "
-                         f"{saved['spread_floor']:g}, or start over with --overwrite")
+def check_same_spread_floor(trained: Optional[float], floor: float, what: str, flag: str) -> None:
+    """A resumed run, whose --spread_floor resolves to ``floor``, must continue ``what``, which trained
+    with the floor ``trained`` (None where its options predate the option: check_no_default_since's);
+    ``flag`` is the resuming option the error names."""
+    if trained is not None and trained != floor:
+        raise ValueError(f"{flag}: {what} trained with --spread_floor {trained:g} and this run with {floor:g}: "
+                         f"resume with --spread_floor {trained:g}, or start over with --overwrite")
 
 
 # Recorded in every run's options (a checkpoint's, metrics.json's "config"): the head-only steps clip
