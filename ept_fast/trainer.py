@@ -57,6 +57,10 @@ class _EPTTrainerMixin:
             raise TypeError(f"model: {type(self).__name__} trains an EPTModel (get_ept_model), got "
                             f"{type(self.model).__name__}")
         self.spread_floor = check_spread_floor(self.model, spread_floor)
+        if self.spread_floor and self.args.n_gpu > 1:  # one process, several GPUs: the head runs once per replica
+            raise ValueError(f"spread_floor: measures the spread over one batch on one device; this process drives "
+                             f"{self.args.n_gpu} GPUs (DataParallel): run one process per GPU (torchrun, accelerate "
+                             f"launch), or set it to 0")
         if self.spread_floor and self.args.per_device_train_batch_size < 2:
             logger.warning("spread_floor %g: measures the spread over each batch's rows, so with "
                            "per_device_train_batch_size %d it never applies; raise the batch size, or set it to 0",

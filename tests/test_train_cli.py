@@ -1253,14 +1253,14 @@ def test_spread_floor_trains_records_and_is_checked(tiny_models, sst2_files, tmp
         0.5, 0.0, 0.0, 0.0, 0.0]
     # A resume left to the default continues only a run that trained with the floor it resolves to.
     out, options = tmp_path / "resolved", ("--task", "sst2", "--max-steps", "4", "--save-steps", "1")
-    assert train(parse_args(_args(tiny_models, sst2_files, out, *options, "--spread-floor", "0")),
+    assert train(parse_args(_args(tiny_models, sst2_files, out, *options, "--spread-floor", "0.3")),
                  stop_after_steps=2) == {"stopped_at_step": 2}
     with pytest.raises(ValueError, match=re.escape(f"--resume_from_checkpoint: the checkpoint {out / 'checkpoint-2'} "
-                                                   f"trained with --spread_floor 0 and this run with 0.5: resume with "
-                                                   f"--spread_floor 0, or start over with --overwrite")):
+                                                   f"trained with --spread_floor 0.3 and this run with 0.5: resume "
+                                                   f"with --spread_floor 0.3, or start over with --overwrite")):
         train(parse_args(_args(tiny_models, sst2_files, out, *options, "--resume")))
-    assert train(parse_args(_args(tiny_models, sst2_files, out, *options, "--spread-floor", "0", "--resume"))) \
-        ["spread_floor"] == 0
+    assert train(parse_args(_args(tiny_models, sst2_files, out, *options, "--spread-floor", "0.3", "--resume"))) \
+        ["spread_floor"] == 0.3
     # A run left to the default resumes with the floor it resolved to given, and with the default.
     out = tmp_path / "default"
     assert train(parse_args(_args(tiny_models, sst2_files, out, *options)), stop_after_steps=2) == {
@@ -1278,7 +1278,7 @@ def test_spread_floor_trains_records_and_is_checked(tiny_models, sst2_files, tmp
     options_file.write_text(json.dumps(saved))
     assert train(parse_args(_args(tiny_models, sst2_files, out, *options, *dept, "--resume")))["steps"] == 4
     assert main([*args, "--max-steps", "6", "--resume", "--spread-floor", "0"]) == 2  # a resume is the same run
-    assert "--spread_floor 0.5 -> 0.0" in capsys.readouterr().err
+    assert "--spread_floor 0.5 -> 0.0 (resolved by the run: left out, it resolves again)" in capsys.readouterr().err
     assert main(_args(tiny_models, sst2_files, tmp_path / "x", "--task", "sst2", "--spread-floor", "-1")) == 2
     assert "--spread_floor: expected a number >= 0 (0: off), got -1.0" in capsys.readouterr().err
     assert main(_args(tiny_models, sst2_files, tmp_path / "y", "--task", "sst2", "--spread-floor", "0.5",
@@ -1304,7 +1304,7 @@ def test_spread_floor_trains_records_and_is_checked(tiny_models, sst2_files, tmp
             f"resume with --spread_floor 0, or start over with --overwrite") in capsys.readouterr().err
     assert cli_main([*compare[:-2], "--resume"]) == 2  # left to the default, which is also 0.5 for EPT here
     assert "trained with --spread_floor 0 and this run with 0.5" in capsys.readouterr().err
-    assert cli_main([*compare[:-1], "0", "--resume"]) == 0  # as it ran
+    assert cli_main([*compare[:-1], "0", "--resume"]) == 0  # as a run made before the option ran: without a floor
     # A DePT comparison made before the option is read back at DePT's default, which is still no floor.
     out = tmp_path / "cmp-dept"
     compare = ["compare", *_args(tiny_models, sst2_files, out, "--task", "sst2", "--max-steps", "2", "--eval-steps",

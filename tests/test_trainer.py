@@ -201,8 +201,14 @@ def test_the_spread_floor_is_checked(tmp_path, caplog):
     mean = get_ept_model(tiny_bert_classifier(), adapter_config("SEQ_CLS", readout="mean"))
     with caplog.at_level(logging.WARNING, logger="ept_fast.trainer"):
         EPTTrainer(model=mean, args=_arguments(tmp_path), train_dataset=rows, spread_floor=0.5)
-        assert not caplog.records
+        EPTTrainer(model=mean, args=_arguments(tmp_path, per_device_train_batch_size=1), train_dataset=rows)
+        assert not caplog.records  # a batch of two rows or more, or no floor: nothing to say
         EPTTrainer(model=mean, args=_arguments(tmp_path, per_device_train_batch_size=1), train_dataset=rows,
                    spread_floor=0.5)  # one row has no spread: the floor would be skipped without a word
     assert "spread_floor 0.5: measures the spread over each batch's rows, so with per_device_train_batch_size 1 it " \
            "never applies" in caplog.text
+    several = _arguments(tmp_path)
+    several._n_gpu = 2  # one process driving two GPUs: the head would run once per replica
+    with pytest.raises(ValueError, match=r"spread_floor: measures the spread over one batch on one device; this "
+                                         r"process drives 2 GPUs \(DataParallel\)"):
+        EPTTrainer(model=mean, args=several, train_dataset=rows, spread_floor=0.5)

@@ -139,7 +139,7 @@ def _run(args: CompareArguments, run: TrainArguments, probe: bool = False) -> di
 
 def _earlier_default(finished: dict, run: TrainArguments) -> Optional[str]:
     """Which option a finished run, whose options match ``run``'s as given, took a default for that
-    the command line has since changed (an encoder classifier's readout, body dropout, head-only
+    the command line has since changed (an encoder classifier's readout, body dropout or head-only
     steps), or how its head-only steps clipped before HEAD_ONLY_CLIPPING: read back, it would not be
     the run this comparison makes. None when there is none."""
     readout = finished["adapter"].get("readout")

@@ -249,9 +249,8 @@ def _train(args: TrainArguments, out: Path, stop_after_steps: Optional[int]) -> 
                                {"head_only_steps": 0, "backbone_dropout": own_dropout, "spread_floor": 0},
                                f"the checkpoint {checkpoint}")
         check_head_only_clipping(saved_options, checkpoint, head_only_steps)
-        if args.spread_floor is None:
-            check_same_spread_floor(saved_options.get("spread_floor"), spread_floor, f"the checkpoint {checkpoint}",
-                                    "--resume_from_checkpoint")
+        check_same_spread_floor(saved_options.get("spread_floor"), spread_floor, f"the checkpoint {checkpoint}",
+                                "--resume_from_checkpoint")
     if backbone_dropout is not None:
         _set_dropout(backbone.base_model, backbone_dropout)
     model = get_ept_model(backbone, config, tokenizer=tokenizer)

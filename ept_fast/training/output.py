@@ -95,7 +95,9 @@ def check_same_options(saved: dict, options: dict, what: str) -> None:
                if key in saved and key in options and saved[key] != options[key]
                and not (key in RESOLVED_BY_THE_RUN and options[key] is None)}
     if changed:
-        listed = ", ".join(f"--{key} {before!r} -> {now!r}" for key, (before, now) in changed.items())
+        listed = ", ".join(f"--{key} {before!r} -> {now!r}" + (" (resolved by the run: left out, it resolves "
+                                                                "again)" if key in RESOLVED_BY_THE_RUN else "")
+                           for key, (before, now) in changed.items())
         raise ValueError(f"--resume_from_checkpoint: {what} was made with other options ({listed}); resume with "
                          f"the same options, or start over with --overwrite")
 
@@ -122,8 +124,9 @@ def check_no_default_since(saved: dict, resolved: dict, before: dict, what: str)
 
 def check_same_spread_floor(trained: Optional[float], floor: float, what: str, flag: str) -> None:
     """A resumed run, whose --spread_floor resolves to ``floor``, must continue ``what``, which trained
-    with the floor ``trained`` (None where its options predate the option: check_no_default_since's);
-    ``flag`` is the resuming option the error names."""
+    with the floor ``trained``: None skips the check (a checkpoint made before the option is
+    check_no_default_since's; compare passes such a run as 0, as it trained). ``flag`` is the
+    resuming option the error names."""
     if trained is not None and trained != floor:
         raise ValueError(f"{flag}: {what} trained with --spread_floor {trained:g} and this run with {floor:g}: "
                          f"resume with --spread_floor {trained:g}, or start over with --overwrite")
