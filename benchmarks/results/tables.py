@@ -61,9 +61,10 @@ def validation_test_table(columns, probe_folder: Optional[Path], seeds) -> Tuple
     in ``columns`` (a folder, or a folder by task), the probe's test (none when ``probe_folder``
     is None) and the means of the six; return each column's scores by task and the probe's test
     scores."""
-    probe_column = " probe (test) |" if probe_folder is not None else ""
+    with_probe = probe_folder is not None
+    probe_column = " probe (test) |" if with_probe else ""
     print("| task | " + " | ".join(f"{name} (validation / test)" for name, _, _ in columns) + " |" + probe_column)
-    print("|---" * (len(columns) + 1 + (probe_folder is not None)) + "|")
+    print("|---" * (len(columns) + 1 + with_probe) + "|")
     means: Dict[str, List[dict]] = {name: [] for name, _, _ in columns}
     probes = []
     for task in TASKS:
@@ -72,13 +73,13 @@ def validation_test_table(columns, probe_folder: Optional[Path], seeds) -> Tuple
             found = scores(folder_of(folder, task), task, method, seeds)
             means[name].append(found)
             cells.append(f"{found['validation']:.4f} / {found['test']:.4f} ({listed(found['tests'])})")
-        if probe_folder is not None:
+        if with_probe:
             probes.append(scores(probe_folder, task, "probe", seeds)["test"])
-        print(f"| {task} | " + " | ".join(cells) + " |" + (f" {probes[-1]:.4f} |" if probe_folder is not None else ""))
+        print(f"| {task} | " + " | ".join(cells) + " |" + (f" {probes[-1]:.4f} |" if with_probe else ""))
     print("| mean of the six | " + " | ".join(
         f"{statistics.mean(f['validation'] for f in means[name]):.4f} / "
         f"{statistics.mean(f['test'] for f in means[name]):.4f}" for name, _, _ in columns)
-        + " |" + (f" {statistics.mean(probes):.4f} |" if probe_folder is not None else ""))
+        + " |" + (f" {statistics.mean(probes):.4f} |" if with_probe else ""))
     return means, probes
 
 
